@@ -1,0 +1,25 @@
+# serveform: `make up` on a fresh machine sets everything up and brings the dev stack up;
+# `make test` is the test command CI runs (.ci/run).
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export PULUMI_SKIP_UPDATE_CHECK := 1
+STACK ?= dev
+PYTEST_ARGS ?=
+
+.PHONY: setup up down test bench
+
+setup:
+	tools/setup.sh
+
+up: setup
+	serveform up --stack $(STACK) --yes
+	serveform endpoints --stack $(STACK)
+
+down: setup
+	serveform destroy --stack $(STACK) --yes
+
+test: setup
+	python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	for b in bench/*.py; do python "$$b" || exit $$?; done
