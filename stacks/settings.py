@@ -1,0 +1,231 @@
+"""The `serveform:*` stack config of one environment, validated.
+
+Stack config lives in `stacks/Pulumi.<stack>.yaml` (Pulumi's `stackConfigDir`). Every key sits
+under the `serveform:` namespace; objects are YAML mappings there and reach the program as JSON
+strings, which `StackSettings.from_config` accepts too. Ownership of keys:
+
+- people (reviewed in the repository): everything but `serveform:replicas`;
+- the scaler: `serveform:replicas` only (a map of service name → replica count), so that its
+  writes never rewrite a reviewed key.
+
+A bad value raises `StackConfigError`, which names the stack file and the key, before the
+program registers any resource.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+__all__ = [
+    "AwsSettings",
+    "AzureSettings",
+    "GatewayConfig",
+    "GcpSettings",
+    "K8sSettings",
+    "LocalSettings",
+    "StackConfigError",
+    "StackSettings",
+    "CONFIG_NAMESPACE",
+]
+
+CONFIG_NAMESPACE = "serveform"
+DEFAULT_BODY_LIMIT_MB = 64
+DEFAULT_STREAM_TIMEOUT_SECONDS = 3600
+DEFAULT_REPLICA_WAIT_SECONDS = 120
+# Plain-HTTP and HTTPS ports of a local gateway: unprivileged, so `make up` needs no root.
+LOCAL_HTTP_PORT = 8080
+LOCAL_HTTPS_PORT = 8443
+
+# A domain becomes `<service>.<domain>` host names and a `*.<domain>` certificate: DNS labels only.
+_DOMAIN_PATTERN = r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+
+
+class StackConfigError(ValueError):
+    """The stack config is invalid; `problems` lists `(key, message)` pairs."""
+
+    def __init__(self, stack: str, problems: list[tuple[str, str]]) -> None:
+        self.stack = stack
+        self.problems = problems
+        lines = [f"stacks/Pulumi.{stack}.yaml: error: {key}: {message}" for key, message in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class GatewayConfig(_Settings):
+    """`serveform:gateway`: how the stack's gateway serves and secures traffic."""
+
+    tls: Annotated[
+        Literal["internal", "acme_dns", "on_demand", "off"],
+        Field(description="internal: Caddy's own CA; acme_dns: wildcard certificate via the DNS challenge; "
+              "on_demand: per-host ACME certificates for known service hosts; off: plain HTTP."),
+    ] = "internal"
+    dns_provider: Annotated[
+        Literal["route53", "cloudflare", "googleclouddns", "azure"] | None,
+        Field(description="DNS provider for the ACME DNS challenge (tls: acme_dns)."),
+    ] = None
+    acme_email: Annotated[str | None, Field(description="Contact address for the ACME account.")] = None
+    http_port: Annotated[int | None, Field(ge=1, le=65535, description="Plain-HTTP port; 80 on clouds, 8080 locally.")] = None
+    https_port: Annotated[int | None, Field(ge=1, le=65535, description="HTTPS port; 443 on clouds, 8443 locally.")] = None
+    body_limit_mb: Annotated[int, Field(ge=1, le=1024 * 1024, description="Largest request body, in MiB.")] = DEFAULT_BODY_LIMIT_MB
+    stream_timeout_seconds: Annotated[
+        int, Field(ge=1, description="Read timeout towards replicas; long, for slow token streams.")
+    ] = DEFAULT_STREAM_TIMEOUT_SECONDS
+    replica_wait_seconds: Annotated[
+        int, Field(ge=0, description="How long a request waits for a ready replica (scale from zero) before 503.")
+    ] = DEFAULT_REPLICA_WAIT_SECONDS
+    instance_type: Annotated[str | None, Field(description="Instance type of the gateway VM (cloud backends).")] = None
+
+    @model_validator(mode="after")
+    def _dns_challenge_needs_provider(self) -> "GatewayConfig":
+        if self.tls == "acme_dns" and self.dns_provider is None:
+            raise ValueError("tls: acme_dns needs dns_provider (route53, cloudflare, googleclouddns or azure)")
+        return self
+
+
+class LocalSettings(_Settings):
+    """`serveform:local`: the local backend (processes on this machine)."""
+
+    state_dir: Annotated[
+        str | None, Field(description="Where replica logs, volumes and gateway state live; default .serveform/local/<stack>.")
+    ] = None
+    ready_timeout_seconds: Annotated[int, Field(ge=1, description="How long `up` waits for a replica's port.")] = 120
+
+
+class AwsSettings(_Settings):
+    """`serveform:aws`."""
+
+    region: str | None = None
+    vpc_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+    zone_id: Annotated[str | None, Field(description="Route 53 hosted zone of the domain, for `*.<domain>`.")] = None
+    ami: Annotated[str | None, Field(description="GPU machine image; default: the region's Deep Learning Base AMI.")] = None
+    key_name: str | None = None
+
+
+class GcpSettings(_Settings):
+    """`serveform:gcp`."""
+
+    project: str | None = None
+    region: str | None = None
+    zone: str | None = None
+    network: str = "default"
+    dns_zone: Annotated[str | None, Field(description="Cloud DNS managed zone name of the domain.")] = None
+    image: str | None = None
+
+
+class AzureSettings(_Settings):
+    """`serveform:azure`."""
+
+    location: str | None = None
+    resource_group: str | None = None
+    dns_zone: str | None = None
+    dns_resource_group: str | None = None
+    image: str | None = None
+
+
+class K8sSettings(_Settings):
+    """`serveform:k8s`: the cluster to deploy to."""
+
+    kubeconfig: Annotated[str | None, Field(description="Path to a kubeconfig file (default: the provider's default).")] = None
+    context: Annotated[str | None, Field(description="kubeconfig context to use.")] = None
+    namespace: str = "serveform"
+    gateway_service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
+    storage_class: str | None = None
+
+
+class StackSettings(_Settings):
+    """Everything the program reads from one stack's config."""
+
+    stack: str
+    project_dir: Annotated[str, Field(description="Directory holding Pulumi.yaml; service paths are relative to it.")]
+    backend: Literal["local", "aws", "gcp", "azure", "k8s"]
+    services: Annotated[tuple[str, ...], Field(min_length=1, description="Service files deployed on this stack.")]
+    domain: Annotated[str, Field(pattern=_DOMAIN_PATTERN)] = "localhost"
+    regions: tuple[str, ...] = ()
+    tokens: Annotated[tuple[SecretStr, ...], Field(description="Bearer tokens the gateway accepts.")] = ()
+    secrets: Annotated[
+        dict[str, SecretStr], Field(description="Values for bare env names and registry passwords.")
+    ] = {}
+    replicas: Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(description="Owned by the scaler.")] = {}
+    gateway: GatewayConfig = GatewayConfig()
+    retain_volumes: Annotated[bool, Field(alias="retainVolumes")] = True
+    offers_catalog: Annotated[str | None, Field(alias="offersCatalog")] = None
+    local: LocalSettings = LocalSettings()
+    aws: AwsSettings = AwsSettings()
+    gcp: GcpSettings = GcpSettings()
+    azure: AzureSettings = AzureSettings()
+    k8s: K8sSettings = K8sSettings()
+
+    @property
+    def service_paths(self) -> tuple[Path, ...]:
+        root = Path(self.project_dir)
+        return tuple(p if p.is_absolute() else root / p for p in map(Path, self.services))
+
+    @property
+    def state_dir(self) -> Path:
+        """Per-stack directory for the local backend's processes, logs and volumes."""
+        configured = self.local.state_dir
+        path = Path(configured) if configured else Path(".serveform") / "local" / self.stack
+        return path if path.is_absolute() else Path(self.project_dir) / path
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, stack: str, project_dir: str | Path) -> "StackSettings":
+        """Validate stack config given as `{key: value}`; keys with or without `serveform:`.
+
+        Values may be native (from YAML) or JSON strings (as the Pulumi program receives them).
+        """
+        data: dict[str, Any] = {}
+        for key, value in config.items():
+            namespace, _, name = key.rpartition(":")
+            if namespace and namespace != CONFIG_NAMESPACE:
+                continue  # other providers' keys (aws:region, kubernetes:context, ...)
+            data[name] = _decode(value)
+        data["stack"] = stack
+        data["project_dir"] = str(project_dir)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise StackConfigError(stack, _problems(exc)) from None
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:1] in "[{" or text in ("true", "false") or _is_number(text):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return value
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = [str(p) for p in error["loc"]]
+        key = f"{CONFIG_NAMESPACE}:{path[0]}" if path else CONFIG_NAMESPACE
+        if len(path) > 1:
+            key += "." + ".".join(path[1:])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required, but not set"
+        problems.append((key, message))
+    return problems
