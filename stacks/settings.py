@@ -42,7 +42,7 @@ LOCAL_HTTP_PORT = 8080
 LOCAL_HTTPS_PORT = 8443
 
 # A domain becomes `<service>.<domain>` host names and a `*.<domain>` certificate: DNS labels only.
-_DOMAIN_PATTERN = r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+_DOMAIN_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 
 
 class StackConfigError(ValueError):
@@ -148,7 +148,7 @@ class StackSettings(_Settings):
     project_dir: Annotated[str, Field(description="Directory holding Pulumi.yaml; service paths are relative to it.")]
     backend: Literal["local", "aws", "gcp", "azure", "k8s"]
     services: Annotated[tuple[str, ...], Field(min_length=1, description="Service files deployed on this stack.")]
-    domain: Annotated[str, Field(pattern=_DOMAIN_PATTERN)] = "localhost"
+    domain: Annotated[str, Field(pattern=_DOMAIN_PATTERN, max_length=253)] = "localhost"
     regions: tuple[str, ...] = ()
     tokens: Annotated[tuple[SecretStr, ...], Field(description="Bearer tokens the gateway accepts.")] = ()
     secrets: Annotated[
