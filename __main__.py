@@ -1,0 +1,5 @@
+"""The Pulumi program of this project (Pulumi.yaml `main:`); see serveform.components.program."""
+
+from serveform.components.program import run
+
+run()
