@@ -1,0 +1,196 @@
+"""`serveform preview|up|refresh|destroy|endpoints --stack ENV`: thin wrappers over the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers"]
+
+_OPERATIONS = {
+    "preview": "show what `up` would change",
+    "up": "create or update the stack's resources",
+    "refresh": "read the real state of the stack's resources into its state",
+    "destroy": "delete every resource of the stack",
+}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    for name, help_text in _OPERATIONS.items():
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        _common(parser)
+        if name != "preview":
+            parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (always true here)")
+        if name in ("preview", "up", "destroy", "refresh"):
+            parser.add_argument("--target", action="append", default=[], metavar="URN", help="limit to these resources")
+        parser.set_defaults(func=_operation(name))
+    endpoints = sub.add_parser("endpoints", help="show how to reach a stack's services")
+    _common(endpoints)
+    endpoints.add_argument("--json", action="store_true", help="print one JSON object")
+    endpoints.set_defaults(func=_endpoints)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stack", "-s", required=True, help="stack (environment) name: stacks/Pulumi.<stack>.yaml")
+    parser.add_argument("--project-dir", type=Path, default=None, help="directory holding Pulumi.yaml")
+
+
+def _engine(args: argparse.Namespace, *, quiet: bool = False):
+    import os
+
+    from .engine import Engine, project_dir
+
+    if args.project_dir is not None:
+        os.environ["SERVEFORM_PROJECT_DIR"] = str(args.project_dir.resolve())
+    return Engine(stack=args.stack, project=project_dir(), on_output=None if quiet else _print)
+
+
+def _print(line: str) -> None:
+    sys.stdout.write(line if line.endswith("\n") else line + "\n")
+    sys.stdout.flush()
+
+
+def _preflight(engine: Any) -> int:
+    """Validate stack config and every service file before the engine starts: exit 2 on errors."""
+    from serveform.translator import CompileContext, TranslatorError, compile_file
+
+    from .settings import StackConfigError, StackSettings
+
+    try:
+        settings = StackSettings.from_config(engine.config(), stack=engine.stack, project_dir=engine.project)
+    except StackConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    context = CompileContext(
+        backend=settings.backend,
+        domain=settings.domain,
+        regions=settings.regions,
+        environ=dict(__import__("os").environ),
+        stack_secrets={k: v.get_secret_value() for k, v in settings.secrets.items()},
+        offers_catalog=Path(settings.offers_catalog) if settings.offers_catalog else None,
+    )
+    failed = False
+    for path in settings.service_paths:
+        try:
+            compile_file(path, context=context)
+        except TranslatorError as exc:
+            print(exc, file=sys.stderr)
+            failed = True
+    return 2 if failed else 0
+
+
+def _operation(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from pulumi.automation import errors as auto_errors
+
+        engine = _engine(args)
+        if name != "destroy":
+            status = _preflight(engine)
+            if status:
+                return status
+        kwargs: dict[str, Any] = {}
+        if args.target:
+            kwargs["target"] = args.target
+        try:
+            result = getattr(engine, name)(**kwargs)
+        except auto_errors.CommandError as exc:
+            print(f"serveform {name}: the update failed:\n{_error_text(exc)}", file=sys.stderr)
+            return 1
+        summary = getattr(result, "summary", None)
+        if summary is not None and getattr(summary, "resource_changes", None) is not None:
+            print(f"serveform {name}: {summary.result}: {json.dumps(summary.resource_changes, sort_keys=True)}")
+        elif hasattr(result, "change_summary"):
+            print(f"serveform {name}: {json.dumps(result.change_summary, sort_keys=True)}")
+        return 0
+
+    return run
+
+
+def _error_text(exc: Exception) -> str:
+    text = str(exc)
+    # The Automation API wraps the CLI's stderr; keep the lines a person needs.
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith((" code:", "code:"))]
+    return "\n".join(lines[-40:])
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    engine = _engine(args, quiet=True)
+    outputs = engine.stack_obj.outputs()
+    values = {k: v.value for k, v in outputs.items()}
+    if not values:
+        print(f"serveform endpoints: stack {args.stack!r} has no outputs; run `serveform up --stack {args.stack}`", file=sys.stderr)
+        return 1
+    info = _endpoint_info(values)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    print(_render_endpoints(info))
+    return 0
+
+
+def _endpoint_info(values: dict[str, Any]) -> dict[str, Any]:
+    gateway = values.get("gateway") or {}
+    services = values.get("services") or []
+    return {
+        "domain": values.get("domain"),
+        "gateway": {"address": gateway.get("address"), "ca_cert": gateway.get("ca_cert")},
+        "token": values.get("token"),
+        "openai_base_url": values.get("openai_base_url"),
+        "services": [
+            {"name": s.get("name"), "url": s.get("url"), "auth": s.get("auth", True), "model": s.get("model")}
+            for s in services
+        ],
+    }
+
+
+def _render_endpoints(info: dict[str, Any]) -> str:
+    address = info["gateway"]["address"] or ""
+    host, _, port = address.rpartition(":")
+    ca = info["gateway"]["ca_cert"]
+    token = info["token"] or "<token>"
+    lines = [f"gateway: {address}  domain: {info['domain']}"]
+    if ca:
+        lines.append(f"CA certificate: {ca}")
+    for service in info["services"]:
+        lines.append(f"- {service['name']}: {service['url']}" + (f"  (model: {service['model']})" if service["model"] else ""))
+    for service in info["services"][:1]:
+        url = service["url"]
+        hostname = url.split("//", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        resolve = f"--resolve {hostname}:{port}:{host or '127.0.0.1'}" if port else ""
+        cacert = f"--cacert {ca}" if ca else ""
+        auth = f"-H 'Authorization: Bearer {token}'" if service["auth"] else ""
+        lines += ["", "Try it:", f"  curl {resolve} {cacert} {auth} {url}/".replace("  ", " ")]
+    if info["openai_base_url"]:
+        model = next((s["model"] for s in info["services"] if s["model"]), None)
+        if model:
+            lines += [
+                "",
+                "With the openai client:",
+                _openai_snippet(info["openai_base_url"], token, model, ca, address),
+            ]
+    return "\n".join(lines)
+
+
+def _openai_snippet(base_url: str, token: str, model: str, ca: str | None, address: str) -> str:
+    # `*.localhost` does not resolve to loopback everywhere, so the snippet connects to the gateway's
+    # address and keeps the service host name for SNI and the Host header.
+    host = base_url.split("//", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    verify = repr(ca) if ca else "True"
+    return "\n".join(
+        [
+            "import httpx, openai",
+            f"transport = httpx.HTTPTransport(verify={verify})",
+            "class _Loopback(httpx.HTTPTransport):",
+            "    def handle_request(self, request):",
+            f"        request.url = request.url.copy_with(host={address.rpartition(':')[0] or '127.0.0.1'!r})",
+            f"        request.extensions['sni_hostname'] = {host!r}",
+            "        return super().handle_request(request)",
+            f"client = openai.OpenAI(base_url={base_url!r}, api_key={token!r},",
+            f"                       http_client=httpx.Client(transport=_Loopback(verify={verify})))",
+            f"reply = client.chat.completions.create(model={model!r}, messages=[{{'role': 'user', 'content': 'hello'}}])",
+            "print(reply.choices[0].message.content)",
+        ]
+    )
