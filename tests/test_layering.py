@@ -1,0 +1,56 @@
+"""The one-way data flow of the design, enforced on the source's imports.
+
+file → translator → plan → components → Pulumi; at run time Caddy → scaler → stack config → up.
+The translator imports nothing of Pulumi, the gateway, the scaler or the components; the scaler
+never imports the components (it changes stack config and runs `up`, it never builds resources);
+the gateway knows nothing of Pulumi or the components.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FORBIDDEN = {
+    "translator": ("pulumi", "serveform.components", "serveform.gateway", "serveform.scaler", "serveform.stacks"),
+    "scaler": ("serveform.components",),
+    "gateway": ("pulumi", "serveform.components", "serveform.scaler"),
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = "serveform." + ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                name = f"{base}.{node.module}" if node.module else base
+            else:
+                name = node.module or ""
+            found.append((node.lineno, name))
+    return found
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_imports_follow_the_data_flow(folder: str) -> None:
+    offences = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for line, name in _imports(path):
+            for prefix in FORBIDDEN[folder]:
+                if name == prefix or name.startswith(prefix + "."):
+                    offences.append(f"{path.relative_to(ROOT)}:{line}: imports {name}")
+    assert not offences, "\n".join(offences)
+
+
+def test_relative_imports_resolve_inside_the_package() -> None:
+    # Guards the walker itself: a relative import in serveform.stacks resolves to serveform.stacks.*.
+    names = [n for _, n in _imports(ROOT / "stacks" / "__init__.py")]
+    assert "serveform.stacks.settings" in names
