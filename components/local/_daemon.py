@@ -1,0 +1,191 @@
+"""A long-running helper process of the stack (a Pulumi dynamic resource): the gateway, the scaler.
+
+The daemon owns a state directory. `create` writes the daemon's files into it (secret files with
+mode 0600, everything else 0644), starts the process detached (its own session, so it outlives
+the engine) and waits until it accepts connections on ``ready_address`` when one is given.
+`update` rewrites changed files and sends ``reload_signal`` (or, without one, restarts the
+process), so a config change reaches a running daemon; a change of the command, environment or address replaces the daemon.
+`read` drops a daemon whose process (same pid and start time) is gone, so the next `up` starts it
+again. `delete` stops the process group and removes the state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.dynamic as dynamic
+from pydantic import BaseModel, ConfigDict
+
+from ._process import ProcessRef, ProcessStartError, log_tail, port_accepts, spawn, stop, wait_until
+
+__all__ = ["Daemon", "DaemonProvider", "PROVIDER_VERSION", "PYTHON"]
+
+PROVIDER_VERSION = "1"
+"""Bump when the provider's behaviour changes, so `pulumi preview` shows the change."""
+PYTHON = "{python}"
+"""An ``argv[0]`` that stands for the interpreter running the provider (the project's Python)."""
+
+_REPLACE_KEYS = ("name", "argv", "cwd", "env", "state_dir", "log_path", "ready_address")
+_FILE_KEYS = ("files", "secret_files")
+_INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
+_REDACTED = "[secret]"
+
+
+class DaemonInputs(BaseModel):
+    """The JSON inputs of a daemon."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    provider_version: str
+    name: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str] = {}
+    state_dir: str
+    log_path: str
+    files: dict[str, str] = {}
+    secret_files: dict[str, str] = {}
+    ready_address: str | None = None
+    ready_timeout_seconds: float = 60.0
+    reload_signal: str | None = None
+    remove_empty_parents: int = 0
+
+
+class DaemonState(DaemonInputs):
+    """Inputs plus the running process."""
+
+    pid: int
+    start_time: int
+
+
+def _write_files(inputs: DaemonInputs) -> None:
+    root = Path(inputs.state_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    for files, mode in ((inputs.files, 0o644), (inputs.secret_files, 0o600)):
+        for relative, content in files.items():
+            path = root / relative
+            if root.resolve() not in path.resolve().parents:
+                raise ValueError(f"{inputs.name}: file {relative!r} is outside {root}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write beside and rename, with the final mode from the start: a reader never sees
+            # half a file, and a secret is never readable by others, not even for a moment.
+            temporary = path.with_name(f".{path.name}.tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(content)
+            os.chmod(temporary, mode)
+            temporary.replace(path)
+
+
+def _argv(inputs: DaemonInputs) -> list[str]:
+    return [sys.executable if part == PYTHON else part for part in inputs.argv]
+
+
+def _env(inputs: DaemonInputs) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
+    env.update(inputs.env)
+    return env
+
+
+def _redact(text: str, secrets: dict[str, str]) -> str:
+    for value in secrets.values():
+        for line in value.splitlines():
+            if len(line.strip()) >= 8:
+                text = text.replace(line.strip(), _REDACTED)
+    return text
+
+
+def _start(inputs: DaemonInputs) -> ProcessRef:
+    ref = spawn(_argv(inputs), cwd=inputs.cwd, env=_env(inputs), log_path=inputs.log_path)
+    if inputs.ready_address is None:
+        return ref
+    host, _, port = inputs.ready_address.rpartition(":")
+    ready = wait_until(lambda: not ref.alive() or port_accepts(host, int(port)), inputs.ready_timeout_seconds)
+    if ready and ref.alive():
+        return ref
+    died = not ref.alive()
+    stop(ref)
+    why = "exited" if died else f"did not accept connections within {inputs.ready_timeout_seconds:g}s"
+    tail = _redact(log_tail(inputs.log_path), inputs.secret_files)
+    raise ProcessStartError(
+        f"{inputs.name} {why} before listening on {inputs.ready_address}.\nLast lines of {inputs.log_path}:\n{tail}"
+    )
+
+
+class DaemonProvider(dynamic.ResourceProvider):
+    """Starts, reloads and stops a daemon process. Holds no state of its own."""
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        replaces = [k for k in _REPLACE_KEYS if olds.get(k) != news.get(k)]
+        updates = (*_FILE_KEYS, "provider_version", "ready_timeout_seconds", "reload_signal", "remove_empty_parents")
+        changed = replaces or [k for k in updates if olds.get(k) != news.get(k)]
+        # Two copies of one daemon would fight over its state directory and address.
+        return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        inputs = DaemonInputs.model_validate(props)
+        _write_files(inputs)
+        ref = _start(inputs)
+        state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time)
+        return dynamic.CreateResult(f"{inputs.name}-{ref.pid}", state.model_dump())
+
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
+        state = DaemonState.model_validate(props)
+        if not ProcessRef(state.pid, state.start_time).alive():
+            return dynamic.ReadResult("", {})
+        return dynamic.ReadResult(id_, state.model_dump())
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        old = DaemonState.model_validate(olds)
+        inputs = DaemonInputs.model_validate(news)
+        ref = ProcessRef(old.pid, old.start_time)
+        _write_files(inputs)
+        if (inputs.files, inputs.secret_files) != (old.files, old.secret_files):
+            if not ref.alive():
+                ref = _start(inputs)
+            elif inputs.reload_signal:
+                os.kill(ref.pid, signal.Signals[inputs.reload_signal])
+            else:  # a daemon that cannot reload reads its files again by starting over
+                stop(ref)
+                ref = _start(inputs)
+        state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time)
+        return dynamic.UpdateResult(state.model_dump())
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        state = DaemonState.model_validate(props)
+        stop(ProcessRef(state.pid, state.start_time))
+        root = Path(state.state_dir)
+        shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            raise RuntimeError(f"{state.name}: could not remove {root}")
+        log_path = Path(state.log_path)
+        if root not in log_path.parents:
+            log_path.unlink(missing_ok=True)
+        for parent in list(root.parents)[: state.remove_empty_parents]:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+
+class Daemon(dynamic.Resource, module="serveform-local", name="Daemon"):
+    """A detached helper process with its own state directory."""
+
+    pid: pulumi.Output[int]
+    state_dir: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(
+            DaemonProvider(),
+            name,
+            {**props, "pid": None, "start_time": None},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["secret_files"])),
+        )

@@ -1,0 +1,238 @@
+"""One replica of a service as a Pulumi dynamic resource: a detached process on loopback.
+
+One resource per replica, so scaling by one creates or deletes exactly one resource and leaves
+the other replicas' processes alone.
+
+Ports. A service file names the port its server listens on inside a container (``port: 8000``).
+Processes on one machine cannot share it, so every replica gets its own free loopback port in
+``$PORT`` (and ``HOST=127.0.0.1``); a command that spells the service port out as a number of its
+own (``--port 8000``, ``http.server 8000``, ``0.0.0.0:8000``) has that number replaced by the
+replica's port, so dstack examples run unchanged. ``create`` returns once the port accepts
+connections, and fails with the tail of the replica's log when the process dies first or the
+deadline passes (the process is stopped then: a failed create leaves nothing running).
+
+Identity. ``read`` (``pulumi refresh``) keeps the replica only while its process — same pid and
+same start time — runs; otherwise the resource leaves the state and the next ``up`` creates it.
+
+Logs. ``<state dir>/replicas/<service>-<n>.log``; a new process of the same replica moves the old
+log to ``<service>-<n>.previous.log`` first, so the reason a replica died survives its healing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.dynamic as dynamic
+from pydantic import BaseModel, ConfigDict
+
+from ._process import LOOPBACK_HOST, ProcessRef, ProcessStartError, free_port, log_tail, port_accepts, spawn, stop, wait_until
+
+__all__ = ["PROVIDER_VERSION", "Replica", "ReplicaProvider", "replica_script", "substitute_port"]
+
+PROVIDER_VERSION = "1"
+"""Bump when the provider's behaviour changes, so `pulumi preview` shows the change."""
+
+# Inputs whose change needs a new process; anything else updates in place.
+_REPLACE_KEYS = (
+    "service",
+    "replica",
+    "project_dir",
+    "working_dir",
+    "log_path",
+    "setup",
+    "commands",
+    "env",
+    "secret_env",
+    "container_port",
+    "gpus_num",
+)
+# Variables of the deploying environment a replica inherits; the rest of it (engine settings,
+# passphrases, cloud credentials) is none of a replica's business.
+_INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "TERM")
+_REDACTED = "[secret]"
+
+
+class ReplicaInputs(BaseModel):
+    """The JSON inputs of a replica (what the component passes)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    provider_version: str
+    service: str
+    replica: int
+    project_dir: str
+    working_dir: str | None = None
+    log_path: str
+    setup: list[str] = []
+    commands: list[str]
+    env: dict[str, str] = {}
+    secret_env: dict[str, str] = {}
+    container_port: int
+    gpus_num: int = 0
+    ready_timeout_seconds: float = 120.0
+
+
+class ReplicaState(ReplicaInputs):
+    """Inputs plus what `create` learned: the process and its address."""
+
+    pid: int
+    start_time: int
+    port: int
+    address: str
+    log_inode: int
+
+
+def substitute_port(command: str, container_port: int, port: int) -> str:
+    """Replace the service port written as a number of its own in ``command`` by ``port``.
+
+    ``--port 8000``, ``--port=8000``, ``0.0.0.0:8000`` and ``http.server 8000`` change;
+    ``18000``, ``8000.5``, ``v8000`` and ``8000ms`` do not.
+    """
+    pattern = rf"(?<![\w.]){container_port}(?![\w]|\.\d)"
+    return re.sub(pattern, str(port), command)
+
+
+def replica_script(setup: list[str], commands: list[str], container_port: int, port: int) -> str:
+    """The bash script of a replica: `setup`, then `commands`, stopping at the first failure."""
+    lines = ["set -e", *setup, *(substitute_port(c, container_port, port) for c in commands)]
+    return "\n".join(lines) + "\n"
+
+
+def _replica_env(inputs: ReplicaInputs, port: int) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+    # Replicas run with the project's Python environment first on PATH (the interpreter running
+    # this provider), so `python` in a service's commands finds the project's packages.
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
+    env.update(inputs.env)
+    env.update(inputs.secret_env)
+    env.update(
+        {
+            "DSTACK_RUN_NAME": inputs.service,
+            "DSTACK_GPUS_NUM": str(inputs.gpus_num),
+            "DSTACK_REPLICA_NUM": str(inputs.replica),
+            "SERVEFORM_REPLICA_ID": f"{inputs.service}-{inputs.replica}",
+            "PORT": str(port),
+            "HOST": LOOPBACK_HOST,
+        }
+    )
+    return env
+
+
+def _redact(text: str, secrets: dict[str, str]) -> str:
+    for value in sorted(secrets.values(), key=len, reverse=True):
+        if value:
+            text = text.replace(value, _REDACTED)
+    return text
+
+
+def _previous_log(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name.removesuffix(".log") + ".previous.log")
+
+
+def _remove_empty_parents(path: Path, levels: int) -> None:
+    for parent in list(path.parents)[:levels]:
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+
+
+class ReplicaProvider(dynamic.ResourceProvider):
+    """Creates, reads, updates and deletes replica processes. Holds no state of its own."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.CheckResult:
+        return dynamic.CheckResult(news, [])
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        replaces = [k for k in _REPLACE_KEYS if olds.get(k) != news.get(k)]
+        changed = replaces or [k for k in ("provider_version", "ready_timeout_seconds") if olds.get(k) != news.get(k)]
+        return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        inputs = ReplicaInputs.model_validate(props)
+        label = f"replica {inputs.service}-{inputs.replica}"
+        log_path = Path(inputs.log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if log_path.exists():
+            log_path.replace(_previous_log(log_path))
+        cwd = Path(inputs.project_dir) / (inputs.working_dir or "")
+        if not cwd.is_dir():
+            raise ProcessStartError(f"{label}: working directory {cwd} does not exist")
+        port = free_port()
+        script = replica_script(inputs.setup, inputs.commands, inputs.container_port, port)
+        ref = spawn(["bash", "--noprofile", "--norc", "-c", script], cwd=cwd, env=_replica_env(inputs, port), log_path=log_path)
+        ready = wait_until(lambda: not ref.alive() or port_accepts(LOOPBACK_HOST, port), inputs.ready_timeout_seconds)
+        if not (ready and ref.alive()):
+            died = not ref.alive()
+            stop(ref)
+            why = "exited" if died else f"did not accept connections within {inputs.ready_timeout_seconds:g}s"
+            hint = (
+                f" Locally every replica listens on its own port, given in $PORT (the service's port "
+                f"{inputs.container_port} is replaced when it appears as a number in `commands`)."
+            )
+            tail = _redact(log_tail(log_path), inputs.secret_env)
+            raise ProcessStartError(
+                f"{label} {why} before listening on {LOOPBACK_HOST}:{port}.{'' if died else hint}\n"
+                f"Last lines of {log_path}:\n{tail}"
+            )
+        state = ReplicaState(
+            **inputs.model_dump(),
+            pid=ref.pid,
+            start_time=ref.start_time,
+            port=port,
+            address=f"{LOOPBACK_HOST}:{port}",
+            log_inode=log_path.stat().st_ino,
+        )
+        return dynamic.CreateResult(f"{inputs.service}-{inputs.replica}-{ref.pid}", state.model_dump())
+
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
+        state = ReplicaState.model_validate(props)
+        if not ProcessRef(state.pid, state.start_time).alive():
+            # Gone: an empty id drops the replica from the state, so the next `up` recreates it.
+            return dynamic.ReadResult("", {})
+        return dynamic.ReadResult(id_, state.model_dump())
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        state = ReplicaState.model_validate(olds)
+        inputs = ReplicaInputs.model_validate(news)
+        return dynamic.UpdateResult(
+            state.model_copy(
+                update={"provider_version": inputs.provider_version, "ready_timeout_seconds": inputs.ready_timeout_seconds}
+            ).model_dump()
+        )
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        state = ReplicaState.model_validate(props)
+        stop(ProcessRef(state.pid, state.start_time))
+        log_path = Path(state.log_path)
+        try:
+            if log_path.stat().st_ino == state.log_inode:
+                log_path.unlink()
+        except FileNotFoundError:
+            pass
+        if not log_path.exists():  # the slot is empty now: its history goes too
+            _previous_log(log_path).unlink(missing_ok=True)
+        _remove_empty_parents(log_path, levels=2)  # replicas/ and the state dir, when empty
+
+
+class Replica(dynamic.Resource, module="serveform-local", name="Replica"):
+    """A replica process (see the module docstring)."""
+
+    pid: pulumi.Output[int]
+    port: pulumi.Output[int]
+    address: pulumi.Output[str]
+    log_path: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        outputs = {"pid": None, "start_time": None, "port": None, "address": None, "log_inode": None}
+        super().__init__(
+            ReplicaProvider(),
+            name,
+            {**props, **outputs},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["secret_env"])),
+        )
