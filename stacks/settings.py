@@ -139,6 +139,23 @@ class K8sSettings(_Settings):
     namespace: str = "serveform"
     gateway_service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
     storage_class: str | None = None
+    create_namespace: Annotated[
+        bool, Field(description="Create (and on destroy delete) the namespace; false to deploy into an existing one.")
+    ] = True
+    check_capacity: Annotated[
+        bool,
+        Field(description="Before registering anything, fail when no node can hold a replica's GPUs; "
+              "false for clusters whose autoscaler adds GPU nodes on demand."),
+    ] = True
+    rollout_timeout_seconds: Annotated[
+        int, Field(ge=1, description="How long `up` waits for a Deployment's rollout before failing.")
+    ] = 600
+    volume_host_path: Annotated[
+        str | None,
+        Field(description="Back each volume by a static hostPath PersistentVolume under this node directory "
+              "(single-node and test clusters); unset: claims use `storage_class`."),
+    ] = None
+    volume_size_gb: Annotated[int, Field(ge=1, description="Size of each volume's claim, in GB.")] = 100
 
 
 class StackSettings(_Settings):
