@@ -1,0 +1,248 @@
+"""The local backend's components under Pulumi's mock runtime: what gets registered, with what.
+
+Mocks are installed before the backend registers anything; each test deploys a stack and looks
+at the recorded registrations (type, logical name, parent chain, inputs, secret-ness).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pulumi
+import pytest
+from pulumi.runtime import rpc
+from pydantic import SecretStr
+
+from serveform.stacks.settings import StackSettings
+from serveform.translator.plan import (
+    EnvValue,
+    GatewayRoutePlan,
+    ModelPlan,
+    ReplicaBounds,
+    ReplicaGroupPlan,
+    ResourcesPlan,
+    ScalingPlan,
+    ServicePlan,
+    VolumePlan,
+)
+
+REPLICA = "pulumi-python:dynamic/serveform-local:Replica"
+DAEMON = "pulumi-python:dynamic/serveform-local:Daemon"
+TOKEN = "pulumi-python:dynamic/serveform-local:Token"
+DIRECTORY = "pulumi-python:dynamic/serveform-local:Directory"
+PUBLICATION = "pulumi-python:dynamic/serveform-local:Publication"
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.registered: list[pulumi.runtime.MockResourceArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.registered.append(args)
+        outputs = dict(args.inputs)
+        if args.typ == REPLICA:
+            port = 40000 + int(args.inputs["replica"])
+            outputs.update(pid=1000, start_time=1, port=port, address=f"127.0.0.1:{port}", log_inode=1)
+        elif args.typ == TOKEN:
+            outputs["value"] = "generated-token-value"
+        elif args.typ == DAEMON:
+            outputs.update(pid=1000, start_time=1)
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
+        return [r for r in self.registered if r.typ == typ]
+
+    def named(self, name: str) -> pulumi.runtime.MockResourceArgs:
+        (found,) = [r for r in self.registered if r.name == name]
+        return found
+
+
+@pytest.fixture
+async def mocks() -> _Mocks:
+    mocks = _Mocks()
+    pulumi.runtime.set_mocks(mocks, project="serveform", stack="dev", preview=False)
+    return mocks
+
+
+def _plan(name: str = "chat", *, replicas: tuple[int, int, int] = (1, 3, 2), **group) -> ServicePlan:
+    low, high, initial = replicas
+    return ServicePlan(
+        file=f"{name}.dstack.yml",
+        name=name,
+        backend="local",
+        replica_group=ReplicaGroupPlan(
+            image="python:3.11",
+            commands=group.pop("commands", ("python stacks/examples/chat_server.py",)),
+            container_port=8000,
+            resources=ResourcesPlan(cpu_min=1, memory_min_gb=0.5, disk_min_gb=1),
+            env=group.pop(
+                "env",
+                {
+                    "MODEL_NAME": EnvValue(value="chat-small"),
+                    "HF_TOKEN": EnvValue(value=SecretStr("hf-secret-value"), secret=True, source="stack"),
+                },
+            ),
+            **group,
+        ),
+        replicas=ReplicaBounds(min=low, max=high, initial=initial),
+        scaling=ScalingPlan(target=10) if high > low else None,
+        route=GatewayRoutePlan(subdomain=name, model=ModelPlan(name=f"{name}-model")),
+        volumes=(
+            VolumePlan(kind="network", names=("shared-data",), path="/data"),
+            VolumePlan(kind="instance", instance_path="/tmp/cache", path="/root/.cache"),
+        ),
+    )
+
+
+def _settings(tmp_path: Path, **config) -> StackSettings:
+    base = {"serveform:backend": "local", "serveform:services": ["chat.dstack.yml"]}
+    return StackSettings.from_config({**base, **config}, stack="dev", project_dir=tmp_path)
+
+
+async def _resolve(value):
+    """Await an Output (or a structure of them) into (value, is_secret)."""
+    output = pulumi.Output.from_input(value)
+    return await output.future(), await output.is_secret()
+
+
+def _exports() -> dict:
+    return pulumi.runtime.get_root_resource().outputs
+
+
+async def _deploy(settings: StackSettings, plans: list[ServicePlan]) -> None:
+    """Run the backend and wait until every registration has reached the mocks."""
+    from serveform.components.local import deploy
+
+    deploy(settings, plans)
+    for value in _exports().values():
+        await _resolve(value)
+    await pulumi.runtime.stack.wait_for_rpcs(await_all_outstanding_tasks=False)
+
+
+async def test_registers_gateway_token_volume_and_one_replica_per_count(tmp_path, mocks):
+    await _deploy(_settings(tmp_path, **{"serveform:replicas": json.dumps({"chat": 3})}), [_plan()])
+    services, _ = await _resolve(_exports()["services"])
+
+    replicas = sorted(r.name for r in mocks.of_type(REPLICA))
+    assert replicas == ["chat-replica-0", "chat-replica-1", "chat-replica-2"]  # the scaler's count wins
+    types = {r.typ for r in mocks.registered}
+    assert {"serveform:local:Gateway", "serveform:local:ReplicaGroup", "serveform:local:Volume"} <= types
+    assert [r.name for r in mocks.of_type(TOKEN)] == ["gateway-token"]
+    assert [r.name for r in mocks.of_type(DIRECTORY)] == ["volume-shared-data-directory"]
+    assert [r.name for r in mocks.of_type(PUBLICATION)] == ["chat-route"]
+    assert [r.name for r in mocks.of_type(DAEMON)] == ["gateway-process"]
+    assert services[0]["addresses"] == ["127.0.0.1:40000", "127.0.0.1:40001", "127.0.0.1:40002"]
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(None, 2), (0, 1), (9, 3), (3, 3)])
+async def test_replica_count_is_config_or_initial_clamped_to_bounds(tmp_path, mocks, configured, expected):
+    config = {} if configured is None else {"serveform:replicas": json.dumps({"chat": configured})}
+    await _deploy(_settings(tmp_path, **config), [_plan()])
+    services, _ = await _resolve(_exports()["services"])
+    assert len(mocks.of_type(REPLICA)) == expected
+    assert services[0]["replicas"] == {"min": 1, "max": 3, "count": expected}
+
+
+async def test_children_are_parented_to_their_component(tmp_path, mocks):
+    await _deploy(_settings(tmp_path), [_plan()])
+    await _resolve(_exports()["services"])
+    # The mock monitor builds URNs from the parent's type chain: the component's type appears in it.
+    monitor = pulumi.runtime.settings.get_monitor()
+    by_name = {urn.rsplit("::", 1)[-1]: urn for urn in monitor.resources}
+    assert "serveform:local:ReplicaGroup$" + REPLICA in by_name["chat-replica-0"]
+    assert "serveform:local:ReplicaGroup$" + PUBLICATION in by_name["chat-route"]
+    assert "serveform:local:Gateway$" + DAEMON in by_name["gateway-process"]
+    assert "serveform:local:Volume$" + DIRECTORY in by_name["volume-shared-data-directory"]
+
+
+async def test_replica_inputs_carry_plan_commands_env_and_volumes(tmp_path, mocks):
+    settings = _settings(tmp_path)
+    await _deploy(settings, [_plan(working_dir="app", setup=("pip --version",))])
+    await _resolve(_exports()["services"])
+    inputs = mocks.named("chat-replica-1").inputs
+    assert inputs["service"] == "chat" and inputs["replica"] == 1
+    assert inputs["commands"] == ["python stacks/examples/chat_server.py"] and inputs["setup"] == ["pip --version"]
+    assert inputs["project_dir"] == str(tmp_path) and inputs["working_dir"] == "app"
+    assert inputs["log_path"] == str(settings.state_dir / "replicas" / "chat-1.log")
+    assert inputs["container_port"] == 8000 and inputs["provider_version"]
+    volume_dir = str(settings.state_dir / "volumes" / "shared-data")
+    assert inputs["env"] == {
+        "MODEL_NAME": "chat-small",
+        "SERVEFORM_VOLUME_DATA": volume_dir,
+        "SERVEFORM_VOLUME_ROOT_CACHE": "/tmp/cache",
+        "SERVEFORM_VOLUMES": json.dumps({"/data": volume_dir, "/root/.cache": "/tmp/cache"}, sort_keys=True),
+    }
+    assert inputs["ready_timeout_seconds"] == settings.local.ready_timeout_seconds
+
+
+async def test_secrets_stay_secret(tmp_path, mocks):
+    await _deploy(_settings(tmp_path, **{"serveform:tokens": json.dumps(["configured-token-1"])}), [_plan()])
+    token, token_secret = await _resolve(_exports()["token"])
+    assert (token, token_secret) == ("configured-token-1", True)
+    assert not mocks.of_type(TOKEN)  # configured tokens: nothing generated
+    replica = mocks.named("chat-replica-0").inputs
+    assert rpc.is_rpc_secret(replica["secret_env"])
+    assert rpc.unwrap_rpc_secret(replica["secret_env"]) == {"HF_TOKEN": "hf-secret-value"}
+    assert "HF_TOKEN" not in replica["env"]
+    gateway = mocks.named("gateway-process").inputs
+    assert rpc.is_rpc_secret(gateway["secret_files"])
+    assert json.loads(rpc.unwrap_rpc_secret(gateway["secret_files"])["secrets/tokens.json"]) == ["configured-token-1"]
+    assert "configured-token-1" not in json.dumps(gateway["files"])
+    assert "__provider" in replica  # the serialized provider travels with the inputs
+
+
+async def test_generated_token_is_exported_as_secret(tmp_path, mocks):
+    await _deploy(_settings(tmp_path), [_plan()])
+    assert await _resolve(_exports()["token"]) == ("generated-token-value", True)
+    gateway = mocks.named("gateway-process").inputs
+    assert json.loads(rpc.unwrap_rpc_secret(gateway["secret_files"])["secrets/tokens.json"]) == ["generated-token-value"]
+
+
+async def test_gateway_runs_the_supervisor_on_loopback_with_local_ports(tmp_path, mocks):
+    settings = _settings(tmp_path, **{"serveform:gateway": json.dumps({"https_port": 18443})})
+    await _deploy(settings, [_plan()])
+    gateway, _ = await _resolve(_exports()["gateway"])
+    assert gateway == {
+        "address": "127.0.0.1:18443",
+        "ca_cert": str(settings.state_dir / "gateway" / "caddy" / "pki" / "authorities" / "local" / "root.crt"),
+        "domain": "localhost",
+    }
+    inputs = mocks.named("gateway-process").inputs
+    assert inputs["argv"][1:] == ["-m", "serveform.gateway", "run", "--state-dir", str(settings.state_dir / "gateway")]
+    config = json.loads(inputs["files"]["gateway.json"])
+    assert config["settings"]["bind"] == ["127.0.0.1"] and config["settings"]["http_port"] == 8080
+    assert [p["name"] for p in config["plans"]] == ["chat"]
+    assert inputs["ready_address"] == "127.0.0.1:18443"
+    exports = _exports()
+    assert await _resolve(exports["openai_base_url"]) == ("https://gateway.localhost:18443/v1", False)
+    services, _ = await _resolve(exports["services"])
+    assert services[0]["url"] == "https://chat.localhost:18443"
+    assert services[0]["model"] == "chat-model" and services[0]["auth"] is True
+
+
+async def test_plain_http_gateway_has_no_ca(tmp_path, mocks):
+    await _deploy(_settings(tmp_path, **{"serveform:gateway": json.dumps({"tls": "off", "http_port": 18080})}), [_plan()])
+    gateway, _ = await _resolve(_exports()["gateway"])
+    assert gateway["address"] == "127.0.0.1:18080" and gateway["ca_cert"] is None
+    services, _ = await _resolve(_exports()["services"])
+    assert services[0]["url"] == "http://chat.localhost:18080"
+
+
+async def test_a_volume_named_by_two_services_is_one_directory(tmp_path, mocks):
+    await _deploy(_settings(tmp_path, **{"serveform:retainVolumes": "false"}), [_plan("chat"), _plan("other")])
+    await _resolve(_exports()["services"])
+    assert len(mocks.of_type(DIRECTORY)) == 1  # two services, one shared volume
+
+
+async def test_a_service_the_gateway_cannot_serve_fails_before_any_resource(tmp_path, mocks):
+    from serveform.components.local import deploy
+    from serveform.components.local import deploy
+    from serveform.gateway.errors import GatewayConfigError
+
+    with pytest.raises(GatewayConfigError, match="gateway"):
+        deploy(_settings(tmp_path), [_plan("gateway")])  # `gateway.<domain>` is the router's host
+    assert mocks.registered == []
