@@ -1,0 +1,173 @@
+"""Pulumi-side helpers shared by the VM backends' `deploy` functions (AWS, GCP, Azure).
+
+Each backend's `deploy(settings, plans)` runs in two phases: first it checks the stack settings
+and plans and computes every plain value (raising `pulumi.RunError` naming the config key or
+service field — nothing is registered yet), then it registers components. The helpers here
+belong to both phases.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import pulumi
+
+from serveform.stacks.settings import StackConfigError, StackSettings
+from serveform.translator.plan import ServicePlan
+
+from ._vm import VmConfigError
+
+__all__ = [
+    "check_plans",
+    "checked",
+    "desired_replicas",
+    "export_services",
+    "gateway_config",
+    "gateway_caddyfile",
+    "require",
+    "service_url",
+    "tokens_secret",
+]
+
+T = TypeVar("T")
+
+# Service names become group, disk and DNS names on every cloud: one DNS label, 40 characters at
+# most so that `serveform-<stack>-<service>` stays inside Azure's and GCP's 63-character limits.
+_DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+# The scaler's systemd unit comes from the scaler package when it ships one.
+_SCALER_UNIT_TEMPLATE = "serveform-scaler.service.j2"
+
+
+def require(settings: StackSettings, problems: list[tuple[str, str]], key: str, value: T | None, message: str) -> T | None:
+    """Record a missing required setting under its config key (``serveform:aws.region``)."""
+    if value in (None, "", ()):
+        problems.append((key, message))
+    return value
+
+
+def checked(settings: StackSettings, problems: Sequence[tuple[str, str]], compute: Callable[[], T]) -> T:
+    """Raise every recorded problem at once as a `pulumi.RunError`, else run ``compute``.
+
+    ``compute`` may raise `VmConfigError` (a plan that cannot be wired); it becomes a
+    `pulumi.RunError` too, so the program stops before any resource is registered.
+    """
+    if problems:
+        raise pulumi.RunError(str(StackConfigError(settings.stack, list(problems))))
+    try:
+        return compute()
+    except VmConfigError as exc:
+        raise pulumi.RunError(str(exc)) from None
+
+
+def check_plans(settings: StackSettings, plans: Sequence[ServicePlan], backend: str, problems: list[tuple[str, str]]) -> None:
+    """Every plan compiled for this backend; service names fit the cloud's resource names."""
+    if settings.backend != backend:
+        problems.append(("serveform:backend", f"is {settings.backend!r}, but the {backend} backend was asked to deploy"))
+    for plan in plans:
+        if plan.backend != backend:
+            problems.append(("serveform:services", f"{plan.file}: compiled for backend {plan.backend!r}, not {backend!r}"))
+        if not _DNS_LABEL.match(plan.name):
+            problems.append(("serveform:services", f"{plan.file}: name {plan.name!r}: expected a DNS label (a-z, 0-9, '-')"))
+
+
+def tokens_secret(settings: StackSettings) -> pulumi.Output[str] | None:
+    """The bearer tokens as one JSON list, a Pulumi secret from the start."""
+    if not settings.tokens:
+        return None
+    return pulumi.Output.secret(json.dumps([t.get_secret_value() for t in settings.tokens]))
+
+
+def desired_replicas(settings: StackSettings, plan: ServicePlan) -> int:
+    """The scaler's count from `serveform:replicas` if set, else the plan's initial count, in bounds."""
+    count = settings.replicas.get(plan.name, plan.replicas.initial)
+    return max(plan.replicas.min, min(plan.replicas.max, count))
+
+
+def service_url(settings: StackSettings, plan: ServicePlan) -> str:
+    scheme = "http" if settings.gateway.tls == "off" or plan.route.https is False else "https"
+    return f"{scheme}://{plan.route.subdomain}.{settings.domain}"
+
+
+def model_endpoint(settings: StackSettings, plan: ServicePlan) -> str | None:
+    """dstack's OpenAI-compatible endpoint: `https://gateway.<domain>/v1` for services with a model."""
+    if plan.route.model is None:
+        return None
+    scheme = "http" if settings.gateway.tls == "off" else "https"
+    return f"{scheme}://gateway.{settings.domain}{plan.route.model.prefix}"
+
+
+def export_services(
+    settings: StackSettings, plans: Iterable[ServicePlan], groups: Mapping[str, pulumi.Input[str]]
+) -> None:
+    """Per service: url, model endpoint, group name and replica bounds; per stack: domain."""
+    services: dict[str, Any] = {}
+    for plan in plans:
+        services[plan.name] = {
+            "url": service_url(settings, plan),
+            "model_endpoint": model_endpoint(settings, plan),
+            "group": groups[plan.name],
+            "replicas": {"min": plan.replicas.min, "max": plan.replicas.max, "desired": desired_replicas(settings, plan)},
+        }
+    pulumi.export("services", services)
+    pulumi.export("domain", settings.domain)
+
+
+def gateway_config(settings: StackSettings, plans: Iterable[ServicePlan]) -> dict[str, object]:
+    """The non-secret document the gateway host reads: settings and each service's route."""
+    gw = settings.gateway
+    return {
+        "stack": settings.stack,
+        "domain": settings.domain,
+        "gateway": json.loads(gw.model_dump_json()),
+        "http_port": gw.http_port or 80,
+        "https_port": gw.https_port or 443,
+        "services": {
+            plan.name: {
+                "route": json.loads(plan.route.model_dump_json()),
+                "port": plan.replica_group.container_port,
+                "replicas": json.loads(plan.replicas.model_dump_json()),
+                "scaling": json.loads(plan.scaling.model_dump_json()) if plan.scaling else None,
+            }
+            for plan in plans
+        },
+    }
+
+
+def gateway_caddyfile(settings: StackSettings, plans: Sequence[ServicePlan]) -> str:
+    """The gateway's Caddyfile, rendered by the gateway package (tokens as placeholders only)."""
+    from serveform import gateway
+
+    render = getattr(gateway, "render_caddyfile", None)
+    if render is None:  # the gateway package has not shipped its renderer in this checkout
+        return ""
+    return _call_render(render, settings, plans)
+
+
+def _call_render(render: Callable[..., str], settings: StackSettings, plans: Sequence[ServicePlan]) -> str:
+    from serveform.gateway import GatewaySettings  # type: ignore[attr-defined]
+
+    gw = settings.gateway
+    gateway_settings = GatewaySettings(
+        domain=settings.domain,
+        tls=gw.tls,
+        dns_provider=gw.dns_provider,
+        acme_email=gw.acme_email,
+        http_port=gw.http_port or 80,
+        https_port=gw.https_port or 443,
+    )
+    return render(gateway_settings, [p.route for p in plans])
+
+
+def scaler_unit(settings: StackSettings, plans: Sequence[ServicePlan]) -> str | None:
+    """The scaler's systemd unit when any service autoscales and the scaler package ships one."""
+    if not any(p.scaling for p in plans):
+        return None
+    try:
+        from serveform.scaler import render_unit  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return render_unit(stack=settings.stack)

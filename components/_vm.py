@@ -1,0 +1,366 @@
+"""What the VM backends (AWS, GCP, Azure) share: capacity choice and boot files.
+
+Everything here is pure — no Pulumi — so the rendered cloud-init and shell can be tested with
+real tools (`cloud-init schema`, `bash -n`) without a cloud. The components resolve cloud IDs
+(secret ARNs, volume IDs) as Pulumi outputs and then call these functions inside ``apply``.
+
+Secrets never enter a rendered file: the replica's boot script fetches them from the cloud's
+secret store (Secrets Manager, Secret Manager, Key Vault) with the instance's own identity, and
+the files name only the secret's ID. ``secret_payload`` builds the JSON document the components
+store there, and is only ever called inside ``Output.secret``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from serveform.translator.plan import OfferPlan, ServicePlan
+
+from ._render import render
+
+__all__ = [
+    "Capacity",
+    "DEFAULT_VOLUME_SIZE_GB",
+    "Cloud",
+    "DiscoveryTarget",
+    "GatewayBoot",
+    "ReplicaBoot",
+    "SecretRef",
+    "VolumeMount",
+    "VmConfigError",
+    "capacity",
+    "gateway_user_data",
+    "image_registry",
+    "replica_user_data",
+    "secret_env_names",
+    "secret_payload",
+]
+
+Cloud = Literal["aws", "gcp", "azure"]
+
+# The gateway host installs serveform from the package index at the version that deployed it.
+GATEWAY_STATE_DIR = "/var/lib/serveform/gateway"
+GATEWAY_CONFIG_DIR = "/etc/serveform"
+# How often the gateway host lists each group's instances (systemd timer), in seconds.
+DISCOVERY_INTERVAL_SECONDS = 15
+# Size of a network volume the stack creates (the service file names a volume, not its size), in GB.
+DEFAULT_VOLUME_SIZE_GB = 100
+# Where network volumes are mounted on the replica host before they are bound into the container.
+VOLUME_MOUNT_ROOT = "/mnt/serveform"
+# Caddy with the cloud's DNS module, for the wildcard certificate's DNS challenge.
+_CADDY_DNS_MODULE = {
+    "route53": "github.com/caddy-dns/route53",
+    "cloudflare": "github.com/caddy-dns/cloudflare",
+    "googleclouddns": "github.com/caddy-dns/googleclouddns",
+    "azure": "github.com/caddy-dns/azure",
+}
+CADDY_VERSION = "v2.11.9"
+
+# Env names reach `export NAME=...` and `docker run -e NAME`: identifiers only.
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class VmConfigError(ValueError):
+    """A plan or stack setting cannot be turned into VM resources; names the service file and field."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Capacity:
+    """Which instance types a group may use and how spot and on-demand mix."""
+
+    instance_types: tuple[str, ...]
+    """Distinct instance types from the plan's offers, cheapest first."""
+    spot: bool
+    """Whether instances above the on-demand base are spot (preemptible) capacity."""
+    on_demand_base: int
+    """Instances kept on-demand whatever the market (AWS `on_demand_base_capacity`)."""
+    on_demand_percentage: int
+    """Share of on-demand capacity above the base, 0–100 (AWS mixed instances policy)."""
+    max_price: float | None
+    """The service's `max_price` per hour, the spot bid cap; None = on-demand price."""
+    region: str | None
+    """The region of the cheapest offer, when the offers name one."""
+    gpu_name: str | None
+    """The GPU of the cheapest offer (GCP maps it to an accelerator type)."""
+    gpu_count: int
+    """GPUs per instance of the cheapest offer."""
+
+
+def capacity(plan: ServicePlan, cloud: Cloud, *, region: str | None = None) -> Capacity:
+    """Map the plan's offers and `spot_policy` to a group's capacity.
+
+    `spot`: spot only. `on-demand`: on-demand only. `auto` (dstack: spot when available): the
+    service's minimum replicas stay on-demand so the floor survives a spot reclaim, the rest
+    is spot — the nearest an auto scaling group comes to "spot, else on-demand".
+    """
+    offers = [o for o in plan.offers if o.backend == cloud and (region is None or not o.region or o.region == region)]
+    if plan.spot_policy == "spot":
+        offers = [o for o in offers if o.spot]
+    elif plan.spot_policy == "on-demand":
+        offers = [o for o in offers if not o.spot]
+    if not offers:
+        raise VmConfigError(
+            f"{plan.file}: error: offers: no {cloud} offer matches the service's resources "
+            f"with spot_policy {plan.spot_policy!r}" + (f" in region {region}" if region else "") + "; widen `resources` or `regions`"
+        )
+    offers.sort(key=lambda o: (o.price_per_hour, o.instance_type))
+    types: list[str] = []
+    for offer in offers:
+        if offer.instance_type not in types:
+            types.append(offer.instance_type)
+    cheapest: OfferPlan = offers[0]
+    if plan.spot_policy == "spot":
+        spot, base, percentage = True, 0, 0
+    elif plan.spot_policy == "on-demand":
+        spot, base, percentage = False, 0, 100
+    else:
+        spot, base, percentage = any(o.spot for o in offers), plan.replicas.min, 0
+        if not spot:
+            base, percentage = 0, 100
+    return Capacity(
+        instance_types=tuple(types),
+        spot=spot,
+        on_demand_base=base,
+        on_demand_percentage=percentage,
+        max_price=plan.max_price,
+        region=cheapest.region or None,
+        gpu_name=cheapest.gpu_name,
+        gpu_count=cheapest.gpu_count,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretRef:
+    """Where a boot script finds a secret document; the ID only, never the value."""
+
+    cloud: Cloud
+    ref: str
+    """AWS: the secret's ARN; GCP: `projects/<p>/secrets/<id>`; Azure: the secret's URL in Key Vault."""
+    region: str | None = None
+    """AWS: the secret's region."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VolumeMount:
+    """A network disk the replica attaches at boot and binds into the container."""
+
+    name: str
+    """The volume's name in the service file (also its mount folder on the host)."""
+    ref: str
+    """AWS: volume ID; GCP: disk self link; Azure: managed disk ID."""
+    container_path: str
+    """Where the service sees it."""
+    device: str
+    """AWS: device name (`/dev/sdf`); GCP: device name; Azure: LUN."""
+
+
+def image_registry(image: str) -> str | None:
+    """The registry host of an image reference, None for Docker Hub (Docker's own rule)."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def _check_env_names(plan: ServicePlan) -> None:
+    for name in plan.replica_group.env:
+        if not _ENV_NAME.match(name):
+            raise VmConfigError(f"{plan.file}: error: env.{name}: not a valid environment variable name")
+
+
+def secret_env_names(plan: ServicePlan) -> tuple[str, ...]:
+    """Env names whose values are secrets (fetched at boot, never rendered)."""
+    return tuple(sorted(n for n, v in plan.replica_group.env.items() if v.secret or _is_secret(v.value)))
+
+
+def _is_secret(value: object) -> bool:
+    return hasattr(value, "get_secret_value")
+
+
+def _plain_env(plan: ServicePlan) -> dict[str, str]:
+    secret = set(secret_env_names(plan))
+    env: dict[str, str] = {}
+    for name, value in plan.replica_group.env.items():
+        if name in secret:
+            continue
+        if value.value is None:
+            raise VmConfigError(f"{plan.file}: error: env.{name}: has no value; set it in the environment or in serveform:secrets")
+        env[name] = str(value.value)
+    return env
+
+
+def needs_secret_store(plan: ServicePlan) -> bool:
+    """Whether the plan carries anything that must be fetched from the secret store."""
+    return bool(secret_env_names(plan)) or plan.replica_group.registry_auth is not None
+
+
+def secret_payload(plan: ServicePlan) -> str:
+    """The JSON document stored in the secret store for a service. Call only inside `Output.secret`."""
+    env: dict[str, str] = {}
+    for name in secret_env_names(plan):
+        value = plan.replica_group.env[name].value
+        if value is None:
+            raise VmConfigError(f"{plan.file}: error: env.{name}: has no value; set it in the environment or in serveform:secrets")
+        env[name] = value.get_secret_value() if _is_secret(value) else str(value)
+    auth = plan.replica_group.registry_auth
+    return json.dumps(
+        {"env": env, "registry_password": auth.password.get_secret_value() if auth else None}, sort_keys=True
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaBoot:
+    """Everything a replica's cloud-init needs, resolved to plain values."""
+
+    plan: ServicePlan
+    cloud: Cloud
+    stack: str
+    secret: SecretRef | None = None
+    volumes: tuple[VolumeMount, ...] = ()
+    identity: str | None = None
+    """Azure: client ID of the scale set's user-assigned identity (reads Key Vault, attaches disks)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def _docker_script(plan: ServicePlan) -> list[str]:
+    """The shell words of the container's command: entrypoint (default `/bin/sh -c`) + script."""
+    group = plan.replica_group
+    script = " && ".join((*group.setup, *group.commands))
+    return [script] if script else []
+
+
+def _container_workdir(plan: ServicePlan) -> str | None:
+    wd = plan.replica_group.working_dir
+    if not wd:
+        return None
+    # dstack: working_dir is relative to the repository folder /workflow.
+    if wd in (".", "./"):
+        return "/workflow"
+    return wd if wd.startswith("/") else "/workflow/" + wd.removeprefix("./")
+
+
+def replica_user_data(boot: ReplicaBoot) -> str:
+    """The `#cloud-config` document of a replica VM."""
+    plan = boot.plan
+    _check_env_names(plan)
+    group = plan.replica_group
+    res = group.resources
+    env = {
+        "DSTACK_RUN_NAME": plan.name,
+        "DSTACK_GPUS_NUM": str(group.gpus_num),
+        "HOME": group.home_dir,
+        **boot.extra_env,
+        **_plain_env(plan),
+    }
+    entrypoint = group.entrypoint.split() if group.entrypoint else (["/bin/sh", "-c"] if _docker_script(plan) else [])
+    instance_volumes = [v for v in plan.volumes if v.kind == "instance"]
+    run_sh = render(
+        "replica/run.sh.j2",
+        plan=plan,
+        cloud=boot.cloud,
+        stack=boot.stack,
+        secret=boot.secret,
+        secret_names=secret_env_names(plan),
+        env=env,
+        image=group.image,
+        registry=image_registry(group.image),
+        registry_auth=group.registry_auth,
+        entrypoint=entrypoint,
+        args=_docker_script(plan),
+        workdir=_container_workdir(plan),
+        gpu_vendor=(res.gpu_vendor or ("nvidia" if group.gpus_num else None)),
+        gpus_num=group.gpus_num,
+        shm_mb=int(res.shm_size_gb * 1024) if res.shm_size_gb else None,
+        privileged=group.privileged,
+        port=group.container_port,
+        volumes=boot.volumes,
+        identity=boot.identity or "",
+        instance_volumes=instance_volumes,
+        mount_root=VOLUME_MOUNT_ROOT,
+    )
+    unit = render("replica/serveform-replica.service.j2", service=plan.name)
+    return render(
+        "replica/cloud-init.yaml.j2",
+        plan=plan,
+        cloud=boot.cloud,
+        run_sh=run_sh,
+        unit=unit,
+        needs_python=boot.secret is not None,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscoveryTarget:
+    """One service's group, as the gateway's discovery step looks it up."""
+
+    service: str
+    port: int
+    cloud: Cloud
+    group: str
+    """AWS: auto scaling group name; GCP: managed instance group name; Azure: scale set name."""
+    region: str | None = None
+    """AWS region / GCP zone of the group."""
+    project: str | None = None
+    """GCP project; Azure subscription ID."""
+    resource_group: str | None = None
+    """Azure resource group."""
+
+    def as_json(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayBoot:
+    """Everything the gateway VM's cloud-init needs, resolved to plain values."""
+
+    cloud: Cloud
+    stack: str
+    domain: str
+    gateway_config: dict[str, object]
+    """Non-secret gateway settings and routes, written to /etc/serveform/gateway.json."""
+    caddyfile: str
+    """The Caddyfile rendered by `serveform.gateway.render_caddyfile` (bearer tokens as env placeholders)."""
+    targets: tuple[DiscoveryTarget, ...]
+    tokens_secret: SecretRef | None
+    """Where the bearer tokens live; fetched at boot into a root-only environment file."""
+    dns_provider: str | None = None
+    package_spec: str = "serveform"
+    scaler_unit: str | None = None
+    """The scaler's systemd unit (the scaler engineer's template), when the stack scales."""
+
+
+def gateway_user_data(boot: GatewayBoot) -> str:
+    """The `#cloud-config` document of the gateway VM."""
+    module = _CADDY_DNS_MODULE.get(boot.dns_provider or "")
+    caddy_url = "https://caddyserver.com/api/download?os=linux&arch=amd64" + (f"&p={module}" if module else "")
+    discovery = {"interval_seconds": DISCOVERY_INTERVAL_SECONDS, "targets": [t.as_json() for t in boot.targets]}
+    install_sh = render(
+        "gateway/install.sh.j2",
+        cloud=boot.cloud,
+        package_spec=boot.package_spec,
+        caddy_url=caddy_url,
+        caddy_version=CADDY_VERSION,
+        tokens_secret=boot.tokens_secret,
+        config_dir=GATEWAY_CONFIG_DIR,
+        state_dir=GATEWAY_STATE_DIR,
+        scaler=boot.scaler_unit is not None,
+    )
+    units = {
+        "serveform-gateway.service": render("gateway/serveform-gateway.service.j2", config_dir=GATEWAY_CONFIG_DIR, state_dir=GATEWAY_STATE_DIR),
+        "serveform-discovery.service": render("gateway/serveform-discovery.service.j2", config_dir=GATEWAY_CONFIG_DIR, state_dir=GATEWAY_STATE_DIR),
+        "serveform-discovery.timer": render("gateway/serveform-discovery.timer.j2", interval_seconds=DISCOVERY_INTERVAL_SECONDS),
+    }
+    if boot.scaler_unit is not None:
+        units["serveform-scaler.service"] = boot.scaler_unit
+    return render(
+        "gateway/cloud-init.yaml.j2",
+        install_sh=install_sh,
+        units=units,
+        caddyfile=boot.caddyfile,
+        gateway_json=json.dumps(boot.gateway_config, sort_keys=True, indent=2),
+        discovery_json=json.dumps(discovery, sort_keys=True, indent=2),
+        config_dir=GATEWAY_CONFIG_DIR,
+    )

@@ -1,0 +1,151 @@
+"""The AWS backend: each service as an EC2 auto scaling group behind one gateway VM.
+
+`deploy(settings, plans)` checks the `serveform:aws` settings and every plan first — a bad
+value stops the program with a message naming its config key, before any resource exists —
+then registers one `Volume` per network volume, one `GpuInstanceGroup` per service and one
+`Gateway`, and exports each service's URL, model endpoint, group and replica bounds, and the
+gateway's address and domain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+import serveform
+from serveform.stacks.settings import StackSettings
+from serveform.translator.plan import ServicePlan
+
+from .. import _cloud
+from .._vm import DEFAULT_VOLUME_SIZE_GB, capacity
+from .gateway import DEFAULT_INSTANCE_TYPE as DEFAULT_GATEWAY_INSTANCE_TYPE
+from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef
+from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, AwsVolumeRef, GpuInstanceGroup, GpuInstanceGroupArgs, group_name
+from .volume import VOLUME_TYPE, Volume, VolumeArgs
+
+__all__ = [
+    "GATEWAY_TYPE",
+    "GPU_INSTANCE_GROUP_TYPE",
+    "VOLUME_TYPE",
+    "Gateway",
+    "GatewayArgs",
+    "GpuInstanceGroup",
+    "GpuInstanceGroupArgs",
+    "Volume",
+    "VolumeArgs",
+    "deploy",
+    "group_name",
+]
+
+# Deep Learning Base AMI: NVIDIA driver, Docker and the NVIDIA container toolkit preinstalled.
+GPU_AMI_OWNER = "amazon"
+GPU_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+GATEWAY_AMI_OWNER = "099720109477"  # Canonical
+GATEWAY_AMI_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+
+
+def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
+    """Register the stack's AWS resources for ``plans`` and export its endpoints."""
+    cfg = settings.aws
+    problems: list[tuple[str, str]] = []
+    region = cfg.region or (settings.regions[0] if settings.regions else None)
+    _cloud.require(settings, problems, "serveform:aws.region", region, "required: the stack's AWS region (or set serveform:regions)")
+    if cfg.subnet_ids and not cfg.vpc_id:
+        problems.append(("serveform:aws.vpc_id", "required when serveform:aws.subnet_ids is set (the subnets' VPC)"))
+    if settings.gateway.tls == "acme_dns" and settings.gateway.dns_provider == "route53" and not cfg.zone_id:
+        problems.append(("serveform:aws.zone_id", "required for tls acme_dns with dns_provider route53 (the hosted zone of the domain)"))
+    _cloud.check_plans(settings, plans, "aws", problems)
+    caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "aws", region=region) for p in plans})
+    assert region is not None
+
+    provider = aws.Provider("aws", region=region)
+    invoke = pulumi.InvokeOutputOptions(provider=provider)
+    opts = pulumi.ResourceOptions(provider=provider)
+    vpc_id: pulumi.Input[str] = cfg.vpc_id or aws.ec2.get_vpc_output(default=True, opts=invoke).id
+    if cfg.subnet_ids:
+        subnet_ids: pulumi.Output[list[str]] = pulumi.Output.from_input(list(cfg.subnet_ids))
+    else:
+        subnet_ids = aws.ec2.get_subnets_output(
+            filters=[{"name": "vpc-id", "values": [vpc_id]}, {"name": "default-for-az", "values": ["true"]}], opts=invoke
+        ).ids
+    first_subnet = subnet_ids.apply(lambda ids: sorted(ids)[0])
+    volume_zone = aws.ec2.get_subnet_output(id=first_subnet, opts=invoke).availability_zone
+    gpu_ami: pulumi.Input[str] = cfg.ami or aws.ec2.get_ami_output(
+        owners=[GPU_AMI_OWNER], most_recent=True, filters=[{"name": "name", "values": [GPU_AMI_NAME]}], opts=invoke
+    ).id
+    gateway_ami = aws.ec2.get_ami_output(
+        owners=[GATEWAY_AMI_OWNER], most_recent=True, filters=[{"name": "name", "values": [GATEWAY_AMI_NAME]}], opts=invoke
+    ).id
+
+    volumes: dict[str, Volume] = {}
+    for plan in plans:
+        for mount in plan.volumes:
+            if mount.kind == "network" and mount.names[0] not in volumes:
+                volumes[mount.names[0]] = Volume(
+                    f"{mount.names[0]}-volume",
+                    VolumeArgs(
+                        volume_name=mount.names[0],
+                        size_gb=DEFAULT_VOLUME_SIZE_GB,
+                        availability_zone=volume_zone,
+                        retain=settings.retain_volumes,
+                        tags={"serveform:stack": settings.stack},
+                    ),
+                    opts,
+                )
+
+    # Group names are fixed (`serveform-<stack>-<service>`), so the gateway's discovery and role
+    # know them before the groups exist, and the groups can admit the gateway's security group.
+    names = {plan.name: group_name(settings.stack, plan.name) for plan in plans}
+    gateway = Gateway(
+        "gateway",
+        GatewayArgs(
+            stack=settings.stack,
+            domain=settings.domain,
+            region=region,
+            ami=gateway_ami,
+            vpc_id=vpc_id,
+            subnet_id=first_subnet,
+            gateway_config=_cloud.gateway_config(settings, plans),
+            caddyfile=_cloud.gateway_caddyfile(settings, plans),
+            groups={p.name: GatewayGroupRef(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
+            tokens=_cloud.tokens_secret(settings),
+            instance_type=settings.gateway.instance_type or DEFAULT_GATEWAY_INSTANCE_TYPE,
+            zone_id=cfg.zone_id,
+            dns_provider=settings.gateway.dns_provider,
+            package_spec=f"serveform=={serveform.__version__}",
+            scaler_unit=_cloud.scaler_unit(settings, plans),
+        ),
+        opts,
+    )
+    groups: dict[str, GpuInstanceGroup] = {}
+    for plan in plans:
+        network = [m for m in plan.volumes if m.kind == "network"]
+        groups[plan.name] = GpuInstanceGroup(
+            plan.name,
+            GpuInstanceGroupArgs(
+                plan=plan,
+                capacity=caps[plan.name],
+                stack=settings.stack,
+                region=region,
+                group_name=names[plan.name],
+                desired=_cloud.desired_replicas(settings, plan),
+                ami=gpu_ami,
+                vpc_id=vpc_id,
+                # EBS volumes are zonal: a service that mounts one runs in the volume's zone.
+                subnet_ids=first_subnet.apply(lambda s: [s]) if network else subnet_ids,
+                gateway_security_group_id=gateway.security_group_id,
+                volumes={
+                    m.names[0]: AwsVolumeRef(volume_id=volumes[m.names[0]].volume_id, arn=volumes[m.names[0]].arn)
+                    for m in network
+                },
+                key_name=cfg.key_name,
+            ),
+            opts,
+        )
+
+    _cloud.export_services(settings, plans, {name: g.group_name for name, g in groups.items()})
+    pulumi.export("gateway_address", gateway.address)
+    pulumi.export("gateway_dns_name", gateway.dns_name)

@@ -1,0 +1,244 @@
+"""`Gateway`: the stack's entry point on AWS — one small VM with an Elastic IP.
+
+It runs Caddy with the OpenAI-compatible router, the replica discovery timer and the scaler
+as systemd units (cloud-init from `components/templates/gateway/`). Its security group opens
+80 and 443 and nothing else; its role may list the groups' instances, set their desired
+capacity, read the bearer tokens' secret and, for the DNS challenge, change records in the
+stack's hosted zone — nothing broader. With a hosted zone configured, `*.<domain>` points at
+the address; otherwise the address is exported for the user's DNS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data
+
+__all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "GatewayGroupRef", "GATEWAY_PORTS"]
+
+GATEWAY_TYPE = "serveform:aws:Gateway"
+GATEWAY_PORTS = (80, 443)
+"""The only ports open to the internet."""
+DEFAULT_INSTANCE_TYPE = "t3.small"
+ROOT_DISK_GB = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayGroupRef:
+    """One service's group as the gateway discovers and scales it."""
+
+    group_name: str
+    """The auto scaling group's (fixed) name."""
+    port: int
+    """The service port on each replica."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayArgs:
+    """Inputs of a `Gateway`."""
+
+    stack: str
+    """The stack name, for tags."""
+    domain: str
+    """Services answer at `<service>.<domain>`; the DNS record is `*.<domain>`."""
+    region: str
+    """The AWS region of the gateway and the groups it discovers."""
+    ami: pulumi.Input[str]
+    """The gateway's machine image (Ubuntu LTS)."""
+    vpc_id: pulumi.Input[str]
+    subnet_id: pulumi.Input[str]
+    """A public subnet for the gateway VM."""
+    gateway_config: dict[str, object]
+    """Non-secret gateway settings and routes (`/etc/serveform/gateway.json`)."""
+    caddyfile: str
+    """The Caddyfile from `serveform.gateway.render_caddyfile`."""
+    groups: Mapping[str, GatewayGroupRef]
+    """Service name → its group."""
+    tokens: pulumi.Input[str] | None = None
+    """The bearer tokens as a JSON list: a Pulumi secret, stored in Secrets Manager."""
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    zone_id: str | None = None
+    """Route 53 hosted zone of the domain: when set, `*.<domain>` is created there."""
+    dns_provider: str | None = None
+    """The ACME DNS provider (`route53` lets the role answer the challenge in `zone_id`)."""
+    package_spec: str = "serveform"
+    """What the gateway host installs with pip."""
+    scaler_unit: str | None = None
+    """The scaler's systemd unit, when a service autoscales."""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Gateway(pulumi.ComponentResource):
+    """Gateway VM, Elastic IP, security group (80/443), instance role, optional `*.<domain>` record."""
+
+    address: pulumi.Output[str]
+    """The static public IPv4 address; point `*.<domain>` here when no zone is configured."""
+    instance_id: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+    """Replicas admit their service port from this group only."""
+    role_arn: pulumi.Output[str]
+    dns_name: pulumi.Output[str | None]
+    """`*.<domain>` when the record was created."""
+    user_data: pulumi.Output[str]
+
+    def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(GATEWAY_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = {"serveform:stack": args.stack, "serveform:role": "gateway", **args.tags}
+
+        firewall = aws.ec2.SecurityGroup(
+            f"{name}-firewall",
+            description="serveform gateway: HTTP and HTTPS only",
+            vpc_id=args.vpc_id,
+            ingress=[
+                {"protocol": "tcp", "from_port": port, "to_port": port, "cidr_blocks": ["0.0.0.0/0"], "ipv6_cidr_blocks": ["::/0"]}
+                for port in GATEWAY_PORTS
+            ],
+            egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"], "ipv6_cidr_blocks": ["::/0"]}],
+            tags=tags,
+            opts=child,
+        )
+
+        secret_arn: pulumi.Output[str] | None = None
+        if args.tokens is not None:
+            secret = aws.secretsmanager.Secret(
+                f"{name}-tokens", description="serveform: the gateway's bearer tokens", recovery_window_in_days=0,
+                tags=tags, opts=child,
+            )
+            aws.secretsmanager.SecretVersion(
+                f"{name}-tokens-value", secret_id=secret.id, secret_string=pulumi.Output.secret(args.tokens), opts=child
+            )
+            secret_arn = secret.arn
+
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+                }
+            ),
+            tags=tags,
+            opts=child,
+        )
+        zone_id = args.zone_id if args.dns_provider == "route53" else None
+        group_names = [g.group_name for g in args.groups.values()]
+        aws.iam.RolePolicy(
+            f"{name}-policy",
+            role=role.id,
+            policy=pulumi.Output.from_input(secret_arn).apply(
+                lambda arn: gateway_policy(arn, args.region, group_names, zone_id)
+            ),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
+
+        targets = tuple(
+            DiscoveryTarget(service=s, port=g.port, cloud="aws", group=g.group_name, region=args.region)
+            for s, g in sorted(args.groups.items())
+        )
+        user_data = pulumi.Output.from_input(secret_arn).apply(
+            lambda arn: gateway_user_data(
+                GatewayBoot(
+                    cloud="aws",
+                    stack=args.stack,
+                    domain=args.domain,
+                    gateway_config=args.gateway_config,
+                    caddyfile=args.caddyfile,
+                    targets=targets,
+                    tokens_secret=SecretRef(cloud="aws", ref=arn, region=args.region) if arn else None,
+                    dns_provider=args.dns_provider,
+                    package_spec=args.package_spec,
+                    scaler_unit=args.scaler_unit,
+                )
+            )
+        )
+        vm = aws.ec2.Instance(
+            f"{name}-vm",
+            ami=args.ami,
+            instance_type=args.instance_type,
+            subnet_id=args.subnet_id,
+            vpc_security_group_ids=[firewall.id],
+            iam_instance_profile=profile.name,
+            user_data=user_data,
+            # The gateway's configuration is its boot document: a changed route set boots a new VM
+            # (the Elastic IP moves with it) instead of leaving a stale one running.
+            user_data_replace_on_change=True,
+            metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1},
+            root_block_device={"volume_size": ROOT_DISK_GB, "volume_type": "gp3", "encrypted": True},
+            tags={"Name": f"serveform-{args.stack}-gateway", **tags},
+            opts=child,
+        )
+        address = aws.ec2.Eip(f"{name}-address", domain="vpc", instance=vm.id, tags=tags, opts=child)
+
+        dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        if args.zone_id:
+            record = aws.route53.Record(
+                f"{name}-dns",
+                zone_id=args.zone_id,
+                name=f"*.{args.domain}",
+                type="A",
+                ttl=300,
+                records=[address.public_ip],
+                opts=child,
+            )
+            dns_name = record.name
+        self.address = address.public_ip
+        self.instance_id = vm.id
+        self.security_group_id = firewall.id
+        self.role_arn = role.arn
+        self.dns_name = dns_name
+        self.user_data = user_data
+        self.register_outputs(
+            {
+                "address": self.address,
+                "instance_id": self.instance_id,
+                "security_group_id": self.security_group_id,
+                "role_arn": self.role_arn,
+                "dns_name": self.dns_name,
+            }
+        )
+
+
+def gateway_policy(secret_arn: str | None, region: str, group_names: Sequence[str], zone_id: str | None) -> str:
+    """The gateway role: discovery, the scaler's desired capacity, its tokens, its DNS challenge."""
+    statements: list[dict[str, object]] = [
+        # Describe calls take no resource scope in IAM.
+        {
+            "Sid": "DiscoverReplicas",
+            "Effect": "Allow",
+            "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"],
+            "Resource": "*",
+        }
+    ]
+    if group_names:
+        statements.append(
+            {
+                "Sid": "ScaleServiceGroups",
+                "Effect": "Allow",
+                "Action": ["autoscaling:SetDesiredCapacity"],
+                "Resource": [
+                    f"arn:aws:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{n}" for n in sorted(group_names)
+                ],
+            }
+        )
+    if secret_arn:
+        statements.append({"Sid": "ReadTokens", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [secret_arn]})
+    if zone_id:
+        statements.append(
+            {
+                "Sid": "AcmeDnsChallenge",
+                "Effect": "Allow",
+                "Action": ["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"],
+                "Resource": [f"arn:aws:route53:::hostedzone/{zone_id}"],
+            }
+        )
+        statements.append(
+            {"Sid": "AcmeDnsChallengeStatus", "Effect": "Allow", "Action": ["route53:GetChange", "route53:ListHostedZonesByName"], "Resource": "*"}
+        )
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
