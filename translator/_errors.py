@@ -1,0 +1,205 @@
+"""pydantic's ValidationError → our diagnostics, each with file, line, column and field path.
+
+pydantic's locations include union tags and validator names that are not YAML keys; they
+are dropped by walking the location against the loaded data. Messages are rewritten into
+"what was found, what was expected" and never quote a value under a secret-bearing field.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ._yaml import Document
+from .diagnostics import Diagnostic, did_you_mean, format_path
+
+__all__ = ["diagnostics_from_validation_error", "is_secret_path"]
+
+# Fields whose values may be secrets: never echoed in a message.
+_SECRET_ROOTS = ("registry_auth", "env")
+_SECRET_LEAVES = ("headers", "body", "password")
+
+_TYPE_NOUNS = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean (`true` or `false`)",
+    "bool_parsing": "a boolean (`true` or `false`)",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "tuple_type": "a list",
+}
+
+
+def is_secret_path(path: tuple[Any, ...]) -> bool:
+    return bool(path) and (path[0] in _SECRET_ROOTS or any(p in _SECRET_LEAVES for p in path))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean `{str(value).lower()}`"
+    if isinstance(value, (int, float)):
+        return f"the number `{value}`"
+    text = str(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"`{text}`"
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, list, dict, Annotated, unions)."""
+    found: list[type[BaseModel]] = []
+    stack = [annotation]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            found.append(item)
+            continue
+        origin = typing.get_origin(item)
+        if origin is typing.Annotated:
+            stack.append(typing.get_args(item)[0])
+        elif origin in (typing.Union, types.UnionType, list, tuple, dict):
+            stack.extend(typing.get_args(item))
+    return found
+
+
+def _fields_at(root: type[BaseModel], loc: tuple[Any, ...]) -> set[str]:
+    """Field names allowed at a pydantic location (for "did you mean")."""
+    candidates: list[type[BaseModel]] = [root]
+    for part in loc:
+        nxt: list[type[BaseModel]] = []
+        for model in candidates:
+            field = model.model_fields.get(part) if isinstance(part, str) else None
+            if field is not None:
+                nxt.extend(_models_in(field.annotation))
+        if nxt:
+            candidates = nxt
+    return {name for model in candidates for name in model.model_fields}
+
+
+def _clean(loc: tuple[Any, ...], data: Any) -> tuple[tuple[Any, ...], tuple[str, ...]]:
+    """Split a pydantic location into the YAML path (present in the data) and the remaining
+    model field names (reached only after a short syntax was expanded)."""
+    path: list[Any] = []
+    rest: list[str] = []
+    current = data
+    for part in loc:
+        if isinstance(current, dict) and part in current:
+            path.append(part)
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            path.append(part)
+            current = current[part]
+        else:
+            current = None
+            if isinstance(part, str) and part.isidentifier() and part not in _TAGS and not rest:
+                rest.append(part)
+            elif isinstance(part, str) and part.isidentifier() and part not in _TAGS:
+                rest.append(part)
+    return tuple(path), tuple(rest)
+
+
+# Union branch tags pydantic puts into locations (our Tag() names and its own type names).
+_TAGS = frozenset(
+    {"openai", "tgi", "network", "instance", "ip_address", "str", "int", "bool", "float", "list", "dict", "none", "GatewayRef", "RetrySpec"}
+)
+
+
+def diagnostics_from_validation_error(
+    exc: ValidationError, doc: Document, file: str, root: type[BaseModel]
+) -> list[Diagnostic]:
+    from .spec import FieldError, _MultiFieldError
+
+    out: list[Diagnostic] = []
+    seen: set[tuple[str, str]] = set()
+    by_path: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for err in exc.errors(include_url=False, include_context=True, include_input=True):
+        loc = tuple(err["loc"])
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, _MultiFieldError):
+            for problem in error.problems:
+                by_path.setdefault(loc + problem.path, []).append({"type": "field_error", "msg": problem.message, "loc": loc + problem.path})
+            continue
+        if isinstance(error, FieldError):
+            by_path.setdefault(loc + error.path, []).append({"type": "field_error", "msg": error.message, "loc": loc + error.path})
+            continue
+        by_path.setdefault(loc, []).append(err)
+
+    for loc, errors in by_path.items():
+        path, rest = _clean(loc, doc.data)
+        # Errors of one value from several union branches: report them once, together.
+        first = errors[0]
+        kind = first["type"]
+        key = kind == "extra_forbidden"
+        if kind == "extra_forbidden":
+            name = loc[-1]
+            field = format_path((*path[:-1], name) if path and path[-1] == name else (*path, name))
+            hint = did_you_mean(str(name), _fields_at(root, tuple(p for p in loc[:-1] if isinstance(p, str))))
+            message = f"unknown field `{name}`"
+        elif kind == "missing":
+            name = loc[-1]
+            field = format_path((*path, *rest)) if rest else format_path((*path, name))
+            hint = None
+            message = f"the required field `{name}` is missing"
+        else:
+            field = format_path((*path, *rest))
+            hint = None
+            secret = is_secret_path((*path, *rest))
+            messages = []
+            for err in errors:
+                text = _message(err, secret)
+                if text not in messages:
+                    messages.append(text)
+            message = messages[0] if len(messages) == 1 else "; or ".join(messages)
+        line, column = doc.position(path, key=key)
+        if (field, message) in seen:
+            continue
+        seen.add((field, message))
+        out.append(Diagnostic(file, line, column, field, message, hint))
+    return out
+
+
+def _message(err: dict[str, Any], secret: bool) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    found = "" if secret else f", got {_kind(value)}"
+    if kind == "field_error":
+        return err["msg"]
+    if kind in ("value_error", "assertion_error"):
+        error = ctx.get("error")
+        return str(error) if error is not None else err["msg"]
+    if kind in _TYPE_NOUNS:
+        return f"expected {_TYPE_NOUNS[kind]}{found}"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "one of the allowed values")).replace("'", "`")
+        return f"expected {expected}{found}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        relation = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than", "less_than_equal": "at most"}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {relation} {bound}{found}"
+    if kind == "string_pattern_mismatch":
+        return f"invalid value{found}: must match the pattern `{ctx.get('pattern')}`"
+    if kind in ("string_too_short", "too_short"):
+        return f"too short: at least {ctx.get('min_length')} {'characters' if kind.startswith('string') else 'items'}"
+    if kind in ("string_too_long", "too_long"):
+        return f"too long: at most {ctx.get('max_length')} {'characters' if kind.startswith('string') else 'items'}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"expected a mapping{found}"
+    if kind == "finite_number":
+        return "expected a finite number"
+    return err["msg"] + found

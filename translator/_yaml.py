@@ -1,0 +1,181 @@
+"""Load a service file as plain data plus the position of every key and value.
+
+dstack reads `.dstack.yml` with PyYAML's ``safe_load`` (YAML 1.1), so we do too: the same
+resolver decides that ``yes`` is a boolean, that ``python: 3.10`` is the float 3.1 and
+that ``8080:50`` is a sexagesimal integer. A YAML 1.2 loader (ruamel's default) would read
+those differently and let files through that dstack rejects. libyaml's parser is used when
+PyYAML was built with it (it yields the same nodes and marks, several times faster).
+
+Two things ``safe_load`` does silently are errors here: a key repeated in one mapping
+(the last one would win) and several documents in one file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .diagnostics import Diagnostic
+
+__all__ = ["Document", "Position", "load"]
+
+_MAX_DEPTH = 200  # deeper nesting than any service file; keeps the walk off Python's recursion limit
+
+try:
+    _BaseLoader: type = yaml.CSafeLoader
+except AttributeError:  # PyYAML without libyaml: same semantics, pure Python
+    _BaseLoader = yaml.SafeLoader
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """1-based line and column of a key (for mapping entries) and of its value."""
+
+    key_line: int
+    key_column: int
+    line: int
+    column: int
+
+
+@dataclass(slots=True)
+class Document:
+    """A loaded service file: its data and where each path sits in the text."""
+
+    data: Any
+    positions: dict[Path, Position] = field(default_factory=dict)
+
+    def position(self, path: Path, *, key: bool = False) -> tuple[int, int]:
+        """The closest known position of `path` (walking up to a parent when needed)."""
+        path = tuple(path)
+        while True:
+            pos = self.positions.get(path)
+            if pos is None and path:
+                pos = self.positions.get(tuple(str(p) if not isinstance(p, int) else p for p in path))
+            if pos is not None:
+                return (pos.key_line, pos.key_column) if key else (pos.line, pos.column)
+            if not path:
+                return (1, 1)
+            path = path[:-1]
+            key = False
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _walk(
+    node: yaml.Node,
+    path: Path,
+    constructor: Any,
+    doc: Document,
+    problems: list[Diagnostic],
+    file: str,
+    seen: set[int],
+    depth: int,
+) -> None:
+    # A node reached twice is an alias: its positions are those of the anchor, recorded once,
+    # so an alias bomb cannot make this walk exponential.
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if depth > _MAX_DEPTH:
+        line, column = _mark(node)
+        problems.append(Diagnostic(file, line, column, "", f"nesting deeper than {_MAX_DEPTH} levels"))
+        return
+    if isinstance(node, yaml.MappingNode):
+        keys: dict[Any, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges keys; an explicit key may override them
+            try:
+                key = constructor.construct_object(key_node, deep=True)
+                hash(key)
+            except (yaml.YAMLError, TypeError, RecursionError):
+                continue  # reported by the full construction below
+            key_line, key_column = _mark(key_node)
+            if key in keys:
+                first_line, _ = _mark(keys[key])
+                problems.append(
+                    Diagnostic(
+                        file,
+                        key_line,
+                        key_column,
+                        _join(path, key),
+                        f"duplicate key `{key}` (first defined on line {first_line}); a YAML loader would silently keep only the last one",
+                    )
+                )
+                continue
+            keys[key] = key_node
+            child = (*path, key if isinstance(key, (str, int)) else str(key))
+            line, column = _mark(value_node)
+            doc.positions[child] = Position(key_line, key_column, line, column)
+            _walk(value_node, child, constructor, doc, problems, file, seen, depth + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = (*path, index)
+            line, column = _mark(item)
+            doc.positions[child] = Position(line, column, line, column)
+            _walk(item, child, constructor, doc, problems, file, seen, depth + 1)
+
+
+def _join(path: Path, key: Any) -> str:
+    from .diagnostics import format_path
+
+    return format_path((*path, str(key)))
+
+
+def load(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
+    """Parse `text`; return the document (None on a syntax error) and the problems found.
+
+    Problems here are YAML syntax errors, unknown tags, several documents, excessive
+    nesting and duplicate keys, each with its position. After duplicate keys the document
+    is still returned (the last value wins, as in PyYAML) so that validation can report the
+    file's other problems in the same run.
+    """
+    problems: list[Diagnostic] = []
+    loader = _BaseLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            return None, [_syntax_error(exc, file)]
+        except yaml.YAMLError as exc:
+            return None, [Diagnostic(file, 0, 0, "", f"YAML syntax error: {exc}")]
+        except RecursionError:
+            return None, [Diagnostic(file, 0, 0, "", "YAML nesting is too deep")]
+        doc = Document(data=None)
+        if node is None:
+            return doc, problems
+        doc.positions[()] = Position(*_mark(node), *_mark(node))
+        try:
+            _walk(node, (), loader, doc, problems, file, set(), 0)
+        except RecursionError:
+            problems.append(Diagnostic(file, 0, 0, "", "YAML nesting is too deep"))
+        if any(p.message.startswith("nesting") or p.message.startswith("YAML") for p in problems):
+            return None, problems
+        loader.constructed_objects = {}
+        loader.recursive_objects = {}
+        try:
+            doc.data = loader.construct_document(node)
+        except yaml.MarkedYAMLError as exc:
+            return None, [_syntax_error(exc, file)]
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            return None, [Diagnostic(file, 0, 0, "", f"YAML error: {exc}")]
+        except RecursionError:
+            return None, [Diagnostic(file, 0, 0, "", "YAML nesting is too deep")]
+        return doc, problems
+    finally:
+        loader.dispose()
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or "invalid YAML"
+    if exc.context:
+        problem = f"{exc.context}, {problem}"
+    line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+    return Diagnostic(file, line, column, "", f"YAML syntax error: {problem}")
