@@ -9,8 +9,8 @@ ones are stopped.
 Volumes cannot be mounted by a process, so each mount reaches the replicas as an environment
 variable holding the directory: ``SERVEFORM_VOLUME_<PATH>`` (the mount path in upper case, runs of
 other characters as ``_``: ``/data`` → ``SERVEFORM_VOLUME_DATA``), and the whole map as JSON in
-``SERVEFORM_VOLUMES``. The component warns once per mount so that a command reading ``/data``
-directly is noticed at `preview`.
+``SERVEFORM_VOLUMES``. The translator warns about every volume of a local service, so a command
+that reads ``/data`` directly is noticed at `preview`.
 """
 
 from __future__ import annotations
@@ -81,12 +81,6 @@ class ReplicaGroup(pulumi.ComponentResource):
                 continue
             value = env.value.get_secret_value() if isinstance(env.value, SecretStr) else env.value
             (secret_env if env.secret or isinstance(env.value, SecretStr) else plain_env)[key] = value
-        for mount_path in args.volume_dirs:
-            pulumi.log.warn(
-                f"{plan.file}: volumes: the local backend cannot mount {mount_path}; "
-                f"replicas find its directory in ${volume_env_name(mount_path)}",
-                resource=self,
-            )
         env = pulumi.Output.all(**dict(args.volume_dirs)).apply(lambda dirs: _with_volumes(plain_env, dirs))
         replicas = [
             _replica.Replica(
