@@ -1,0 +1,93 @@
+"""The local stack with plain `pulumi` commands in the project directory, as CI users run them.
+
+The CLI starts the project's language host, which runs `__main__.py`; the dynamic providers run
+in the project's Python. The tests run in order on one project: preview → up and serve → a
+no-change up (`--expect-no-changes`) → heal → scale through the scaler's config key → a bad
+service file changes nothing → destroy leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+
+SERVING_TIMEOUT_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def project(local_project):
+    local_project.ok(local_project.pulumi("stack", "init", local_project.stack))
+    return local_project
+
+
+def test_pulumi_preview_lists_the_planned_resources(project):
+    result = project.ok(project.pulumi("preview"))
+    for name in ("gateway-process", "gateway-token", "chat-replica-0", "chat-replica-1", "chat-route"):
+        assert name in result.stdout, result.stdout
+    assert "to create" in result.stdout
+    assert not project.state_dir.exists() and project.processes_mentioning(str(project.root)) == []
+
+
+def test_pulumi_up_serves_and_a_second_up_changes_nothing(project):
+    project.ok(project.pulumi("up", "--yes"))
+    endpoints = project.endpoints()
+    with project.client("chat.localhost", token=endpoints["token"], ca_cert=endpoints["gateway"]["ca_cert"]) as client:
+        project.wait_for(lambda: client.get("/health").status_code == 200, SERVING_TIMEOUT_SECONDS, "chat to serve")
+        assert project.serving_replicas(client) == {"chat/0", "chat/1"}
+    with project.client("chat.localhost", token=None, ca_cert=endpoints["gateway"]["ca_cert"]) as anonymous:
+        assert anonymous.get("/health").status_code == 401
+    reply = project.openai_client(endpoints).chat.completions.create(
+        model="chat-small", messages=[{"role": "user", "content": "plain pulumi"}]
+    )
+    assert reply.choices[0].message.content == "Echo: plain pulumi"
+    project.ok(project.pulumi("up", "--yes", "--expect-no-changes"))
+
+
+def test_pulumi_refresh_and_up_heal_a_killed_replica(project):
+    victim = project.replicas()["chat-replica-1"]
+    os.killpg(victim["pid"], signal.SIGKILL)
+    project.wait_for(lambda: not project.port_accepts("127.0.0.1", victim["port"]), 10, "the replica to die")
+    project.ok(project.pulumi("refresh", "--yes"))
+    assert "chat-replica-1" not in project.replicas()
+    project.ok(project.pulumi("up", "--yes"))
+    assert project.replicas()["chat-replica-1"]["pid"] != victim["pid"]
+    project.ok(project.pulumi("up", "--yes", "--expect-no-changes"))
+
+
+def test_the_scalers_config_key_scales_by_one(project):
+    before = project.replicas()
+    project.ok(project.pulumi("config", "set", "--path", "serveform:replicas.chat", "3"))
+    project.ok(project.pulumi("up", "--yes"))
+    after = project.replicas()
+    assert set(after) == {"chat-replica-0", "chat-replica-1", "chat-replica-2"}
+    assert all(after[name]["pid"] == before[name]["pid"] for name in before)
+    endpoints = project.endpoints()
+    assert endpoints["services"][0]["name"] == "chat"
+    with project.client("chat.localhost", token=endpoints["token"], ca_cert=endpoints["gateway"]["ca_cert"]) as client:
+        project.wait_for(
+            lambda: project.serving_replicas(client, 30) == {"chat/0", "chat/1", "chat/2"}, SERVING_TIMEOUT_SECONDS, "three replicas"
+        )
+
+
+def test_a_bad_service_file_fails_pulumi_preview_and_up_without_changes(project):
+    before = project.resources()
+    project.write_service(text="type: service\nname: chat\ncommands: [python x.py]\nport: 8000\nreplicaz: 2\n")
+    for args in (("preview",), ("up", "--yes")):
+        result = project.pulumi(*args)
+        assert result.returncode != 0
+        assert "chat.dstack.yml:5" in result.stdout + result.stderr and "replicaz" in result.stdout + result.stderr
+    assert project.resources() == before
+    project.write_service(replicas=2)
+
+
+def test_pulumi_destroy_leaves_nothing_behind(project):
+    replicas = project.replicas()
+    project.ok(project.pulumi("destroy", "--yes"))
+    assert project.processes_mentioning(str(project.root)) == []
+    for port in (project.http_port, project.https_port, *(r["port"] for r in replicas.values())):
+        assert not project.port_accepts("127.0.0.1", port), port
+    assert not (project.root / ".serveform").exists()
