@@ -9,7 +9,8 @@ notices it died and the next `up` starts it again, `destroy` stops it and remove
 Locally the gateway listens on loopback only, on unprivileged ports (`serveform:gateway`
 `http_port`/`https_port`, default 8080/8443), and TLS comes from Caddy's internal CA, whose root
 certificate (`ca_cert`) clients trust explicitly. Replica addresses are not part of the config:
-each `ReplicaGroup` publishes them, so scaling never reloads Caddy.
+each `ReplicaGroup` publishes them, so the scaler's count changes (`serveform:replicas`) never
+reload Caddy; editing a service file does, since its plan is part of the config.
 """
 
 from __future__ import annotations
@@ -22,17 +23,14 @@ from pathlib import Path
 import pulumi
 
 from serveform.gateway.settings import GatewaySettings
+from serveform.gateway.state import CONFIG_FILE, DNS_OPTIONS_FILE, TOKENS_FILE
 from serveform.translator.plan import ServicePlan
 
 from . import _daemon
 
-__all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "CA_CERT_RELATIVE_PATH", "CONFIG_FILE", "TOKENS_FILE"]
+__all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "CA_CERT_RELATIVE_PATH"]
 
 GATEWAY_TYPE = "serveform:local:Gateway"
-CONFIG_FILE = "gateway.json"
-"""The supervisor's config in the state directory: settings without secrets, and the plans."""
-TOKENS_FILE = "secrets/tokens.json"
-"""The bearer tokens, a JSON list, mode 0600."""
 CA_CERT_RELATIVE_PATH = Path("caddy") / "pki" / "authorities" / "local" / "root.crt"
 """Where Caddy's internal CA keeps its root certificate, under the gateway's storage."""
 DEFAULT_READY_TIMEOUT_SECONDS = 60.0
@@ -71,11 +69,16 @@ class Gateway(pulumi.ComponentResource):
         settings = args.settings
         port = settings.http_port if settings.tls == "off" else settings.https_port
         state_dir = Path(args.state_dir)
+        # The layout serveform.gateway.state documents (what `write_config` writes on a VM), but
+        # written by the provider so that the tokens travel as Pulumi secrets until they land in
+        # 0600 files: the settings without secrets, the plans, and where the secrets are.
         document = {
             "settings": settings.model_dump(mode="json", exclude={"tokens", "dns_options"}),
             "plans": [json.loads(plan.model_dump_json()) for plan in args.plans],
             "tokens_file": TOKENS_FILE,
+            "dns_options_file": DNS_OPTIONS_FILE,
         }
+        dns_options = {k: v.get_secret_value() for k, v in settings.dns_options.items()}
         daemon = _daemon.Daemon(
             f"{name}-process",
             {
@@ -88,7 +91,7 @@ class Gateway(pulumi.ComponentResource):
                 "log_path": str(state_dir / "gateway.log"),
                 "files": {CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True) + "\n"},
                 "secret_files": pulumi.Output.secret(args.tokens).apply(
-                    lambda tokens: {TOKENS_FILE: json.dumps(list(tokens))}
+                    lambda tokens: {TOKENS_FILE: json.dumps(list(tokens)), DNS_OPTIONS_FILE: json.dumps(dns_options)}
                 ),
                 "ready_address": f"127.0.0.1:{port}",
                 "ready_timeout_seconds": args.ready_timeout_seconds,
