@@ -37,6 +37,7 @@ __all__ = [
     "replica_user_data",
     "secret_env_names",
     "secret_payload",
+    "short_name",
 ]
 
 Cloud = Literal["aws", "gcp", "azure"]
@@ -155,6 +156,22 @@ class VolumeMount:
     """Where the service sees it."""
     device: str
     """AWS: device name (`/dev/sdf`); GCP: device name; Azure: LUN."""
+
+
+def short_name(prefix: str, *parts: str, limit: int) -> str:
+    """A DNS-safe name `<prefix>-<parts>` cut to ``limit`` characters, with a hash when cut.
+
+    Cloud names have small limits (GCP service accounts 30, Key Vault 24); the hash keeps two
+    long service names from colliding after the cut.
+    """
+    import hashlib
+
+    full = "-".join((prefix, *parts)).lower()
+    full = re.sub(r"[^a-z0-9-]+", "-", full).strip("-")
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:6]
+    return f"{full[: limit - 7].rstrip('-')}-{digest}"
 
 
 def image_registry(image: str) -> str | None:
