@@ -129,6 +129,9 @@ class AzureSettings(_Settings):
     dns_zone: str | None = None
     dns_resource_group: str | None = None
     image: str | None = None
+    ssh_public_key: Annotated[
+        str | None, Field(description="Admin SSH public key of the VMs (Azure requires one; no SSH port is opened).")
+    ] = None
 
 
 class K8sSettings(_Settings):
