@@ -132,8 +132,16 @@ class DaemonProvider(dynamic.ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         inputs = DaemonInputs.model_validate(props)
-        _write_files(inputs)
-        ref = _start(inputs)
+        root = Path(inputs.state_dir)
+        fresh = not root.exists()
+        try:
+            _write_files(inputs)
+            ref = _start(inputs)
+        except BaseException:
+            if fresh:  # a failed create leaves nothing behind (the log tail is in the error)
+                shutil.rmtree(root, ignore_errors=True)
+                _remove_empty_parents(root, inputs.remove_empty_parents)
+            raise
         state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time)
         return dynamic.CreateResult(f"{inputs.name}-{ref.pid}", state.model_dump())
 
@@ -169,11 +177,15 @@ class DaemonProvider(dynamic.ResourceProvider):
         log_path = Path(state.log_path)
         if root not in log_path.parents:
             log_path.unlink(missing_ok=True)
-        for parent in list(root.parents)[: state.remove_empty_parents]:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        _remove_empty_parents(root, state.remove_empty_parents)
+
+
+def _remove_empty_parents(path: Path, levels: int) -> None:
+    for parent in list(path.parents)[:levels]:
+        try:
+            parent.rmdir()
+        except OSError:
+            return
 
 
 class Daemon(dynamic.Resource, module="serveform-local", name="Daemon"):

@@ -176,6 +176,9 @@ class ReplicaProvider(dynamic.ResourceProvider):
                 f"{inputs.container_port} is replaced when it appears as a number in `commands`)."
             )
             tail = _redact(log_tail(log_path), inputs.secret_env)
+            # A failed create leaves nothing: the tail is in the message, the file goes.
+            log_path.unlink(missing_ok=True)
+            _remove_empty_parents(log_path, levels=2)
             raise ProcessStartError(
                 f"{label} {why} before listening on {LOOPBACK_HOST}:{port}.{'' if died else hint}\n"
                 f"Last lines of {log_path}:\n{tail}"

@@ -139,6 +139,7 @@ def test_a_replica_that_dies_fails_create_with_its_log_tail_and_no_secret(tmp_pa
     message = str(info.value)
     assert "replica envsvc-0 exited" in message and "boom" in message
     assert SECRET not in message and "token is [secret]" in message
+    assert not (tmp_path / "state").exists()  # a failed create leaves no file
 
 
 def test_a_replica_that_never_listens_times_out_and_is_stopped(tmp_path):
@@ -241,4 +242,25 @@ def test_daemon_writes_files_waits_reloads_and_cleans_up(tmp_path):
     provider.delete("d", new)
     assert not ProcessRef(new["pid"], new["start_time"]).group_alive()
     assert not port_accepts("127.0.0.1", port)
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_daemon_that_dies_fails_create_and_leaves_nothing(tmp_path):
+    provider = _daemon.DaemonProvider()
+    state = tmp_path / "state" / "gateway"
+    props = {
+        "provider_version": "1",
+        "name": "broken-daemon",
+        "argv": ["bash", "-c", "echo 'cannot start: t0ken-secret-value' >&2; exit 1"],
+        "cwd": str(tmp_path),
+        "state_dir": str(state),
+        "log_path": str(state / "daemon.log"),
+        "secret_files": {"secrets/token": "t0ken-secret-value"},
+        "ready_address": "127.0.0.1:1",
+        "ready_timeout_seconds": 10,
+        "remove_empty_parents": 1,
+    }
+    with pytest.raises(ProcessStartError, match="broken-daemon exited") as info:
+        provider.create(props)
+    assert "cannot start: [secret]" in str(info.value) and "t0ken-secret-value" not in str(info.value)
     assert not (tmp_path / "state").exists()
