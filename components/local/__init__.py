@@ -81,6 +81,7 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
 
     state_dir = settings.state_dir
     project_dir = str(Path(settings.project_dir))
+    cleanup_root = _cleanup_root(settings)
     gw_settings = gateway_settings(settings)
     # Fails with every problem of every service before a single resource is registered.
     routes_from_plans(gw_settings, plans)
@@ -100,6 +101,7 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
             tokens=tokens,
             state_dir=str(state_dir / "gateway"),
             project_dir=project_dir,
+            cleanup_root=cleanup_root,
         ),
     )
 
@@ -110,7 +112,12 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
                 name = volume.names[0]
                 volumes[name] = Volume(
                     f"volume-{name}",
-                    VolumeArgs(volume_name=name, state_dir=str(state_dir), retain_on_destroy=settings.retain_volumes),
+                    VolumeArgs(
+                        volume_name=name,
+                        state_dir=str(state_dir),
+                        retain_on_destroy=settings.retain_volumes,
+                        cleanup_root=cleanup_root,
+                    ),
                 )
 
     services = []
@@ -132,6 +139,7 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
                 gateway_state_dir=gateway.state_dir,
                 volume_dirs=mounts,
                 ready_timeout_seconds=float(settings.local.ready_timeout_seconds),
+                cleanup_root=cleanup_root,
             ),
         )
         services.append(_service_export(gw_settings, plan, group, count))
@@ -144,6 +152,18 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
     pulumi.export("token", pulumi.Output.secret(tokens).apply(lambda values: values[0]))
     pulumi.export("openai_base_url", _base_url(gw_settings, gw_settings.router_host) + "/v1")
     pulumi.export("services", services)
+
+
+def _cleanup_root(settings: "StackSettings") -> str:
+    """How far up `destroy` may remove directories the stack made once they are empty.
+
+    The default state directory `<project>/.serveform/local/<stack>` was made with `local/` and
+    `.serveform/` on demand, so those go too when nothing else (another stack, the Pulumi state
+    backend) is in them; a configured state directory elsewhere is removed, its parents are not.
+    """
+    dot = Path(settings.project_dir) / ".serveform"
+    state_dir = settings.state_dir
+    return str(dot if dot in state_dir.parents else state_dir)
 
 
 def _base_url(settings, host: str) -> str:

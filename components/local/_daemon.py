@@ -22,7 +22,7 @@ import pulumi
 import pulumi.dynamic as dynamic
 from pydantic import BaseModel, ConfigDict
 
-from ._process import ProcessRef, ProcessStartError, log_tail, port_accepts, spawn, stop, wait_until
+from ._process import ProcessRef, ProcessStartError, log_tail, port_accepts, remove_empty_dirs, spawn, stop, wait_until
 
 __all__ = ["Daemon", "DaemonProvider", "PROVIDER_VERSION", "PYTHON"]
 
@@ -54,7 +54,7 @@ class DaemonInputs(BaseModel):
     ready_address: str | None = None
     ready_timeout_seconds: float = 60.0
     reload_signal: str | None = None
-    remove_empty_parents: int = 0
+    cleanup_root: str | None = None
 
 
 class DaemonState(DaemonInputs):
@@ -125,7 +125,7 @@ class DaemonProvider(dynamic.ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         replaces = [k for k in _REPLACE_KEYS if olds.get(k) != news.get(k)]
-        updates = (*_FILE_KEYS, "provider_version", "ready_timeout_seconds", "reload_signal", "remove_empty_parents")
+        updates = (*_FILE_KEYS, "provider_version", "ready_timeout_seconds", "reload_signal", "cleanup_root")
         changed = replaces or [k for k in updates if olds.get(k) != news.get(k)]
         # Two copies of one daemon would fight over its state directory and address.
         return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
@@ -140,7 +140,7 @@ class DaemonProvider(dynamic.ResourceProvider):
         except BaseException:
             if fresh:  # a failed create leaves nothing behind (the log tail is in the error)
                 shutil.rmtree(root, ignore_errors=True)
-                _remove_empty_parents(root, inputs.remove_empty_parents)
+                remove_empty_dirs(root.parent, inputs.cleanup_root)
             raise
         state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time)
         return dynamic.CreateResult(f"{inputs.name}-{ref.pid}", state.model_dump())
@@ -177,15 +177,7 @@ class DaemonProvider(dynamic.ResourceProvider):
         log_path = Path(state.log_path)
         if root not in log_path.parents:
             log_path.unlink(missing_ok=True)
-        _remove_empty_parents(root, state.remove_empty_parents)
-
-
-def _remove_empty_parents(path: Path, levels: int) -> None:
-    for parent in list(path.parents)[:levels]:
-        try:
-            parent.rmdir()
-        except OSError:
-            return
+        remove_empty_dirs(root.parent, state.cleanup_root)
 
 
 class Daemon(dynamic.Resource, module="serveform-local", name="Daemon"):

@@ -17,6 +17,8 @@ import pulumi
 import pulumi.dynamic as dynamic
 from pydantic import BaseModel, ConfigDict
 
+from ._process import remove_empty_dirs
+
 __all__ = ["Directory", "DirectoryProvider", "PROVIDER_VERSION"]
 
 PROVIDER_VERSION = "1"
@@ -30,7 +32,7 @@ class DirectoryInputs(BaseModel):
 
     provider_version: str
     path: str
-    remove_empty_parents: int = 0
+    cleanup_root: str | None = None
 
 
 class DirectoryProvider(dynamic.ResourceProvider):
@@ -38,7 +40,7 @@ class DirectoryProvider(dynamic.ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         replaces = ["path"] if olds.get("path") != news.get("path") else []
-        changed = replaces or [k for k in ("provider_version", "remove_empty_parents") if olds.get(k) != news.get(k)]
+        changed = replaces or [k for k in ("provider_version", "cleanup_root") if olds.get(k) != news.get(k)]
         return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
@@ -61,11 +63,7 @@ class DirectoryProvider(dynamic.ResourceProvider):
         shutil.rmtree(path, ignore_errors=True)
         if path.exists():
             raise RuntimeError(f"could not remove {path}")
-        for parent in list(path.parents)[: inputs.remove_empty_parents]:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        remove_empty_dirs(path.parent, inputs.cleanup_root)
 
 
 class Directory(dynamic.Resource, module="serveform-local", name="Directory"):

@@ -25,6 +25,7 @@ __all__ = [
     "ProcessStartError",
     "free_port",
     "log_tail",
+    "remove_empty_dirs",
     "port_accepts",
     "spawn",
     "stop",
@@ -206,3 +207,24 @@ def log_tail(log_path: str | os.PathLike[str], lines: int = _LOG_TAIL_LINES) -> 
     except FileNotFoundError:
         return ""
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def remove_empty_dirs(start: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> None:
+    """Remove ``start`` and its parents while they are empty, never going above ``root``.
+
+    The stack's directories (replicas/, volumes/, the state directory, `.serveform/`) are made
+    on demand, so the last resource to leave takes them along; a directory that still holds
+    anything (another stack, the Pulumi state backend) stops the walk.
+    """
+    if root is None:
+        return
+    stop = Path(root)
+    for directory in (Path(start), *Path(start).parents):
+        if directory != stop and stop not in directory.parents:
+            return
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        if directory == stop:
+            return

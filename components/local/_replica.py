@@ -30,7 +30,18 @@ import pulumi
 import pulumi.dynamic as dynamic
 from pydantic import BaseModel, ConfigDict
 
-from ._process import LOOPBACK_HOST, ProcessRef, ProcessStartError, free_port, log_tail, port_accepts, spawn, stop, wait_until
+from ._process import (
+    LOOPBACK_HOST,
+    ProcessRef,
+    ProcessStartError,
+    free_port,
+    log_tail,
+    port_accepts,
+    remove_empty_dirs,
+    spawn,
+    stop,
+    wait_until,
+)
 
 __all__ = ["PROVIDER_VERSION", "Replica", "ReplicaProvider", "replica_script", "substitute_port"]
 
@@ -51,6 +62,7 @@ _REPLACE_KEYS = (
     "container_port",
     "gpus_num",
 )
+_UPDATE_KEYS = ("provider_version", "ready_timeout_seconds", "cleanup_root")
 # Variables of the deploying environment a replica inherits; the rest of it (engine settings,
 # passphrases, cloud credentials) is none of a replica's business.
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "TERM")
@@ -75,6 +87,7 @@ class ReplicaInputs(BaseModel):
     container_port: int
     gpus_num: int = 0
     ready_timeout_seconds: float = 120.0
+    cleanup_root: str | None = None
 
 
 class ReplicaState(ReplicaInputs):
@@ -134,14 +147,6 @@ def _previous_log(log_path: Path) -> Path:
     return log_path.with_name(log_path.name.removesuffix(".log") + ".previous.log")
 
 
-def _remove_empty_parents(path: Path, levels: int) -> None:
-    for parent in list(path.parents)[:levels]:
-        try:
-            parent.rmdir()
-        except OSError:
-            return
-
-
 class ReplicaProvider(dynamic.ResourceProvider):
     """Creates, reads, updates and deletes replica processes. Holds no state of its own."""
 
@@ -150,7 +155,7 @@ class ReplicaProvider(dynamic.ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         replaces = [k for k in _REPLACE_KEYS if olds.get(k) != news.get(k)]
-        changed = replaces or [k for k in ("provider_version", "ready_timeout_seconds") if olds.get(k) != news.get(k)]
+        changed = replaces or [k for k in _UPDATE_KEYS if olds.get(k) != news.get(k)]
         return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
@@ -178,7 +183,7 @@ class ReplicaProvider(dynamic.ResourceProvider):
             tail = _redact(log_tail(log_path), inputs.secret_env)
             # A failed create leaves nothing: the tail is in the message, the file goes.
             log_path.unlink(missing_ok=True)
-            _remove_empty_parents(log_path, levels=2)
+            remove_empty_dirs(log_path.parent, inputs.cleanup_root)
             raise ProcessStartError(
                 f"{label} {why} before listening on {LOOPBACK_HOST}:{port}.{'' if died else hint}\n"
                 f"Last lines of {log_path}:\n{tail}"
@@ -205,7 +210,7 @@ class ReplicaProvider(dynamic.ResourceProvider):
         inputs = ReplicaInputs.model_validate(news)
         return dynamic.UpdateResult(
             state.model_copy(
-                update={"provider_version": inputs.provider_version, "ready_timeout_seconds": inputs.ready_timeout_seconds}
+                update={k: getattr(inputs, k) for k in _UPDATE_KEYS}
             ).model_dump()
         )
 
@@ -220,7 +225,7 @@ class ReplicaProvider(dynamic.ResourceProvider):
             pass
         if not log_path.exists():  # the slot is empty now: its history goes too
             _previous_log(log_path).unlink(missing_ok=True)
-        _remove_empty_parents(log_path, levels=2)  # replicas/ and the state dir, when empty
+        remove_empty_dirs(log_path.parent, state.cleanup_root)
 
 
 class Replica(dynamic.Resource, module="serveform-local", name="Replica"):

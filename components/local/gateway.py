@@ -52,6 +52,8 @@ class GatewayArgs:
     """Where the gateway process runs."""
     ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
     """How long `up` waits for the gateway's listener."""
+    cleanup_root: str | None = None
+    """The outermost directory that deleting the gateway may remove once it is empty."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -96,8 +98,7 @@ class Gateway(pulumi.ComponentResource):
                 "ready_address": f"127.0.0.1:{port}",
                 "ready_timeout_seconds": args.ready_timeout_seconds,
                 "reload_signal": "SIGHUP",
-                # The stack's state directory goes too once nothing else is in it.
-                "remove_empty_parents": 1,
+                "cleanup_root": args.cleanup_root,
             },
             pulumi.ResourceOptions(parent=self),
         )

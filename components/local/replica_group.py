@@ -52,6 +52,8 @@ class ReplicaGroupArgs:
     """Mount path → directory on this machine, one per volume of the plan."""
     ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
     """How long creating a replica waits for its port to accept connections."""
+    cleanup_root: str | None = None
+    """The outermost directory that deleting the last replica may remove once it is empty."""
 
 
 def volume_env_name(mount_path: str) -> str:
@@ -99,6 +101,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                     "container_port": group.container_port,
                     "gpus_num": group.gpus_num,
                     "ready_timeout_seconds": args.ready_timeout_seconds,
+                    "cleanup_root": args.cleanup_root,
                 },
                 child,
             )

@@ -30,6 +30,8 @@ class VolumeArgs:
     """The stack's state directory; the volume is `<state_dir>/volumes/<volume_name>`."""
     retain_on_destroy: bool = False
     """Keep the directory (and its data) when the stack is destroyed."""
+    cleanup_root: str | None = None
+    """The outermost directory that deleting the volume may remove once it is empty."""
 
 
 class Volume(pulumi.ComponentResource):
@@ -45,8 +47,7 @@ class Volume(pulumi.ComponentResource):
             {
                 "provider_version": _directory.PROVIDER_VERSION,
                 "path": str(Path(args.state_dir) / "volumes" / args.volume_name),
-                # volumes/ and the state directory go too once nothing else is in them.
-                "remove_empty_parents": 2,
+                "cleanup_root": args.cleanup_root,
             },
             pulumi.ResourceOptions(parent=self, retain_on_delete=args.retain_on_destroy),
         )

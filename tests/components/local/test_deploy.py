@@ -177,6 +177,8 @@ async def test_replica_inputs_carry_plan_commands_env_and_volumes(tmp_path, mock
         "SERVEFORM_VOLUMES": json.dumps({"/data": volume_dir, "/root/.cache": "/tmp/cache"}, sort_keys=True),
     }
     assert inputs["ready_timeout_seconds"] == settings.local.ready_timeout_seconds
+    # The stack made .serveform/local/<stack> on demand: destroy may take it all, never more.
+    assert inputs["cleanup_root"] == str(tmp_path / ".serveform")
 
 
 async def test_secrets_stay_secret(tmp_path, mocks):

@@ -44,6 +44,7 @@ def _replica_props(tmp_path: Path, **overrides) -> dict:
         "container_port": 8000,
         "gpus_num": 0,
         "ready_timeout_seconds": 20,
+        "cleanup_root": str(tmp_path / "state"),
         "__provider": "serialized-provider",
     }
     props.update(overrides)
@@ -185,7 +186,7 @@ def test_update_keeps_the_process(tmp_path, replicas):
 def test_directory_survives_update_and_goes_with_delete(tmp_path):
     provider = _directory.DirectoryProvider()
     path = tmp_path / "state" / "volumes" / "data"
-    props = {"provider_version": "1", "path": str(path), "remove_empty_parents": 2}
+    props = {"provider_version": "1", "path": str(path), "cleanup_root": str(tmp_path / "state")}
     outs = provider.create(props).outs
     (path / "keep.txt").write_text("kept")
     outs = provider.update(path.name, outs, {**props, "provider_version": "2"}).outs
@@ -226,7 +227,7 @@ def test_daemon_writes_files_waits_reloads_and_cleans_up(tmp_path):
         "ready_address": f"127.0.0.1:{port}",
         "ready_timeout_seconds": 20,
         "reload_signal": None,
-        "remove_empty_parents": 1,
+        "cleanup_root": str(tmp_path / "state"),
     }
     outs = provider.create(props).outs
     assert _get_json(props["ready_address"], "/?names=MODE")["env"] == {"MODE": "test"}
@@ -258,9 +259,27 @@ def test_a_daemon_that_dies_fails_create_and_leaves_nothing(tmp_path):
         "secret_files": {"secrets/token": "t0ken-secret-value"},
         "ready_address": "127.0.0.1:1",
         "ready_timeout_seconds": 10,
-        "remove_empty_parents": 1,
+        "cleanup_root": str(tmp_path / "state"),
     }
     with pytest.raises(ProcessStartError, match="broken-daemon exited") as info:
         provider.create(props)
     assert "cannot start: [secret]" in str(info.value) and "t0ken-secret-value" not in str(info.value)
     assert not (tmp_path / "state").exists()
+
+
+def test_remove_empty_dirs_stops_at_root_and_at_anything_left(tmp_path):
+    from serveform.components.local._process import remove_empty_dirs
+
+    root = tmp_path / ".serveform"
+    (root / "state").mkdir(parents=True)  # e.g. the Pulumi file backend
+    (root / "local" / "dev" / "replicas").mkdir(parents=True)
+    remove_empty_dirs(root / "local" / "dev" / "replicas", root)
+    assert not (root / "local").exists() and (root / "state").exists()
+    (root / "state").rmdir()
+    (root / "local" / "dev").mkdir(parents=True)
+    remove_empty_dirs(root / "local" / "dev", root)
+    assert not root.exists() and tmp_path.exists()  # never above the root
+    outside = tmp_path / "elsewhere" / "x"
+    outside.mkdir(parents=True)
+    remove_empty_dirs(outside, tmp_path / "unrelated")
+    assert outside.exists()
