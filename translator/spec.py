@@ -99,6 +99,8 @@ BACKEND_TYPES = (
 # `^[a-z][a-z0-9-]{1,40}$`, plus no trailing `-` (RFC 1123), checked here rather than at deploy time.
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}[a-z0-9]$"
 _ENV_ENTRY_RE = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)(=.*)?$", re.DOTALL)
+_TRUE_STRINGS = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE_STRINGS = frozenset({"0", "off", "f", "false", "n", "no"})
 _ENV_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 UNSUPPORTED_FIELDS: dict[str, str] = {
@@ -668,6 +670,13 @@ class GatewayRef(_Spec):
     name: Annotated[str, Field(min_length=1, description="The gateway name.")]
 
 
+class UtilizationPolicySpec(_Spec):
+    """Stop a run whose GPUs stay below a utilisation for a time window (dstack 0.19+)."""
+
+    min_gpu_utilization: Annotated[int, Field(ge=0, le=100, description="The minimum GPU utilisation, in percent.")]
+    time_window: Annotated[DurationSeconds, Field(ge=300, description="The window utilisation is measured over (at least `5m`).")]
+
+
 def _offable(value: Any) -> Any:
     return parse_off_duration(value)
 
@@ -728,6 +737,10 @@ class ServiceSpec(_Spec):
         Field(description="The number of replicas (`2`) or a range (`0..4`); a range requires `scaling`. Defaults to `1`."),
     ] = None
     scaling: Annotated[ScalingSpec | None, Field(description="Autoscaling rules. Required when `replicas` is a range.")] = None
+    groups: Annotated[
+        None,
+        Field(description="Replica groups (dstack 0.20+, heterogeneous services): not supported by serveform, always null."),
+    ] = None
     model: Annotated[
         ModelSpec | None,
         Field(description="The model on the gateway's OpenAI-compatible endpoint: a name (served at `/v1`) or an object."),
@@ -764,11 +777,11 @@ class ServiceSpec(_Spec):
     max_price: Annotated[float | None, Field(gt=0, description="The maximum price per hour per instance, in dollars.")] = None
     creation_policy: Annotated[Literal["reuse", "reuse-or-create"] | None, Field(description="Whether to reuse fleet instances.")] = None
     idle_duration: Annotated[int | Literal["off"] | None, Field(description="Time before an idle instance is terminated.")] = None
-    utilization_policy: Annotated[dict[str, Any] | None, Field(description="Stop the run on low GPU utilisation (not supported by serveform).")] = None
+    utilization_policy: Annotated[UtilizationPolicySpec | None, Field(description="Stop the run on low GPU utilisation (not supported by serveform).")] = None
     startup_order: Annotated[Literal["any", "master-first", "workers-first"] | None, Field(description="Job start order (tasks).")] = None
     stop_criteria: Annotated[Literal["all-done", "master-done"] | None, Field(description="When a multi-node run is done (tasks).")] = None
     schedule: Annotated[dict[str, Any] | None, Field(description="A cron schedule (not supported by serveform).")] = None
-    fleets: Annotated[list[Any] | None, Field(description="Fleets to reuse (not supported by serveform).")] = None
+    fleets: Annotated[list[GatewayRef] | None, Field(description="Fleets to reuse, `name` or `project/name` (not supported by serveform).")] = None
     instances: Annotated[list[Any] | None, Field(description="Fleet instances to reuse (not supported by serveform).")] = None
     tags: Annotated[dict[str, str] | None, Field(description="Resource tags.")] = None
     backend_options: Annotated[list[dict[str, Any]] | None, Field(description="Backend-specific options.")] = None
@@ -852,7 +865,7 @@ class ServiceSpec(_Spec):
                 raise ValueError("invalid gateway reference: expected `<name>` or `<project>/<name>`")
             return {"project": parts[0], "name": parts[1]} if len(parts) == 2 else {"project": None, "name": parts[0]}
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise ValueError(f"expected a gateway name or a boolean, got `{value}`")
+            return {"project": None, "name": str(value)}  # dstack coerces numbers to names
         return value
 
     @field_validator("https", mode="before")
@@ -860,6 +873,11 @@ class ServiceSpec(_Spec):
     def _https(cls, value: Any) -> Any:
         if value is None or isinstance(value, bool) or value == "auto":
             return value
+        # pydantic's lax booleans, as dstack 0.22 reads `https: "yes"`
+        if isinstance(value, str) and value.lower() in _TRUE_STRINGS | _FALSE_STRINGS:
+            return value.lower() in _TRUE_STRINGS
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         raise ValueError(f"expected `true`, `false` or `auto`, got {_kind(value)}")
 
     @field_validator("rate_limits")
@@ -897,6 +915,13 @@ class ServiceSpec(_Spec):
         from .sizes import Duration
 
         return int(Duration.parse(value))
+
+    @field_validator("fleets", mode="before")
+    @classmethod
+    def _fleets(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [cls._gateway(item) if isinstance(item, (str, int, float)) and not isinstance(item, bool) else item for item in value]
+        return value
 
     @field_validator("shell")
     @classmethod
