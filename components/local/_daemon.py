@@ -31,7 +31,7 @@ PROVIDER_VERSION = "1"
 PYTHON = "{python}"
 """An ``argv[0]`` that stands for the interpreter running the provider (the project's Python)."""
 
-_REPLACE_KEYS = ("name", "argv", "cwd", "env", "state_dir", "log_path", "ready_address")
+_REPLACE_KEYS = ("name", "argv", "cwd", "env", "secret_env", "state_dir", "log_path", "ready_address")
 _FILE_KEYS = ("files", "secret_files")
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
 _REDACTED = "[secret]"
@@ -47,6 +47,7 @@ class DaemonInputs(BaseModel):
     argv: list[str]
     cwd: str
     env: dict[str, str] = {}
+    secret_env: dict[str, str] = {}
     state_dir: str
     log_path: str
     files: dict[str, str] = {}
@@ -92,6 +93,7 @@ def _env(inputs: DaemonInputs) -> dict[str, str]:
     env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
     env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
     env.update(inputs.env)
+    env.update(inputs.secret_env)
     return env
 
 
@@ -114,7 +116,7 @@ def _start(inputs: DaemonInputs) -> ProcessRef:
     died = not ref.alive()
     stop(ref)
     why = "exited" if died else f"did not accept connections within {inputs.ready_timeout_seconds:g}s"
-    tail = _redact(log_tail(inputs.log_path), inputs.secret_files)
+    tail = _redact(log_tail(inputs.log_path), {**inputs.secret_files, **inputs.secret_env})
     raise ProcessStartError(
         f"{inputs.name} {why} before listening on {inputs.ready_address}.\nLast lines of {inputs.log_path}:\n{tail}"
     )
@@ -191,5 +193,5 @@ class Daemon(dynamic.Resource, module="serveform-local", name="Daemon"):
             DaemonProvider(),
             name,
             {**props, "pid": None, "start_time": None},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["secret_files"])),
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["secret_files", "secret_env"])),
         )
