@@ -126,9 +126,14 @@ class DaemonProvider(dynamic.ResourceProvider):
     """Starts, reloads and stops a daemon process. Holds no state of its own."""
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        replaces = [k for k in _REPLACE_KEYS if olds.get(k) != news.get(k)]
+        # A key absent from one side means its default (an input added in a later version).
+        def differs(key: str) -> bool:
+            default = DaemonInputs.model_fields[key].get_default(call_default_factory=True)
+            return olds.get(key, default) != news.get(key, default)
+
+        replaces = [k for k in _REPLACE_KEYS if differs(k)]
         updates = (*_FILE_KEYS, "provider_version", "ready_timeout_seconds", "reload_signal", "cleanup_root")
-        changed = replaces or [k for k in updates if olds.get(k) != news.get(k)]
+        changed = replaces or [k for k in updates if differs(k)]
         # Two copies of one daemon would fight over its state directory and address.
         return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 

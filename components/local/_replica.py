@@ -154,8 +154,13 @@ class ReplicaProvider(dynamic.ResourceProvider):
         return dynamic.CheckResult(news, [])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        replaces = [k for k in _REPLACE_KEYS if olds.get(k) != news.get(k)]
-        changed = replaces or [k for k in _UPDATE_KEYS if olds.get(k) != news.get(k)]
+        # A key absent from one side means its default (an input added in a later version).
+        def differs(key: str) -> bool:
+            default = ReplicaInputs.model_fields[key].get_default(call_default_factory=True)
+            return olds.get(key, default) != news.get(key, default)
+
+        replaces = [k for k in _REPLACE_KEYS if differs(k)]
+        changed = replaces or [k for k in _UPDATE_KEYS if differs(k)]
         return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
