@@ -151,7 +151,8 @@ def compile_text(text: str, file: str = "<string>", context: CompileContext = Co
     plan = builder.build()
     if builder.errors:
         raise TranslatorError(builder.errors)
-    return CompileResult(spec=spec, plan=plan, warnings=tuple(builder.warnings))
+    warnings = sorted(builder.warnings, key=lambda d: (d.line, d.column, d.field, d.message))
+    return CompileResult(spec=spec, plan=plan, warnings=tuple(warnings))
 
 
 def default_name(file: str) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema, field_serializer, field_validator, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
-from .ranges import IntRange, MemoryRange
+from .ranges import IntRange, MemoryRange, short_syntax_schema
 
 __all__ = ["GPUSpec", "GPUVendor", "DEFAULT_GPU_COUNT", "parse_vendor"]
 
@@ -51,8 +53,13 @@ class GPUSpec(BaseModel):
     ] = None
     compute_capability: Annotated[
         tuple[int, int] | None,
+        WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\d+\.\d+$"}, {"type": "null"}]}, mode="validation"),
         Field(description="The minimum compute capability (e.g. `7.5`)."),
     ] = None
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return short_syntax_schema(handler(core_schema), handler, [{"type": "integer", "minimum": 0}, {"type": "string"}])
 
     @classmethod
     def parse(cls, value: Any) -> Any:

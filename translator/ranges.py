@@ -8,16 +8,31 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from .sizes import Memory
 
-__all__ = ["IntRange", "MemoryRange"]
+__all__ = ["IntRange", "MemoryRange", "short_syntax_schema"]
+
+
+def short_syntax_schema(schema: JsonSchemaValue, handler: GetJsonSchemaHandler, forms: list[JsonSchemaValue]) -> JsonSchemaValue:
+    """In the validation schema (what editors check files against), a model written in a short
+    syntax is also valid: `{"anyOf": [<object>, *forms]}`. Serialisation keeps the object."""
+    if handler.mode != "validation":
+        return schema
+    return {**{k: v for k, v in schema.items() if k in ("title", "description")}, "anyOf": [{k: v for k, v in schema.items() if k not in ("title", "description")}, *forms]}
 
 
 class _Range(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     _what: ClassVar[str] = "value"
+    _short_forms: ClassVar[list[JsonSchemaValue]] = []
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return short_syntax_schema(handler(core_schema), handler, cls._short_forms)
 
     @classmethod
     def _bound(cls, value: Any) -> Any:
@@ -78,6 +93,10 @@ class IntRange(_Range):
     max: int | None = None
     _what: ClassVar[str] = "whole number"
     _example: ClassVar[str] = "1..4"
+    _short_forms: ClassVar[list[JsonSchemaValue]] = [
+        {"type": "integer"},
+        {"type": "string", "pattern": r"^\s*(-?\d+)?\s*(\.\.\s*(-?\d+)?)?\s*$"},
+    ]
 
     @classmethod
     def _bound(cls, value: Any) -> int:
@@ -99,6 +118,10 @@ class MemoryRange(_Range):
     max: float | None = None
     _what: ClassVar[str] = "size"
     _example: ClassVar[str] = "24GB..80GB"
+    _short_forms: ClassVar[list[JsonSchemaValue]] = [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^[0-9. ]*([mMgGtT][bB])?\s*(\.\.[0-9. ]*([mMgGtT][bB])?)?\s*$"},
+    ]
 
     @classmethod
     def _bound(cls, value: Any) -> float:

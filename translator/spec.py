@@ -30,8 +30,12 @@ from pydantic import (
     model_validator,
 )
 
+from pydantic import GetJsonSchemaHandler, WithJsonSchema
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
 from .gpu import GPUSpec
-from .ranges import IntRange, MemoryRange
+from .ranges import IntRange, MemoryRange, short_syntax_schema
 from .sizes import DurationSeconds, MemoryGB, parse_off_duration
 
 __all__ = [
@@ -185,6 +189,12 @@ class PortMapping(_Spec):
 
     local_port: Annotated[int | None, Field(gt=0, le=65535, description="The exposed port (`80` unless mapped).")] = None
     container_port: Annotated[int, Field(gt=0, le=65535, description="The port the application listens on.")]
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return short_syntax_schema(
+            handler(core_schema), handler, [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string", "pattern": r"^\s*\d+\s*(:\s*\d+\s*)?$"}]
+        )
 
     @classmethod
     def parse(cls, value: Any) -> Any:
@@ -424,6 +434,10 @@ class CPUSpec(_Spec):
     count: Annotated[IntRange, Field(description="The number of CPU cores, a number or a range. Defaults to `2..`.")] = DEFAULT_CPU_COUNT
 
     @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return short_syntax_schema(handler(core_schema), handler, [{"type": "integer", "minimum": 0}, {"type": "string"}])
+
+    @classmethod
     def parse(cls, value: Any) -> Any:
         """Parse the short syntax: a count (``8``), a range (``4..16``), an architecture
         (``arm``) or both separated by `:` (``arm:8``), or a ``{min, max}`` mapping."""
@@ -461,6 +475,10 @@ class DiskSpec(_Spec):
     """Disk requirements."""
 
     size: Annotated[MemoryRange, Field(description="The disk size (`100GB`) or a range (`100GB..`).")]
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return short_syntax_schema(handler(core_schema), handler, [{"type": "number", "minimum": 0}, {"type": "string"}])
 
     @model_validator(mode="before")
     @classmethod
@@ -727,7 +745,7 @@ class ServiceSpec(_Spec):
     ] = {}
     resources: Annotated[ResourcesSpec, Field(description="The resources of every replica.")] = ResourcesSpec()
     volumes: Annotated[
-        list[Annotated[VolumeSpec, BeforeValidator(parse_volume)]],
+        list[Annotated[VolumeSpec, BeforeValidator(parse_volume, json_schema_input_type=Union[Annotated[str, Field(pattern=r"^[^:]+:[^:]+$")], VolumeMountSpec, InstanceMountSpec])]],
         Field(description="Volumes: `NAME:/path` (network) or `/instance/path:/path` (instance), or the long form."),
     ] = []
 
@@ -815,7 +833,7 @@ class ServiceSpec(_Spec):
     def _port(cls, value: Any) -> Any:
         return PortMapping.parse(value)
 
-    @field_validator("python", mode="before")
+    @field_validator("python", mode="before", json_schema_input_type=Literal[PYTHON_VERSIONS + (3.9, 3.1, 3.11, 3.12, 3.13, 3.14, 3.15)] | None)  # type: ignore[valid-type]
     @classmethod
     def _python(cls, value: Any) -> Any:
         # `python: 3.10` is the YAML float 3.1; dstack reads it as 3.10, and so do we.
@@ -838,14 +856,14 @@ class ServiceSpec(_Spec):
             )
         return value
 
-    @field_validator("env", mode="before")
+    @field_validator("env", mode="before", json_schema_input_type=list[Annotated[str, Field(pattern=_ENV_ENTRY_RE.pattern)]] | dict[Annotated[str, Field(pattern=_ENV_NAME_RE.pattern)], str | int | float])
     @classmethod
     def _env(cls, value: Any) -> Any:
         if value is None:
             raise ValueError("expected a list of `NAME=value` entries or a mapping, got null")
         return parse_env(value)
 
-    @field_validator("model", mode="before")
+    @field_validator("model", mode="before", json_schema_input_type=Annotated[str, Field(min_length=1)] | OpenAIModelSpec | TGIModelSpec | None)
     @classmethod
     def _model(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -856,7 +874,7 @@ class ServiceSpec(_Spec):
             raise FieldError(("format",), f"unknown model format {_kind(value.get('format'))}: expected `openai` or `tgi`")
         return value
 
-    @field_validator("gateway", mode="before")
+    @field_validator("gateway", mode="before", json_schema_input_type=bool | Annotated[str, Field(pattern=r"^[^/]+(/[^/]+)?$")] | None)
     @classmethod
     def _gateway(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -868,7 +886,7 @@ class ServiceSpec(_Spec):
             return {"project": None, "name": str(value)}  # dstack coerces numbers to names
         return value
 
-    @field_validator("https", mode="before")
+    @field_validator("https", mode="before", json_schema_input_type=bool | Literal["auto"] | None)
     @classmethod
     def _https(cls, value: Any) -> Any:
         if value is None or isinstance(value, bool) or value == "auto":
@@ -900,12 +918,12 @@ class ServiceSpec(_Spec):
                 seen.append(probe)
         return value
 
-    @field_validator("max_duration", "stop_duration", mode="before")
+    @field_validator("max_duration", "stop_duration", mode="before", json_schema_input_type=int | str | bool | None)
     @classmethod
     def _off_duration(cls, value: Any) -> Any:
         return parse_off_duration(value)
 
-    @field_validator("idle_duration", mode="before")
+    @field_validator("idle_duration", mode="before", json_schema_input_type=int | str | bool | None)
     @classmethod
     def _idle_duration(cls, value: Any) -> Any:
         if value == "off" or value is False or value == -1:
@@ -916,7 +934,7 @@ class ServiceSpec(_Spec):
 
         return int(Duration.parse(value))
 
-    @field_validator("fleets", mode="before")
+    @field_validator("fleets", mode="before", json_schema_input_type=list[str | GatewayRef] | None)
     @classmethod
     def _fleets(cls, value: Any) -> Any:
         if isinstance(value, list):
