@@ -1,0 +1,194 @@
+"""The Kubernetes backend: each service as a Deployment + headless Service, one Caddy gateway.
+
+`deploy(settings, plans)` first checks everything that can be wrong without registering a
+resource — the stack settings, every plan (env names, GPU vendor), the gateway's Caddyfile, and,
+unless `serveform:k8s.check_capacity` is false, that some node can hold each service's GPUs
+(a replica asking for more GPUs than any node has would otherwise stay Pending until the rollout
+times out). Then it registers, through a provider configured from `serveform:k8s` (kubeconfig,
+context, namespace):
+
+- the namespace (unless `create_namespace` is false);
+- one `Volume` per network volume (a claim, static hostPath volume where configured);
+- one `GpuInstanceGroup` per service (Deployment with GPU limits, tolerations, node selection,
+  shm, secrets as Kubernetes Secrets, registry credentials as an image pull secret);
+- the `Gateway` (Caddy Deployment behind a LoadBalancer Service, upstreams from cluster DNS);
+- the `Scaler` Deployment when a service autoscales.
+
+Exports: `services` (per service: url, model endpoint, group name, replica bounds and count),
+`gateway_address`, `domain`, `namespace`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from serveform.stacks.settings import StackConfigError, StackSettings
+from serveform.translator.plan import ServicePlan
+
+from . import _caddy, _capacity, _pod
+from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs
+from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, PORT_NAME, GpuInstanceGroup, GpuInstanceGroupArgs
+from .scaler import SCALER_TYPE, Scaler, ScalerArgs
+from .volume import VOLUME_TYPE, Volume, VolumeArgs
+
+__all__ = [
+    "GATEWAY_TYPE",
+    "GPU_INSTANCE_GROUP_TYPE",
+    "SCALER_TYPE",
+    "VOLUME_TYPE",
+    "Gateway",
+    "GatewayArgs",
+    "GpuInstanceGroup",
+    "GpuInstanceGroupArgs",
+    "Scaler",
+    "ScalerArgs",
+    "Volume",
+    "VolumeArgs",
+    "deploy",
+]
+
+
+def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
+    """Register the stack's Kubernetes objects for ``plans`` and export its endpoints."""
+    from serveform.gateway.errors import GatewayConfigError
+
+    from .. import _cloud
+
+    cfg = settings.k8s
+    problems: list[tuple[str, str]] = []
+    _cloud.check_plans(settings, plans, "k8s", problems)
+    if problems:
+        raise pulumi.RunError(str(StackConfigError(settings.stack, problems)))
+    try:
+        for plan in plans:
+            _pod.split_env(plan)
+            _pod.gpu_request(plan)
+        caddyfile = _caddy.gateway_caddyfile(settings, plans, cfg.namespace, PORT_NAME)
+    except (_pod.K8sPlanError, GatewayConfigError) as exc:
+        raise pulumi.RunError(str(exc)) from None
+    products = _preflight(settings, plans)
+
+    provider = k8s.Provider(
+        "k8s",
+        kubeconfig=_kubeconfig_path(settings),
+        context=cfg.context,
+        namespace=cfg.namespace,
+    )
+    opts = pulumi.ResourceOptions(provider=provider)
+    namespace: pulumi.Input[str] = cfg.namespace
+    if cfg.create_namespace:
+        ns = k8s.core.v1.Namespace(
+            "namespace",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=cfg.namespace, labels={"app.kubernetes.io/part-of": "serveform"}),
+            opts=opts,
+        )
+        namespace = ns.metadata.name
+
+    volumes: dict[str, Volume] = {}
+    for plan in plans:
+        for mount in plan.volumes:
+            if mount.kind == "network" and mount.names[0] not in volumes:
+                volumes[mount.names[0]] = Volume(
+                    f"{mount.names[0]}-volume",
+                    VolumeArgs(
+                        volume_name=mount.names[0],
+                        namespace=namespace,
+                        stack=settings.stack,
+                        size_gb=cfg.volume_size_gb,
+                        storage_class=cfg.storage_class,
+                        host_path=cfg.volume_host_path,
+                        retain=settings.retain_volumes,
+                    ),
+                    opts,
+                )
+
+    groups: dict[str, GpuInstanceGroup] = {}
+    for plan in plans:
+        groups[plan.name] = GpuInstanceGroup(
+            plan.name,
+            GpuInstanceGroupArgs(
+                plan=plan,
+                replicas=_cloud.desired_replicas(settings, plan),
+                namespace=namespace,
+                stack=settings.stack,
+                volume_claims={
+                    m.path: volumes[m.names[0]].claim_name for m in plan.volumes if m.kind == "network"
+                },
+                gpu_products=products.get(plan.name, ()),
+                rollout_timeout_seconds=cfg.rollout_timeout_seconds,
+            ),
+            opts,
+        )
+
+    tokens = None
+    if settings.tokens:
+        tokens = pulumi.Output.secret(
+            {f"SERVEFORM_TOKEN_{i}": t.get_secret_value() for i, t in enumerate(settings.tokens)}
+        )
+    gateway = Gateway(
+        "gateway",
+        GatewayArgs(
+            namespace=namespace,
+            stack=settings.stack,
+            caddyfile=caddyfile,
+            tokens=tokens,
+            http_port=settings.gateway.http_port or 80,
+            https_port=settings.gateway.https_port or 443,
+            service_type=cfg.gateway_service_type,
+            rollout_timeout_seconds=cfg.rollout_timeout_seconds,
+        ),
+        opts,
+    )
+    if any(p.scaling for p in plans):
+        import serveform
+
+        Scaler(
+            "scaler",
+            ScalerArgs(
+                namespace=namespace,
+                stack=settings.stack,
+                metrics_url=gateway.metrics_url,
+                package_spec=f"serveform[k8s]=={serveform.__version__}",
+            ),
+            opts,
+        )
+
+    _cloud.export_services(settings, plans, {name: group.deployment_name for name, group in groups.items()})
+    pulumi.export("gateway_address", gateway.address)
+    pulumi.export("namespace", namespace)
+
+
+def _preflight(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict[str, tuple[str, ...]]:
+    """Check GPU capacity against the cluster's nodes; the accepted GPU products per service."""
+    gpu_plans = [p for p in plans if _pod.gpu_request(p).resource is not None]
+    if not gpu_plans:
+        return {}
+    if not settings.k8s.check_capacity:
+        for plan in gpu_plans:
+            if plan.replica_group.resources.gpu_names:
+                pulumi.log.warn(
+                    f"{plan.file}: resources.gpu: GPU models are not enforced with serveform:k8s.check_capacity "
+                    "false; pods may land on any GPU node"
+                )
+        return {}
+    try:
+        nodes = _capacity.read_nodes(_kubeconfig_path(settings), settings.k8s.context)
+    except _capacity.CapacityError as exc:
+        raise pulumi.RunError(str(exc)) from None
+    problems = _capacity.check(gpu_plans, nodes)
+    if problems:
+        raise pulumi.RunError("\n".join(problems))
+    return {p.name: _capacity.matching_products(p, nodes) for p in gpu_plans}
+
+
+def _kubeconfig_path(settings: StackSettings) -> str | None:
+    """`serveform:k8s.kubeconfig` as an absolute path (relative ones are from the project root)."""
+    configured = settings.k8s.kubeconfig
+    if not configured:
+        return None  # the provider's and client's default: $KUBECONFIG, else ~/.kube/config
+    path = Path(configured).expanduser()
+    return str(path if path.is_absolute() else Path(settings.project_dir) / path)

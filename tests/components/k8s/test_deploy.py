@@ -1,0 +1,360 @@
+"""The Kubernetes backend under Pulumi's mock runtime: which objects, with which key inputs.
+
+Plans come from real service files through the translator (as `__main__.py` does); the node
+list of the capacity pre-flight is replaced by fixed nodes, so no cluster is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pulumi
+import pytest
+from _k8s_harness import LB_ADDRESS, run_program
+
+from serveform.components import k8s as backend
+from serveform.components.k8s import _capacity
+from serveform.stacks.settings import StackSettings
+from serveform.translator import CompileContext, compile_text
+
+HF_TOKEN = "hf_k8s_SECRET_never_plain_42"
+REGISTRY_PASSWORD = "reg-pa$$-'\"-k8s"
+GATEWAY_TOKEN = "gw-token-SECRET-77"
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVICE = "kubernetes:core/v1:Service"
+SECRET = "kubernetes:core/v1:Secret"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+PV = "kubernetes:core/v1:PersistentVolume"
+PVC = "kubernetes:core/v1:PersistentVolumeClaim"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+
+LLM = f"""
+type: service
+name: llm
+image: ghcr.io/acme/vllm:0.6
+registry_auth:
+  username: acme
+  password: {json.dumps(REGISTRY_PASSWORD)}
+env:
+  - HF_TOKEN
+  - MODEL=meta-llama/Llama-3-8B
+commands:
+  - vllm serve "$MODEL" --port 8000
+port: 8000
+resources:
+  gpu: A100:2
+  shm_size: 16GB
+volumes:
+  - name: models
+    path: /models
+replicas: 1..3
+scaling:
+  metric: rps
+  target: 10
+model:
+  name: llama
+  format: openai
+"""
+
+CHAT = """
+type: service
+name: chat
+image: python:3.11-slim
+commands:
+  - python -m http.server 8000
+port: 8000
+probes:
+  - type: http
+    url: /health
+replicas: 2
+"""
+
+NODES = [
+    _capacity.NodeFacts(name="cpu-0", allocatable={"cpu": "32"}, labels={}),
+    _capacity.NodeFacts(
+        name="gpu-0",
+        allocatable={"cpu": "32", "nvidia.com/gpu": "4"},
+        labels={"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    ),
+    _capacity.NodeFacts(
+        name="gpu-1",
+        allocatable={"nvidia.com/gpu": "8"},
+        labels={"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-A10G"},
+    ),
+]
+
+
+def _plan(text: str, file: str):
+    context = CompileContext(backend="k8s", environ={"HF_TOKEN": HF_TOKEN})
+    return compile_text(text, file=file, context=context).plan
+
+
+def _settings(**extra) -> StackSettings:
+    config = {
+        "backend": "k8s",
+        "services": ["llm.dstack.yml", "chat.dstack.yml"],
+        "domain": "example.com",
+        "tokens": [GATEWAY_TOKEN],
+        "k8s": {"namespace": "team-a", "volume_host_path": "/var/lib/serveform-volumes"},
+        **extra,
+    }
+    return StackSettings.from_config(config, stack="k8s", project_dir="/project")
+
+
+@pytest.fixture
+def nodes(monkeypatch):
+    calls = []
+
+    def read_nodes(kubeconfig, context):
+        calls.append((kubeconfig, context))
+        return list(NODES)
+
+    monkeypatch.setattr(_capacity, "read_nodes", read_nodes)
+    return calls
+
+
+def _deploy(settings=None, plans=None):
+    settings = settings or _settings()
+    plans = plans if plans is not None else [_plan(LLM, "llm.dstack.yml"), _plan(CHAT, "chat.dstack.yml")]
+    return run_program(lambda: backend.deploy(settings, plans))
+
+
+def _container(deployment) -> dict:
+    (container,) = deployment.inputs["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_gpu_service_becomes_deployment_with_gpu_limits_tolerations_and_node_selection(nodes):
+    rec = _deploy()
+    llm = rec.one(DEPLOYMENT, "llm-deployment")
+    spec = llm.inputs["spec"]
+    pod = spec["template"]["spec"]
+    container = _container(llm)
+    assert llm.inputs["metadata"]["name"] == "llm"
+    assert llm.inputs["metadata"]["namespace"] == "team-a"
+    assert spec["replicas"] == 1
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert container["resources"]["requests"]["memory"].endswith("Gi")
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # A100 was asked for: only the A100 node's product label, not the A10G one.
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-80GB"]}
+    ]
+    assert container["command"] == ["/bin/sh", "-c"]
+    assert container["args"] == ['vllm serve "$MODEL" --port 8000']
+    assert container["ports"] == [{"name": "http", "containerPort": 8000}]
+    # dstack's default model probe is a POST: the kubelet can only check the port.
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert nodes == [(None, None)]
+
+
+def test_cpu_service_has_no_gpu_fields_and_http_probe(nodes):
+    rec = _deploy()
+    chat = rec.one(DEPLOYMENT, "chat-deployment")
+    pod = chat.inputs["spec"]["template"]["spec"]
+    container = _container(chat)
+    assert "limits" not in container["resources"]
+    assert "tolerations" not in pod and "nodeSelector" not in pod and "affinity" not in pod
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert chat.inputs["spec"]["replicas"] == 2
+
+
+def test_replicas_come_from_the_scalers_stack_key_clamped_to_bounds(nodes):
+    rec = _deploy(_settings(replicas={"llm": 3, "chat": 9}))
+    assert rec.one(DEPLOYMENT, "llm-deployment").inputs["spec"]["replicas"] == 3
+    assert rec.one(DEPLOYMENT, "chat-deployment").inputs["spec"]["replicas"] == 2
+    assert rec.outputs["services"]["llm"]["replicas"] == {"min": 1, "max": 3, "desired": 3}
+
+
+def test_env_secrets_reach_a_kubernetes_secret_as_pulumi_secrets_only(nodes):
+    rec = _deploy()
+    llm = rec.one(DEPLOYMENT, "llm-deployment")
+    env_secret = rec.one(SECRET, "llm-env")
+    assert env_secret.secret_inputs == ["stringData"]
+    assert env_secret.inputs["stringData"] == {"HF_TOKEN": HF_TOKEN}
+    container = _container(llm)
+    assert container["envFrom"] == [{"secretRef": {"name": "llm-env-a1b2c3"}}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MODEL"] == "meta-llama/Llama-3-8B"
+    assert "HF_TOKEN" not in env
+    # No secret value in any non-Secret object, nor in the exports.
+    for resource in rec.resources:
+        if resource.type != SECRET:
+            text = json.dumps(resource.inputs, default=str)
+            for secret in (HF_TOKEN, REGISTRY_PASSWORD, GATEWAY_TOKEN):
+                assert secret not in text, (resource.name, secret)
+    assert HF_TOKEN not in json.dumps(rec.outputs, default=str)
+
+
+def test_registry_credentials_become_an_image_pull_secret(nodes):
+    rec = _deploy()
+    registry = rec.one(SECRET, "llm-registry")
+    assert registry.inputs["type"] == "kubernetes.io/dockerconfigjson"
+    assert registry.secret_inputs in (["stringData"], ["stringData..dockerconfigjson"])
+    config = json.loads(registry.inputs["stringData"][".dockerconfigjson"])
+    assert config["auths"]["ghcr.io"]["password"] == REGISTRY_PASSWORD
+    assert config["auths"]["ghcr.io"]["username"] == "acme"
+    pod = rec.one(DEPLOYMENT, "llm-deployment").inputs["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "llm-registry-a1b2c3"}]
+
+
+def test_volume_is_a_claim_bound_to_a_static_host_path_volume(nodes):
+    rec = _deploy()
+    pv = rec.one(PV, "models-volume-pv")
+    pvc = rec.one(PVC, "models-volume-claim")
+    assert pv.inputs["metadata"]["name"] == "team-a-models"
+    assert pv.inputs["spec"]["hostPath"] == {"path": "/var/lib/serveform-volumes/team-a/models", "type": "DirectoryOrCreate"}
+    assert pv.inputs["spec"]["claimRef"] == {"namespace": "team-a", "name": "models"}
+    assert pv.inputs["spec"]["storageClassName"] == ""
+    assert pvc.inputs["spec"]["volumeName"] == "team-a-models"
+    assert pvc.inputs["spec"]["storageClassName"] == ""
+    assert pvc.inputs["spec"]["resources"] == {"requests": {"storage": "100Gi"}}
+    pod = rec.one(DEPLOYMENT, "llm-deployment").inputs["spec"]["template"]["spec"]
+    claim_volume = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert claim_volume["persistentVolumeClaim"] == {"claimName": "models"}
+    mount = next(m for m in _container(rec.one(DEPLOYMENT, "llm-deployment"))["volumeMounts"] if m["name"] == claim_volume["name"])
+    assert mount["mountPath"] == "/models"
+
+
+def test_volume_without_host_path_asks_the_storage_class(nodes):
+    settings = _settings(k8s={"namespace": "team-a", "storage_class": "fast-ssd", "volume_size_gb": 500})
+    rec = _deploy(settings)
+    assert not rec.of_type(PV)
+    pvc = rec.one(PVC, "models-volume-claim")
+    assert pvc.inputs["spec"]["storageClassName"] == "fast-ssd"
+    assert "volumeName" not in pvc.inputs["spec"]
+    assert pvc.inputs["spec"]["resources"] == {"requests": {"storage": "500Gi"}}
+
+
+def test_headless_services_give_the_gateway_dns_upstreams(nodes):
+    rec = _deploy()
+    svc = rec.one(SERVICE, "llm-service")
+    assert svc.inputs["spec"]["clusterIP"] == "None"
+    assert svc.inputs["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
+    assert svc.inputs["spec"]["selector"] == rec.one(DEPLOYMENT, "llm-deployment").inputs["spec"]["selector"]["matchLabels"]
+    caddyfile = rec.one(CONFIG_MAP, "gateway-config").inputs["data"]["Caddyfile"]
+    assert "name llm.team-a.svc.cluster.local" in caddyfile
+    assert "name chat.team-a.svc.cluster.local" in caddyfile
+    assert "service http" in caddyfile
+    assert "serveform.internal" not in caddyfile and "resolvers 127.0.0.1" not in caddyfile
+    assert GATEWAY_TOKEN not in caddyfile and "{env.SERVEFORM_TOKEN_0}" in caddyfile
+
+
+def test_gateway_is_a_deployment_behind_a_load_balancer_with_tokens_as_secret(nodes):
+    rec = _deploy()
+    public = rec.one(SERVICE, "gateway-service")
+    assert public.inputs["spec"]["type"] == "LoadBalancer"
+    assert [p["port"] for p in public.inputs["spec"]["ports"]] == [80, 443]
+    tokens = rec.one(SECRET, "gateway-tokens")
+    assert tokens.secret_inputs == ["stringData"]
+    assert tokens.inputs["stringData"] == {"SERVEFORM_TOKEN_0": GATEWAY_TOKEN}
+    gateway = rec.one(DEPLOYMENT, "gateway-deployment")
+    container = _container(gateway)
+    assert container["envFrom"] == [{"secretRef": {"name": "gateway-tokens-a1b2c3"}}]
+    assert rec.outputs["gateway_address"] == LB_ADDRESS
+    assert rec.outputs["domain"] == "example.com"
+    assert rec.outputs["services"]["llm"]["url"] == "https://llm.example.com"
+    assert rec.outputs["services"]["llm"]["model_endpoint"] == "https://gateway.example.com/v1"
+    assert rec.outputs["services"]["llm"]["group"] == "llm"
+
+
+def test_scaler_deployment_may_only_touch_deployments_in_its_namespace(nodes):
+    rec = _deploy()
+    role = rec.one("kubernetes:rbac.authorization.k8s.io/v1:Role", "scaler-role")
+    writes = [r for r in role.inputs["rules"] if set(r["verbs"]) & {"patch", "update", "create", "delete"}]
+    assert writes == [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "patch", "update"]}
+    ]
+    assert not rec.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")
+    scaler = rec.one(DEPLOYMENT, "scaler-deployment")
+    command = _container(scaler)["command"]
+    assert "serveform.scaler" in command[-1] and "--stack k8s" in command[-1]
+    # Without an autoscaling service there is no scaler.
+    rec = _deploy(plans=[_plan(CHAT, "chat.dstack.yml")])
+    assert not [r for r in rec.of_type(DEPLOYMENT) if r.name.startswith("scaler")]
+
+
+def test_children_are_parented_to_their_components(nodes):
+    rec = _deploy()
+    for resource in rec.resources:
+        if resource.name.startswith("llm-"):
+            assert "serveform:k8s:GpuInstanceGroup" in resource.urn, resource.urn
+        if resource.name.startswith("gateway-"):
+            assert "serveform:k8s:Gateway" in resource.urn, resource.urn
+        if resource.name.startswith("models-volume-"):
+            assert "serveform:k8s:Volume" in resource.urn, resource.urn
+    assert rec.one(NAMESPACE).inputs["metadata"]["name"] == "team-a"
+
+
+def test_more_gpus_than_any_node_has_fails_before_anything_is_registered(monkeypatch):
+    monkeypatch.setattr(_capacity, "read_nodes", lambda kubeconfig, context: list(NODES))
+    greedy = _plan(LLM.replace("A100:2", "A100:16"), "greedy.dstack.yml")
+    registered = []
+    with pytest.raises(pulumi.RunError) as err:
+        run_program(lambda: (backend.deploy(_settings(), [greedy]), registered.append(True)))
+    message = str(err.value)
+    assert "greedy.dstack.yml: error: resources.gpu" in message
+    assert "needs 16 nvidia.com/gpu" in message and "the most any schedulable node has is 8" in message
+    assert not registered
+
+
+def test_gpu_model_no_node_has_fails_with_its_name(monkeypatch):
+    monkeypatch.setattr(_capacity, "read_nodes", lambda kubeconfig, context: list(NODES))
+    h100 = _plan(LLM.replace("A100:2", "H100:1"), "h100.dstack.yml")
+    with pytest.raises(pulumi.RunError, match=r"h100.dstack.yml: error: resources.gpu: no schedulable node has 1 H100"):
+        run_program(lambda: backend.deploy(_settings(), [h100]))
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    settings = _settings(k8s={"kubeconfig": str(kubeconfig), "context": "missing"})
+    with pytest.raises(pulumi.RunError, match=r"serveform:k8s: cannot load kubeconfig .*context missing"):
+        run_program(lambda: backend.deploy(settings, [_plan(LLM, "llm.dstack.yml")]))
+
+
+def test_capacity_check_can_be_turned_off_for_autoscaled_clusters(monkeypatch):
+    def fail(*_args):
+        raise AssertionError("nodes must not be read")
+
+    monkeypatch.setattr(_capacity, "read_nodes", fail)
+    rec = _deploy(_settings(k8s={"namespace": "x", "check_capacity": False}))
+    pod = rec.one(DEPLOYMENT, "llm-deployment").inputs["spec"]["template"]["spec"]
+    assert "affinity" not in pod
+    assert _container(rec.one(DEPLOYMENT, "llm-deployment"))["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+
+
+def test_kubeconfig_context_and_namespace_configure_the_provider(nodes):
+    settings = _settings(k8s={"kubeconfig": "conf/kubeconfig", "context": "prod", "namespace": "ml", "create_namespace": False})
+    rec = _deploy(settings)
+    provider = rec.one("pulumi:providers:kubernetes")
+    assert provider.inputs["kubeconfig"] == str(Path("/project/conf/kubeconfig"))
+    assert provider.inputs["context"] == "prod"
+    assert provider.inputs["namespace"] == "ml"
+    assert not rec.of_type(NAMESPACE)
+    assert nodes == [(str(Path("/project/conf/kubeconfig")), "prod")]
+
+
+def test_stack_for_another_backend_is_refused_before_registration(nodes):
+    settings = StackSettings.from_config({"backend": "aws", "services": ["x"]}, stack="k8s", project_dir="/p")
+    with pytest.raises(pulumi.RunError, match="serveform:backend"):
+        run_program(lambda: backend.deploy(settings, [_plan(CHAT, "chat.dstack.yml")]))
+
+
+def test_amd_gpus_use_the_amd_device_plugin_resource(monkeypatch):
+    amd_nodes = [*NODES, _capacity.NodeFacts(name="amd-0", allocatable={"amd.com/gpu": "1"})]
+    monkeypatch.setattr(_capacity, "read_nodes", lambda kubeconfig, context: amd_nodes)
+    amd = _plan(CHAT.replace("port: 8000", "port: 8000\nresources:\n  gpu: amd:1"), "amd.dstack.yml")
+    rec = _deploy(plans=[amd])
+    deployment = rec.one(DEPLOYMENT, "chat-deployment")
+    pod = deployment.inputs["spec"]["template"]["spec"]
+    assert _container(deployment)["resources"]["limits"] == {"amd.com/gpu": "1"}
+    assert pod["tolerations"] == [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "nodeSelector" not in pod
