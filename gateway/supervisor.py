@@ -1,0 +1,293 @@
+"""`python -m serveform.gateway run --state-dir DIR`: Caddy, the router, the prober and the DNS responder as one process.
+
+Start order: read and check the config (nothing starts if it is bad), DNS responder, router,
+prober, then Caddy on a validated config; `status.json` says the gateway is up. Then:
+
+* published replica files (``replicas/*.json``) are polled every POLL_SECONDS; changes go to
+  the prober, whose ready sets feed the DNS responder — no Caddy reload;
+* SIGHUP (or a changed ``gateway.json`` / secrets file) re-reads the config: render, adapt,
+  validate, then reload Caddy and swap the router's config. A bad config is logged and the
+  running one stays;
+* SIGTERM/SIGINT stop everything: Caddy gets SIGTERM (SIGKILL after STOP_GRACE_SECONDS), the
+  router and responder close, and the process exits 0 with no child left. Caddy also carries
+  PR_SET_PDEATHSIG, so it dies with the supervisor even on SIGKILL.
+
+If Caddy exits on its own it is restarted (at most RESTARTS_MAX times in a row, with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import caddy
+from .dns import DnsResponder
+from .errors import CaddyError, GatewayConfigError
+from .prober import Prober
+from .render import DNS_ENV_PREFIX, TOKEN_ENV_PREFIX, render_routes
+from .router import Router, router_config
+from .routes import ServiceRoute, routes_from_plans
+from .settings import GatewayRuntime, GatewaySettings
+from .state import CONFIG_FILE, STATUS_FILE, read_config, read_published, write_private
+
+__all__ = ["run"]
+
+POLL_SECONDS = 0.1
+STOP_GRACE_SECONDS = 10.0
+START_TIMEOUT_SECONDS = 30.0
+RESTARTS_MAX = 5
+_LOG = logging.getLogger("serveform.gateway")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _admin_address(settings: GatewaySettings, runtime: GatewayRuntime) -> str:
+    return f"unix/{runtime.admin_socket_path}" if settings.admin == "unix" else settings.admin
+
+
+class _Gateway:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.binary = caddy.caddy_binary()
+        caddy.check_version(self.binary)
+        self.stopping = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.caddy: subprocess.Popen[bytes] | None = None
+        self.routes: tuple[ServiceRoute, ...] = ()
+        self.settings: GatewaySettings | None = None
+        self.generations: dict[str, int] = {}
+        self.config_stamp: tuple[Any, ...] = ()
+        self.prober = Prober(self._ready_changed)
+        self.dns = DnsResponder(self._lookup)
+        self.router: Router | None = None
+        self.runner: web.AppRunner | None = None
+        self.runtime: GatewayRuntime | None = None
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def _lookup(self, service: str) -> list[tuple[str, int]]:
+        return self.prober.ready(service)
+
+    def _ready_changed(self, service: str) -> None:
+        self._write_status()
+
+    def _stamp(self) -> tuple[Any, ...]:
+        stamp = []
+        for name in (CONFIG_FILE, "secrets/tokens.json", "secrets/dns.json"):
+            try:
+                st = (self.state_dir / name).stat()
+                stamp.append((name, st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamp.append((name, None, None))
+        return tuple(stamp)
+
+    def _write_status(self) -> None:
+        assert self.runtime is not None and self.settings is not None
+        snapshot = self.prober.snapshot()
+        services = {}
+        for name in set(snapshot) | set(self.generations):
+            services[name] = {**snapshot.get(name, {"published": [], "ready": []}), "generation": self.generations.get(name, 0)}
+        status = {
+            "pid": os.getpid(),
+            "caddy_pid": self.caddy.pid if self.caddy else None,
+            "admin": _admin_address(self.settings, self.runtime),
+            "metrics_url": f"http://127.0.0.1:{self.runtime.metrics_port}/metrics",
+            "internal_url": f"http://127.0.0.1:{self.runtime.internal_port}",
+            "dns_port": self.runtime.dns_port,
+            "router_socket": str(self.runtime.router_socket_path),
+            "https_port": self.settings.https_port,
+            "http_port": self.settings.http_port,
+            "hosts": {r.name: r.host for r in self.routes},
+            "services": services,
+        }
+        write_private(self.state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
+
+    def _prepare(self, settings: GatewaySettings, routes: tuple[ServiceRoute, ...]) -> Path:
+        """Render, adapt, fill secrets, validate: the path of a config Caddy can run."""
+        assert self.runtime is not None
+        caddyfile = self.state_dir / "Caddyfile"
+        write_private(caddyfile, render_routes(settings, routes, self.runtime))
+        secrets = {f"{TOKEN_ENV_PREFIX}{i}": t.get_secret_value() for i, t in enumerate(settings.tokens)}
+        secrets |= {f"{DNS_ENV_PREFIX}{k.upper()}": v.get_secret_value() for k, v in settings.dns_options.items()}
+        candidate = self.state_dir / "secrets" / "caddy.next.json"
+        write_private(candidate, caddy.fill_secrets(caddy.adapt(self.binary, caddyfile), secrets))
+        caddy.validate(self.binary, candidate)
+        final = self.state_dir / "secrets" / "caddy.json"
+        os.replace(candidate, final)
+        return final
+
+    def _load(self) -> tuple[GatewaySettings, tuple[ServiceRoute, ...]]:
+        config = read_config(self.state_dir)
+        return config.settings, routes_from_plans(config.settings, config.plans)
+
+    def _apply_routes(self, settings: GatewaySettings, routes: tuple[ServiceRoute, ...]) -> None:
+        assert self.runtime is not None
+        self.settings, self.routes = settings, routes
+        self.prober.set_checks({r.name: r.probes for r in routes})
+        config = router_config(
+            routes,
+            tuple(t.get_secret_value() for t in settings.tokens),
+            f"http://127.0.0.1:{self.runtime.internal_port}",
+            settings.stream_timeout_seconds,
+            settings.body_limit_mb * 1024 * 1024,
+        )
+        if self.router is None:
+            self.router = Router(config)
+        else:
+            self.router.update(config)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.config_stamp = self._stamp()
+        settings, routes = self._load()  # a bad config stops here, before anything runs
+        await self.dns.start()
+        self.runtime = GatewayRuntime(
+            state_dir=self.state_dir,
+            dns_port=self.dns.port,
+            internal_port=_free_port(),
+            metrics_port=_free_port(),
+        )
+        await self.prober.start()
+        self._apply_routes(settings, routes)
+        assert self.router is not None
+        socket_path = self.runtime.router_socket_path
+        socket_path.unlink(missing_ok=True)
+        self.runner = web.AppRunner(self.router.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        await web.UnixSite(self.runner, str(socket_path)).start()
+        os.chmod(socket_path, 0o600)
+        self._poll_replicas()
+        config_path = await asyncio.to_thread(self._prepare, settings, routes)
+        self._start_caddy(config_path)
+        await self._wait_listening(settings)
+        self._write_status()
+        _LOG.info("gateway up: %s", ", ".join(r.host for r in routes) or "no services")
+
+    def _start_caddy(self, config_path: Path) -> None:
+        assert self.runtime is not None
+        self.caddy = caddy.start(self.binary, config_path, self.state_dir, self.state_dir / "caddy.log")
+
+    async def _wait_listening(self, settings: GatewaySettings) -> None:
+        assert self.runtime is not None
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        port = self.runtime.metrics_port
+        while time.monotonic() < deadline:
+            if self.caddy is not None and self.caddy.poll() is not None:
+                raise CaddyError(f"caddy exited with {self.caddy.returncode}; see {self.state_dir / 'caddy.log'}")
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise CaddyError(f"caddy did not start listening within {START_TIMEOUT_SECONDS:g} s")
+
+    def _poll_replicas(self) -> None:
+        published = read_published(self.state_dir)
+        changed = False
+        for service, (generation, addresses) in published.items():
+            if self.generations.get(service) != generation:
+                self.prober.set_published(service, addresses)
+                self.generations[service] = generation
+                changed = True
+        if changed and self.settings is not None and self.runtime is not None:
+            self._write_status()
+
+    async def reload(self) -> None:
+        try:
+            settings, routes = self._load()
+            config_path = await asyncio.to_thread(self._prepare, settings, routes)
+            assert self.runtime is not None and self.settings is not None
+            await asyncio.to_thread(caddy.reload, self.binary, config_path, _admin_address(self.settings, self.runtime), self.state_dir)
+        except (GatewayConfigError, CaddyError) as exc:
+            _LOG.error("config not applied, the previous one keeps serving:\n%s", exc)
+            return
+        self._apply_routes(settings, routes)
+        self._poll_replicas()
+        self._write_status()
+        _LOG.info("config reloaded")
+
+    async def serve(self) -> None:
+        restarts = 0
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), POLL_SECONDS)
+                break
+            except asyncio.TimeoutError:
+                pass
+            self._poll_replicas()
+            stamp = self._stamp()
+            if stamp != self.config_stamp:
+                self.config_stamp = stamp
+                self.reload_requested.set()
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                await self.reload()
+            if self.caddy is not None and self.caddy.poll() is not None:
+                restarts += 1
+                _LOG.error("caddy exited with %s (restart %d of %d)", self.caddy.returncode, restarts, RESTARTS_MAX)
+                if restarts > RESTARTS_MAX:
+                    raise CaddyError(f"caddy keeps exiting; see {self.state_dir / 'caddy.log'}")
+                await asyncio.sleep(min(2**restarts * 0.1, 5))
+                self._start_caddy(self.state_dir / "secrets" / "caddy.json")
+                self._write_status()
+
+    async def stop(self) -> None:
+        if self.caddy is not None and self.caddy.poll() is None:
+            self.caddy.terminate()
+            try:
+                await asyncio.to_thread(self.caddy.wait, STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.caddy.kill()
+                await asyncio.to_thread(self.caddy.wait)
+        await self.prober.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.dns.close()
+        if self.runtime is not None:
+            self.runtime.router_socket_path.unlink(missing_ok=True)
+        (self.state_dir / STATUS_FILE).unlink(missing_ok=True)
+
+
+async def _run(state_dir: Path) -> int:
+    gateway = _Gateway(state_dir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_requested.set)
+    try:
+        await gateway.start()
+        await gateway.serve()
+    finally:
+        await gateway.stop()
+    return 0
+
+
+def run(state_dir: str | os.PathLike[str]) -> int:
+    """Run the gateway in ``state_dir`` until SIGTERM/SIGINT; the process exit code."""
+    root = Path(state_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
+    try:
+        return asyncio.run(_run(root))
+    except GatewayConfigError as exc:
+        _LOG.error("%s", exc)
+        return 2
+    except CaddyError as exc:
+        _LOG.error("%s", exc)
+        return 1
