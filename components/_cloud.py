@@ -25,8 +25,9 @@ __all__ = [
     "checked",
     "desired_replicas",
     "export_services",
-    "gateway_config",
     "gateway_caddyfile",
+    "gateway_document",
+    "gateway_settings",
     "require",
     "service_url",
     "tokens_secret",
@@ -38,8 +39,9 @@ T = TypeVar("T")
 # most so that `serveform-<stack>-<service>` stays inside Azure's and GCP's 63-character limits.
 _DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 
-# The scaler's systemd unit comes from the scaler package when it ships one.
-_SCALER_UNIT_TEMPLATE = "serveform-scaler.service.j2"
+# A cloud gateway serves the standard ports (the local backend uses unprivileged ones).
+CLOUD_HTTP_PORT = 80
+CLOUD_HTTPS_PORT = 443
 
 
 def require(settings: StackSettings, problems: list[tuple[str, str]], key: str, value: T | None, message: str) -> T | None:
@@ -116,50 +118,49 @@ def export_services(
     pulumi.export("domain", settings.domain)
 
 
-def gateway_config(settings: StackSettings, plans: Iterable[ServicePlan]) -> dict[str, object]:
-    """The non-secret document the gateway host reads: settings and each service's route."""
-    gw = settings.gateway
+def gateway_settings(settings: StackSettings):
+    """The gateway's settings for a VM gateway: ports 80/443 on every interface, admin API on a socket."""
+    from serveform.gateway import GatewaySettings
+
+    config = settings.gateway
+    return GatewaySettings(
+        domain=settings.domain,
+        tls=config.tls,
+        dns_provider=config.dns_provider,
+        acme_email=config.acme_email,
+        http_port=config.http_port or CLOUD_HTTP_PORT,
+        https_port=config.https_port or CLOUD_HTTPS_PORT,
+        body_limit_mb=config.body_limit_mb,
+        stream_timeout_seconds=config.stream_timeout_seconds,
+        replica_wait_seconds=config.replica_wait_seconds,
+        tokens=settings.tokens,
+    )
+
+
+def gateway_document(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict[str, object]:
+    """`<state_dir>/gateway.json` of a VM gateway, in the gateway package's layout.
+
+    Secrets stay out: tokens go to the tokens file, which the host fetches from the secret
+    store at boot; secret env values in the plans serialise as `**********`.
+    """
+    from serveform.gateway.state import DNS_OPTIONS_FILE, TOKENS_FILE
+
     return {
-        "stack": settings.stack,
-        "domain": settings.domain,
-        "gateway": json.loads(gw.model_dump_json()),
-        "http_port": gw.http_port or 80,
-        "https_port": gw.https_port or 443,
-        "services": {
-            plan.name: {
-                "route": json.loads(plan.route.model_dump_json()),
-                "port": plan.replica_group.container_port,
-                "replicas": json.loads(plan.replicas.model_dump_json()),
-                "scaling": json.loads(plan.scaling.model_dump_json()) if plan.scaling else None,
-            }
-            for plan in plans
-        },
+        "settings": gateway_settings(settings).model_dump(mode="json", exclude={"tokens", "dns_options"}),
+        "plans": [json.loads(plan.model_dump_json()) for plan in plans],
+        "tokens_file": TOKENS_FILE,
+        "dns_options_file": DNS_OPTIONS_FILE,
     }
 
 
 def gateway_caddyfile(settings: StackSettings, plans: Sequence[ServicePlan]) -> str:
-    """The gateway's Caddyfile, rendered by the gateway package (tokens as placeholders only)."""
-    from serveform import gateway
+    """The Caddyfile the gateway will serve; rendering it checks every route before anything is registered."""
+    from serveform.gateway import GatewayConfigError, render_caddyfile
 
-    render = getattr(gateway, "render_caddyfile", None)
-    if render is None:  # the gateway package has not shipped its renderer in this checkout
-        return ""
-    return _call_render(render, settings, plans)
-
-
-def _call_render(render: Callable[..., str], settings: StackSettings, plans: Sequence[ServicePlan]) -> str:
-    from serveform.gateway import GatewaySettings  # type: ignore[attr-defined]
-
-    gw = settings.gateway
-    gateway_settings = GatewaySettings(
-        domain=settings.domain,
-        tls=gw.tls,
-        dns_provider=gw.dns_provider,
-        acme_email=gw.acme_email,
-        http_port=gw.http_port or 80,
-        https_port=gw.https_port or 443,
-    )
-    return render(gateway_settings, [p.route for p in plans])
+    try:
+        return render_caddyfile(gateway_settings(settings), list(plans))
+    except GatewayConfigError as exc:
+        raise pulumi.RunError(str(exc)) from None
 
 
 def scaler_unit(settings: StackSettings, plans: Sequence[ServicePlan]) -> str | None:

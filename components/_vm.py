@@ -336,13 +336,13 @@ class GatewayBoot:
     cloud: Cloud
     stack: str
     domain: str
-    gateway_config: dict[str, object]
-    """Non-secret gateway settings and routes, written to /etc/serveform/gateway.json."""
-    caddyfile: str
-    """The Caddyfile rendered by `serveform.gateway.render_caddyfile` (bearer tokens as env placeholders)."""
+    gateway_document: dict[str, object]
+    """`<state_dir>/gateway.json` (settings and plans, no secrets) in the gateway package's layout."""
     targets: tuple[DiscoveryTarget, ...]
     tokens_secret: SecretRef | None
     """Where the bearer tokens live; fetched at boot into a root-only environment file."""
+    identity: str | None = None
+    """Azure: client ID of the gateway's user-assigned identity."""
     dns_provider: str | None = None
     package_spec: str = "serveform"
     scaler_unit: str | None = None
@@ -354,13 +354,19 @@ def gateway_user_data(boot: GatewayBoot) -> str:
     module = _CADDY_DNS_MODULE.get(boot.dns_provider or "")
     caddy_url = "https://caddyserver.com/api/download?os=linux&arch=amd64" + (f"&p={module}" if module else "")
     discovery = {"interval_seconds": DISCOVERY_INTERVAL_SECONDS, "targets": [t.as_json() for t in boot.targets]}
+    from serveform.gateway.state import CONFIG_FILE, DNS_OPTIONS_FILE, TOKENS_FILE
+
     install_sh = render(
         "gateway/install.sh.j2",
+        config_file=CONFIG_FILE,
+        tokens_file=TOKENS_FILE,
+        dns_options_file=DNS_OPTIONS_FILE,
         cloud=boot.cloud,
         package_spec=boot.package_spec,
         caddy_url=caddy_url,
         caddy_version=CADDY_VERSION,
         tokens_secret=boot.tokens_secret,
+        identity=boot.identity or "",
         config_dir=GATEWAY_CONFIG_DIR,
         state_dir=GATEWAY_STATE_DIR,
         scaler=boot.scaler_unit is not None,
@@ -376,8 +382,8 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         "gateway/cloud-init.yaml.j2",
         install_sh=install_sh,
         units=units,
-        caddyfile=boot.caddyfile,
-        gateway_json=json.dumps(boot.gateway_config, sort_keys=True, indent=2),
-        discovery_json=json.dumps(discovery, sort_keys=True, indent=2),
+        gateway_json=json.dumps(boot.gateway_document, sort_keys=True, indent=2) + "\n",
+        discovery_json=json.dumps(discovery, sort_keys=True, indent=2) + "\n",
         config_dir=GATEWAY_CONFIG_DIR,
+        state_dir=GATEWAY_STATE_DIR,
     )

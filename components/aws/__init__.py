@@ -59,6 +59,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:aws.zone_id", "required for tls acme_dns with dns_provider route53 (the hosted zone of the domain)"))
     _cloud.check_plans(settings, plans, "aws", problems)
     caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "aws", region=region) for p in plans})
+    # The gateway package checks every route (and renders the Caddyfile) before anything is registered.
+    _cloud.gateway_caddyfile(settings, plans)
     assert region is not None
 
     provider = aws.Provider("aws", region=region)
@@ -108,8 +110,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             ami=gateway_ami,
             vpc_id=vpc_id,
             subnet_id=first_subnet,
-            gateway_config=_cloud.gateway_config(settings, plans),
-            caddyfile=_cloud.gateway_caddyfile(settings, plans),
+            gateway_document=_cloud.gateway_document(settings, plans),
             groups={p.name: GatewayGroupRef(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
             tokens=_cloud.tokens_secret(settings),
             instance_type=settings.gateway.instance_type or DEFAULT_GATEWAY_INSTANCE_TYPE,

@@ -53,10 +53,8 @@ class GatewayArgs:
     vpc_id: pulumi.Input[str]
     subnet_id: pulumi.Input[str]
     """A public subnet for the gateway VM."""
-    gateway_config: dict[str, object]
-    """Non-secret gateway settings and routes (`/etc/serveform/gateway.json`)."""
-    caddyfile: str
-    """The Caddyfile from `serveform.gateway.render_caddyfile`."""
+    gateway_document: dict[str, object]
+    """`gateway.json` of the gateway host (settings and plans, no secrets), from `_cloud.gateway_document`."""
     groups: Mapping[str, GatewayGroupRef]
     """Service name → its group."""
     tokens: pulumi.Input[str] | None = None
@@ -148,8 +146,7 @@ class Gateway(pulumi.ComponentResource):
                     cloud="aws",
                     stack=args.stack,
                     domain=args.domain,
-                    gateway_config=args.gateway_config,
-                    caddyfile=args.caddyfile,
+                    gateway_document=args.gateway_document,
                     targets=targets,
                     tokens_secret=SecretRef(cloud="aws", ref=arn, region=args.region) if arn else None,
                     dns_provider=args.dns_provider,

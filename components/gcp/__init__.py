@@ -54,6 +54,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:gcp.dns_zone", "required for tls acme_dns with dns_provider googleclouddns"))
     _cloud.check_plans(settings, plans, "gcp", problems)
     caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "gcp", region=region) for p in plans})
+    # The gateway package checks every route (and renders the Caddyfile) before anything is registered.
+    _cloud.gateway_caddyfile(settings, plans)
     assert cfg.project and cfg.zone and region
     project, zone = cfg.project, cfg.zone
 
@@ -86,8 +88,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             region=region,
             zone=zone,
             network=cfg.network,
-            gateway_config=_cloud.gateway_config(settings, plans),
-            caddyfile=_cloud.gateway_caddyfile(settings, plans),
+            gateway_document=_cloud.gateway_document(settings, plans),
             groups={p.name: GatewayGroupRef(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
             tokens=_cloud.tokens_secret(settings),
             machine_type=settings.gateway.instance_type or DEFAULT_MACHINE_TYPE,

@@ -47,9 +47,8 @@ class GatewayArgs:
     region: str
     zone: str
     network: str
-    gateway_config: dict[str, object]
-    """Non-secret gateway settings and routes (`/etc/serveform/gateway.json`)."""
-    caddyfile: str
+    gateway_document: dict[str, object]
+    """`gateway.json` of the gateway host (settings and plans, no secrets), from `_cloud.gateway_document`."""
     groups: Mapping[str, GatewayGroupRef]
     tokens: pulumi.Input[str] | None = None
     """The bearer tokens as a JSON list: a Pulumi secret, stored in Secret Manager."""
@@ -147,8 +146,7 @@ class Gateway(pulumi.ComponentResource):
                     cloud="gcp",
                     stack=args.stack,
                     domain=args.domain,
-                    gateway_config=args.gateway_config,
-                    caddyfile=args.caddyfile,
+                    gateway_document=args.gateway_document,
                     targets=targets,
                     tokens_secret=SecretRef(cloud="gcp", ref=ref) if ref else None,
                     dns_provider=args.dns_provider,

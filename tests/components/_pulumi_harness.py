@@ -123,6 +123,10 @@ class _Mocks(_mocks.Mocks):
         elif typ.startswith("azure-native:"):
             ident = f"/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/mock/providers/{typ}/{args.name}"
             state.setdefault("name", args.name)
+            # Inputs list identity IDs; the output is a map keyed by ID (absent outputs fall back to inputs).
+            identity = state.get("identity")
+            if isinstance(identity, dict) and isinstance(identity.get("userAssignedIdentities"), list):
+                state["identity"] = {**identity, "userAssignedIdentities": {i: {} for i in identity["userAssignedIdentities"]}}
             if typ == "azure-native:network:PublicIPAddress":
                 state["ipAddress"] = GATEWAY_IP
             if typ == "azure-native:managedidentity:UserAssignedIdentity":

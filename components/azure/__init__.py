@@ -1,0 +1,153 @@
+"""The Azure backend: each service as a virtual machine scale set behind one gateway VM.
+
+`deploy(settings, plans)` checks the `serveform:azure` settings and every plan first — a bad
+value stops the program with a message naming its config key, before any resource exists —
+then registers the resource group (unless the stack names one), one `Volume` per network
+volume, one `Gateway` (which owns the network and the Key Vault) and one `GpuInstanceGroup` per
+service, and exports each service's URL, model endpoint, group and replica bounds, and the
+gateway's address and domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pulumi
+import pulumi_azure_native as azure
+
+import serveform
+from serveform.stacks.settings import StackSettings
+from serveform.translator.plan import ServicePlan
+
+from .. import _cloud
+from .._vm import DEFAULT_VOLUME_SIZE_GB, capacity, short_name
+from .gateway import DEFAULT_VM_SIZE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef, relative_record_name
+from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, GpuInstanceGroup, GpuInstanceGroupArgs, group_name
+from .volume import VOLUME_TYPE, Volume, VolumeArgs
+
+__all__ = [
+    "GATEWAY_TYPE",
+    "GPU_INSTANCE_GROUP_TYPE",
+    "VOLUME_TYPE",
+    "Gateway",
+    "GatewayArgs",
+    "GpuInstanceGroup",
+    "GpuInstanceGroupArgs",
+    "Volume",
+    "VolumeArgs",
+    "deploy",
+]
+
+
+def _image(text: str | None) -> dict[str, str] | None:
+    """`publisher:offer:sku:version` (the Azure CLI's URN form) → an image reference."""
+    if not text:
+        return None
+    publisher, offer, sku, version = text.split(":")
+    return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
+
+
+def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
+    """Register the stack's Azure resources for ``plans`` and export its endpoints."""
+    cfg = settings.azure
+    problems: list[tuple[str, str]] = []
+    location = cfg.location or (settings.regions[0] if settings.regions else None)
+    _cloud.require(settings, problems, "serveform:azure.location", location, "required: the stack's Azure location (or set serveform:regions)")
+    _cloud.require(settings, problems, "serveform:azure.ssh_public_key", cfg.ssh_public_key, "required: Azure Linux VMs need an admin SSH public key")
+    if cfg.image and cfg.image.count(":") != 3:
+        problems.append(("serveform:azure.image", f"{cfg.image!r}: expected publisher:offer:sku:version"))
+    if cfg.dns_zone:
+        try:
+            relative_record_name(settings.domain, cfg.dns_zone)
+        except ValueError as exc:
+            problems.append(("serveform:azure.dns_zone", str(exc)))
+    if settings.gateway.tls == "acme_dns" and settings.gateway.dns_provider == "azure" and not cfg.dns_zone:
+        problems.append(("serveform:azure.dns_zone", "required for tls acme_dns with dns_provider azure"))
+    _cloud.check_plans(settings, plans, "azure", problems)
+    caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "azure", region=location) for p in plans})
+    # The gateway package checks every route (and renders the Caddyfile) before anything is registered.
+    _cloud.gateway_caddyfile(settings, plans)
+    assert location and cfg.ssh_public_key
+
+    provider = azure.Provider("azure", location=location)
+    opts = pulumi.ResourceOptions(provider=provider)
+    client = azure.authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+    rg_name = cfg.resource_group or f"serveform-{settings.stack}"
+    if cfg.resource_group:
+        resource_group: pulumi.Input[str] = cfg.resource_group
+    else:
+        resource_group = azure.resources.ResourceGroup(
+            "resource-group", resource_group_name=rg_name, location=location, tags={"serveform-stack": settings.stack}, opts=opts
+        ).name
+    vault_name = short_name("sf", settings.stack, rg_name, location, limit=24)
+
+    volumes: dict[str, Volume] = {}
+    for plan in plans:
+        for mount in plan.volumes:
+            if mount.kind == "network" and mount.names[0] not in volumes:
+                volumes[mount.names[0]] = Volume(
+                    f"{mount.names[0]}-volume",
+                    VolumeArgs(
+                        disk_name=short_name("serveform", settings.stack, mount.names[0], limit=80),
+                        size_gb=DEFAULT_VOLUME_SIZE_GB,
+                        resource_group=resource_group,
+                        location=location,
+                        retain=settings.retain_volumes,
+                        tags={"serveform-stack": settings.stack},
+                    ),
+                    opts,
+                )
+
+    names = {plan.name: group_name(settings.stack, plan.name) for plan in plans}
+    gateway = Gateway(
+        "gateway",
+        GatewayArgs(
+            stack=settings.stack,
+            domain=settings.domain,
+            subscription_id=client.subscription_id,
+            tenant_id=client.tenant_id,
+            resource_group=resource_group,
+            resource_group_name=rg_name,
+            location=location,
+            vault_name=vault_name,
+            ssh_public_key=cfg.ssh_public_key,
+            gateway_document=_cloud.gateway_document(settings, plans),
+            groups={p.name: GatewayGroupRef(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
+            tokens=_cloud.tokens_secret(settings),
+            vm_size=settings.gateway.instance_type or DEFAULT_VM_SIZE,
+            dns_zone=cfg.dns_zone,
+            dns_resource_group=cfg.dns_resource_group,
+            dns_provider=settings.gateway.dns_provider,
+            package_spec=f"serveform=={serveform.__version__}",
+            scaler_unit=_cloud.scaler_unit(settings, plans),
+        ),
+        opts,
+    )
+    groups: dict[str, GpuInstanceGroup] = {}
+    for plan in plans:
+        network = [m for m in plan.volumes if m.kind == "network"]
+        groups[plan.name] = GpuInstanceGroup(
+            plan.name,
+            GpuInstanceGroupArgs(
+                plan=plan,
+                capacity=caps[plan.name],
+                stack=settings.stack,
+                subscription_id=client.subscription_id,
+                resource_group=resource_group,
+                resource_group_name=rg_name,
+                location=location,
+                group_name=names[plan.name],
+                desired=_cloud.desired_replicas(settings, plan),
+                subnet_id=gateway.replica_subnet_id,
+                vault_name=gateway.vault_name,
+                vault_host=f"{vault_name}.vault.azure.net",
+                ssh_public_key=cfg.ssh_public_key,
+                image=_image(cfg.image),
+                volumes={m.names[0]: volumes[m.names[0]].disk_id for m in network},
+            ),
+            opts,
+        )
+
+    _cloud.export_services(settings, plans, {name: g.group_name for name, g in groups.items()})
+    pulumi.export("gateway_address", gateway.address)
+    pulumi.export("gateway_dns_name", gateway.dns_name)

@@ -1,0 +1,287 @@
+"""`Gateway`: the stack's entry point on Azure — one small VM with a static public IP.
+
+It also owns what the stack's groups share: the virtual network (a gateway subnet and a
+replica subnet) and the Key Vault holding the stack's secrets. Caddy with the router, the
+replica discovery timer and the scaler run as systemd units (cloud-init from
+`components/templates/gateway/`). Its network security group opens 80 and 443 and nothing else;
+its identity may read the scale sets and their network interfaces and set their capacity in the
+stack's resource group, read the tokens' secret and, for the DNS challenge, edit the DNS zone.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_azure_native as azure
+
+from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data
+from . import _roles
+
+__all__ = ["GATEWAY_PORTS", "GATEWAY_TYPE", "GATEWAY_SUBNET", "REPLICA_SUBNET", "Gateway", "GatewayArgs", "GatewayGroupRef", "relative_record_name"]
+
+GATEWAY_TYPE = "serveform:azure:Gateway"
+GATEWAY_PORTS = (80, 443)
+"""The only ports open to the internet."""
+VNET_RANGE = "10.42.0.0/16"
+GATEWAY_SUBNET = "10.42.0.0/24"
+REPLICA_SUBNET = "10.42.1.0/24"
+DEFAULT_VM_SIZE = "Standard_B2s"
+GATEWAY_IMAGE = {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
+ADMIN_USER = "serveform"
+# What the gateway's identity may do in the stack's resource group: discovery and the scaler.
+GATEWAY_ACTIONS = (
+    "Microsoft.Compute/virtualMachineScaleSets/read",
+    "Microsoft.Compute/virtualMachineScaleSets/write",
+    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/networkInterfaces/read",
+    "Microsoft.Network/networkInterfaces/read",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayGroupRef:
+    """One service's scale set as the gateway discovers and scales it."""
+
+    group_name: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayArgs:
+    """Inputs of a `Gateway`."""
+
+    stack: str
+    domain: str
+    """Services answer at `<service>.<domain>`; the DNS record is `*.<domain>`."""
+    subscription_id: pulumi.Input[str]
+    tenant_id: pulumi.Input[str]
+    resource_group: pulumi.Input[str]
+    resource_group_name: str
+    """The resource group's name (plain), for role scopes and discovery."""
+    location: str
+    vault_name: str
+    """The stack's Key Vault (globally unique, 24 characters at most)."""
+    ssh_public_key: str
+    gateway_document: dict[str, object]
+    """`gateway.json` of the gateway host (settings and plans, no secrets), from `_cloud.gateway_document`."""
+    groups: Mapping[str, GatewayGroupRef]
+    tokens: pulumi.Input[str] | None = None
+    """The bearer tokens as a JSON list: a Pulumi secret, stored in Key Vault."""
+    vm_size: str = DEFAULT_VM_SIZE
+    dns_zone: str | None = None
+    """Azure DNS zone of the domain: when set, `*.<domain>` is created there."""
+    dns_resource_group: str | None = None
+    dns_provider: str | None = None
+    package_spec: str = "serveform"
+    scaler_unit: str | None = None
+
+
+class Gateway(pulumi.ComponentResource):
+    """VNet + Key Vault + gateway VM with a static IP, NSG (80/443), identity, optional DNS record."""
+
+    address: pulumi.Output[str]
+    replica_subnet_id: pulumi.Output[str]
+    """The subnet the scale sets join."""
+    vault_id: pulumi.Output[str]
+    vault_name: pulumi.Output[str]
+    dns_name: pulumi.Output[str | None]
+    user_data: pulumi.Output[str]
+
+    def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(GATEWAY_TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = {"serveform-stack": args.stack, "serveform-role": "gateway"}
+        rg, loc = args.resource_group, args.location
+
+        vnet = azure.network.VirtualNetwork(
+            f"{name}-network", resource_group_name=rg, location=loc, address_space={"address_prefixes": [VNET_RANGE]},
+            tags=tags, opts=child.merge(pulumi.ResourceOptions(ignore_changes=["subnets"])),
+        )
+        nsg = azure.network.NetworkSecurityGroup(
+            f"{name}-firewall",
+            resource_group_name=rg,
+            location=loc,
+            security_rules=[
+                {
+                    "name": f"allow-{port}",
+                    "priority": 100 + i,
+                    "direction": "Inbound",
+                    "access": "Allow",
+                    "protocol": "Tcp",
+                    "source_address_prefix": "*",
+                    "source_port_range": "*",
+                    "destination_address_prefix": "*",
+                    "destination_port_range": str(port),
+                }
+                for i, port in enumerate(GATEWAY_PORTS)
+            ],
+            tags=tags,
+            opts=child,
+        )
+        gateway_subnet = azure.network.Subnet(
+            f"{name}-subnet", resource_group_name=rg, virtual_network_name=vnet.name, address_prefix=GATEWAY_SUBNET,
+            network_security_group={"id": nsg.id}, opts=child,
+        )
+        replica_subnet = azure.network.Subnet(
+            f"{name}-replica-subnet", resource_group_name=rg, virtual_network_name=vnet.name, address_prefix=REPLICA_SUBNET,
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[gateway_subnet])),
+        )
+        vault = azure.keyvault.Vault(
+            f"{name}-vault",
+            vault_name=args.vault_name,
+            resource_group_name=rg,
+            location=loc,
+            properties={
+                "tenant_id": args.tenant_id,
+                "sku": {"family": "A", "name": "standard"},
+                "enable_rbac_authorization": True,
+                "enable_soft_delete": True,
+                "soft_delete_retention_in_days": 7,
+            },
+            tags=tags,
+            opts=child,
+        )
+        identity = azure.managedidentity.UserAssignedIdentity(
+            f"{name}-identity", resource_group_name=rg, location=loc, tags=tags, opts=child
+        )
+        role_id = _roles.custom_role_id(args.stack, args.resource_group_name, "gateway")
+        scope = pulumi.Output.concat("/subscriptions/", args.subscription_id, "/resourceGroups/", args.resource_group_name)
+        role = azure.authorization.RoleDefinition(
+            f"{name}-role",
+            role_definition_id=role_id,
+            role_name=f"serveform gateway {args.stack} ({args.resource_group_name})",
+            description="serveform gateway: discover replicas, set scale set capacity",
+            scope=scope,
+            assignable_scopes=[scope],
+            permissions=[{"actions": list(GATEWAY_ACTIONS)}],
+            opts=child,
+        )
+        azure.authorization.RoleAssignment(
+            f"{name}-grant", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+            role_definition_id=role.id, scope=scope, opts=child,
+        )
+        secret_url: str | None = None
+        if args.tokens is not None:
+            secret = azure.keyvault.Secret(
+                f"{name}-tokens",
+                resource_group_name=rg,
+                vault_name=vault.name,
+                secret_name="gateway-tokens",
+                properties={"value": pulumi.Output.secret(args.tokens)},
+                opts=child,
+            )
+            azure.authorization.RoleAssignment(
+                f"{name}-tokens-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+                role_definition_id=pulumi.Output.from_input(args.subscription_id).apply(
+                    lambda sub: _roles.role_definition(sub, _roles.KEY_VAULT_SECRETS_USER)
+                ),
+                scope=secret.id, opts=child,
+            )
+            secret_url = f"https://{args.vault_name}.vault.azure.net/secrets/gateway-tokens"
+        if args.dns_zone and args.dns_provider == "azure":
+            azure.authorization.RoleAssignment(
+                f"{name}-dns-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+                role_definition_id=pulumi.Output.from_input(args.subscription_id).apply(
+                    lambda sub: _roles.role_definition(sub, _roles.DNS_ZONE_CONTRIBUTOR)
+                ),
+                scope=pulumi.Output.concat(
+                    "/subscriptions/", args.subscription_id, "/resourceGroups/", args.dns_resource_group or args.resource_group_name,
+                    "/providers/Microsoft.Network/dnszones/", args.dns_zone,
+                ),
+                opts=child,
+            )
+
+        address = azure.network.PublicIPAddress(
+            f"{name}-address", resource_group_name=rg, location=loc, public_ip_allocation_method="Static",
+            sku={"name": "Standard"}, tags=tags, opts=child,
+        )
+        nic = azure.network.NetworkInterface(
+            f"{name}-nic",
+            resource_group_name=rg,
+            location=loc,
+            ip_configurations=[
+                {"name": "primary", "subnet": {"id": gateway_subnet.id}, "public_ip_address": {"id": address.id}, "primary": True}
+            ],
+            network_security_group={"id": nsg.id},
+            tags=tags,
+            opts=child,
+        )
+        targets = tuple(
+            DiscoveryTarget(service=s, port=g.port, cloud="azure", group=g.group_name, resource_group=args.resource_group_name)
+            for s, g in sorted(args.groups.items())
+        )
+        user_data = identity.client_id.apply(
+            lambda client_id: gateway_user_data(
+                GatewayBoot(
+                    cloud="azure",
+                    stack=args.stack,
+                    domain=args.domain,
+                    gateway_document=args.gateway_document,
+                    targets=targets,
+                    tokens_secret=SecretRef(cloud="azure", ref=secret_url) if secret_url else None,
+                    identity=client_id,
+                    dns_provider=args.dns_provider,
+                    package_spec=args.package_spec,
+                    scaler_unit=args.scaler_unit,
+                )
+            )
+        )
+        azure.compute.VirtualMachine(
+            f"{name}-vm",
+            resource_group_name=rg,
+            location=loc,
+            hardware_profile={"vm_size": args.vm_size},
+            identity={"type": "UserAssigned", "user_assigned_identities": [identity.id]},
+            network_profile={"network_interfaces": [{"id": nic.id, "primary": True}]},
+            os_profile={
+                "computer_name": "serveform-gateway",
+                "admin_username": ADMIN_USER,
+                "custom_data": user_data.apply(lambda text: base64.b64encode(text.encode()).decode()),
+                "linux_configuration": {
+                    "disable_password_authentication": True,
+                    "ssh": {"public_keys": [{"path": f"/home/{ADMIN_USER}/.ssh/authorized_keys", "key_data": args.ssh_public_key}]},
+                },
+            },
+            storage_profile={
+                "image_reference": GATEWAY_IMAGE,
+                "os_disk": {"create_option": "FromImage", "managed_disk": {"storage_account_type": "StandardSSD_LRS"}, "delete_option": "Delete"},
+            },
+            tags=tags,
+            # custom_data is read at first boot only: a changed boot document replaces the VM.
+            opts=child.merge(pulumi.ResourceOptions(replace_on_changes=["osProfile.customData"])),
+        )
+        dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        if args.dns_zone:
+            relative = relative_record_name(args.domain, args.dns_zone)
+            record = azure.dns.RecordSet(
+                f"{name}-dns",
+                resource_group_name=args.dns_resource_group or args.resource_group_name,
+                zone_name=args.dns_zone,
+                relative_record_set_name=relative,
+                record_type="A",
+                ttl=300,
+                a_records=[{"ipv4_address": address.ip_address}],
+                opts=child,
+            )
+            dns_name = record.fqdn
+        self.address = address.ip_address.apply(lambda ip: ip or "")
+        self.replica_subnet_id = replica_subnet.id
+        self.vault_id = vault.id
+        self.vault_name = vault.name
+        self.dns_name = dns_name
+        self.user_data = user_data
+        self.register_outputs(
+            {"address": self.address, "replica_subnet_id": self.replica_subnet_id, "vault_id": self.vault_id, "dns_name": self.dns_name}
+        )
+
+
+def relative_record_name(domain: str, zone: str) -> str:
+    """`*.<domain>` relative to the zone: `*` at the apex, `*.svc` for `svc.<zone>`."""
+    if domain == zone:
+        return "*"
+    if not domain.endswith("." + zone):
+        raise ValueError(f"domain {domain!r} is not inside DNS zone {zone!r}")
+    return "*." + domain[: -len(zone) - 1]
