@@ -182,7 +182,6 @@ def _openai_snippet(base_url: str, token: str, model: str, ca: str | None, addre
     return "\n".join(
         [
             "import httpx, openai",
-            f"transport = httpx.HTTPTransport(verify={verify})",
             "class _Loopback(httpx.HTTPTransport):",
             "    def handle_request(self, request):",
             f"        request.url = request.url.copy_with(host={address.rpartition(':')[0] or '127.0.0.1'!r})",
