@@ -189,7 +189,11 @@ start() {
   spawn kube-scheduler "$KUBE_SCHEDULER" --kubeconfig "$DIR/kubeconfig" --leader-elect=false \
     --secure-port "$(free_port)" --bind-address 127.0.0.1 \
     --authentication-skip-lookup=true --authorization-always-allow-paths /healthz,/readyz,/livez,/metrics
-  spawn kwok "$KWOK" --kubeconfig "$DIR/kubeconfig" --manage-all-nodes=false \
+  # An empty configuration: kwok's built-in stages (nodes Ready with leases, pods Running),
+  # and never a ~/.kwok/kwok.yaml the user may have.
+  printf 'apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n' > "$DIR/kwok.yaml"
+  spawn kwok "$KWOK" --config "$DIR/kwok.yaml" --kubeconfig "$DIR/kubeconfig" --manage-all-nodes=false \
+    --node-lease-duration-seconds 40 \
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --node-ip 127.0.0.1 --node-port "$(free_port)" --server-address "127.0.0.1:$(free_port)" --cidr 10.244.0.0/16
   spawn loadbalancer "$PY" "$ROOT/tools/k8s/loadbalancer.py" --kubeconfig "$DIR/kubeconfig"

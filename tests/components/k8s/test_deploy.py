@@ -358,3 +358,22 @@ def test_amd_gpus_use_the_amd_device_plugin_resource(monkeypatch):
     assert _container(deployment)["resources"]["limits"] == {"amd.com/gpu": "1"}
     assert pod["tolerations"] == [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert "nodeSelector" not in pod
+
+
+def test_the_k8s_stack_config_deploys_its_example_service():
+    """stacks/Pulumi.k8s.yaml and its services compile and wire (no GPU: no cluster read)."""
+    import yaml
+
+    from serveform.translator import compile_file
+
+    root = Path(__file__).resolve().parents[3]
+    config = yaml.safe_load((root / "stacks" / "Pulumi.k8s.yaml").read_text())["config"]
+    settings = StackSettings.from_config(config, stack="k8s", project_dir=root)
+    context = CompileContext(backend="k8s", domain=settings.domain)
+    plans = [compile_file(path, context=context).plan for path in settings.service_paths]
+    rec = run_program(lambda: backend.deploy(settings, plans))
+    chat = rec.one(DEPLOYMENT, "chat-deployment")
+    assert chat.inputs["metadata"]["namespace"] == "serveform"
+    assert chat.inputs["spec"]["replicas"] == plans[0].replicas.initial
+    assert rec.one("pulumi:providers:kubernetes").inputs["kubeconfig"] == str(root / ".serveform/k8s-local/kubeconfig")
+    assert rec.outputs["services"]["chat"]["url"] == "https://chat.k8s.localhost"

@@ -1,0 +1,272 @@
+"""The `k8s` backend deployed for real: the Pulumi CLI (Automation API engine) against k8s-local.
+
+One stack with two services — `chat` (CPU, autoscaled 1..3, a secret env from stack secrets)
+and `llm` (two A100s, shm, a network volume, a secret env) — goes through `preview`, `up`, a
+no-change `up`, replica changes written to `serveform:replicas` as the scaler does, and
+`destroy`. Every check reads the cluster through the Kubernetes API. A second stack asks for
+more GPUs than any node has and must fail fast with a message naming the service file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from _k8s_local import K8sLocal, poll
+from kubernetes import client as k8s_client
+
+from serveform.stacks.engine import Engine
+
+pytestmark = pytest.mark.timeout(3600)
+
+API_KEY = "chat-api-key-SECRET-5d41"
+HF_TOKEN = "hf_SECRET_k8s_local_9e2c"
+GATEWAY_TOKEN = "gateway-token-SECRET-31ab"
+PASSPHRASE = "k8s-local-test-passphrase"
+# Pulumi waits for rollouts itself; these bound only what happens after `up` returns.
+SETTLE_TIMEOUT_SECONDS = 60
+
+CHAT = """\
+type: service
+name: chat
+image: python:3.11-slim
+env:
+  - API_KEY
+  - GREETING=hello
+commands:
+  - python -m http.server 8000
+port: 8000
+probes:
+  - type: http
+    url: /
+replicas: 1..3
+scaling:
+  metric: rps
+  target: 10
+"""
+
+LLM = """\
+type: service
+name: llm
+image: vllm/vllm-openai:v0.6.0
+env:
+  - HF_TOKEN
+commands:
+  - vllm serve facebook/opt-125m --port 8000
+port: 8000
+resources:
+  gpu: A100:2
+  shm_size: 8GB
+volumes:
+  - name: models
+    path: /models
+model:
+  name: opt
+  format: openai
+"""
+
+GREEDY = """\
+type: service
+name: greedy
+image: vllm/vllm-openai:v0.6.0
+port: 8000
+resources:
+  gpu: 8
+"""
+
+
+@pytest.fixture
+def clean_environ():
+    """The engine exports PULUMI_*/SERVEFORM_* into this process; give other tests theirs back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _project(root: Path, stack: str, k8s_local: K8sLocal, namespace: str, services: dict[str, str]) -> Path:
+    (root / "services").mkdir(parents=True)
+    (root / "stacks").mkdir()
+    (root / "state").mkdir()
+    (root / "Pulumi.yaml").write_text("name: serveform\nruntime: python\nstackConfigDir: stacks\n")
+    for name, text in services.items():
+        (root / "services" / f"{name}.dstack.yml").write_text(text)
+    config = {
+        "serveform:backend": "k8s",
+        "serveform:domain": "k8s.test",
+        "serveform:services": [f"services/{name}.dstack.yml" for name in services],
+        "serveform:retainVolumes": False,
+        "serveform:gateway": {"tls": "internal"},
+        "serveform:k8s": {
+            "kubeconfig": str(k8s_local.kubeconfig),
+            "context": k8s_local.context,
+            "namespace": namespace,
+            "volume_host_path": str(root / "volumes"),
+            "volume_size_gb": 1,
+            "rollout_timeout_seconds": 120,
+        },
+    }
+    (root / "stacks" / f"Pulumi.{stack}.yaml").write_text(json.dumps({"config": config}, indent=2))
+    os.environ["PULUMI_BACKEND_URL"] = (root / "state").as_uri()
+    os.environ["PULUMI_CONFIG_PASSPHRASE"] = PASSPHRASE
+    os.environ["PULUMI_HOME"] = str(root / "pulumi-home")
+    return root
+
+
+def _engine(project: Path, stack: str) -> Engine:
+    lines: list[str] = []
+    engine = Engine(stack=stack, project=project, on_output=lines.append)
+    engine.output = lines  # type: ignore[attr-defined]
+    return engine
+
+
+def _running_pods(core: k8s_client.CoreV1Api, namespace: str, service: str) -> list:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/name={service}").items
+    return [p for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
+
+
+def _namespace_exists(core: k8s_client.CoreV1Api, namespace: str) -> bool:
+    try:
+        core.read_namespace(namespace)
+    except k8s_client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _state_text(project: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in (project / "state").rglob("*") if p.is_file())
+
+
+def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, kube, clean_environ) -> None:
+    from pulumi import automation as auto
+
+    namespace = f"sf-{os.getpid()}"
+    project = _project(tmp_path, "k8s", k8s_local, namespace, {"chat": CHAT, "llm": LLM})
+    engine = _engine(project, "k8s")
+    stack = engine.stack_obj
+    stack.set_config("serveform:secrets.API_KEY", auto.ConfigValue(API_KEY, secret=True), path=True)
+    stack.set_config("serveform:secrets.HF_TOKEN", auto.ConfigValue(HF_TOKEN, secret=True), path=True)
+    stack.set_config("serveform:tokens[0]", auto.ConfigValue(GATEWAY_TOKEN, secret=True), path=True)
+    stack_file = (project / "stacks" / "Pulumi.k8s.yaml").read_text()
+    for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
+        assert secret not in stack_file
+    core = k8s_client.CoreV1Api(kube)
+    apps = k8s_client.AppsV1Api(kube)
+
+    # preview: the plan, and nothing in the cluster.
+    preview = engine.preview()
+    assert preview.change_summary.get("create", 0) >= 10, preview.change_summary
+    assert not _namespace_exists(core, namespace)
+
+    # up
+    t0 = time.monotonic()
+    up = engine.up()
+    up_seconds = time.monotonic() - t0
+    assert up.summary.result == "succeeded"
+    outputs = engine.outputs()
+    assert outputs["gateway_address"] == "127.0.0.1"
+    assert outputs["services"]["llm"]["model_endpoint"] == "https://gateway.k8s.test/v1"
+
+    chat = apps.read_namespaced_deployment("chat", namespace)
+    llm = apps.read_namespaced_deployment("llm", namespace)
+    assert chat.spec.replicas == 1 and llm.spec.replicas == 1
+    llm_pod = llm.spec.template.spec
+    (llm_container,) = llm_pod.containers
+    assert llm_container.resources.limits == {"nvidia.com/gpu": "2"}
+    assert [(t.key, t.operator, t.effect) for t in llm_pod.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    assert llm_pod.node_selector == {"nvidia.com/gpu.present": "true"}
+    shm = next(v for v in llm_pod.volumes if v.name == "shm")
+    assert shm.empty_dir.medium == "Memory" and shm.empty_dir.size_limit == "8Gi"
+    (chat_container,) = chat.spec.template.spec.containers
+    assert chat_container.resources.limits is None
+    assert {e.name: e.value for e in chat_container.env}["GREETING"] == "hello"
+
+    # Secrets: in Kubernetes Secrets, referenced by envFrom; never in the Deployments.
+    (env_ref,) = llm_container.env_from
+    llm_secret = core.read_namespaced_secret(env_ref.secret_ref.name, namespace)
+    import base64
+
+    assert base64.b64decode(llm_secret.data["HF_TOKEN"]).decode() == HF_TOKEN
+    chat_secret = core.read_namespaced_secret(chat_container.env_from[0].secret_ref.name, namespace)
+    assert base64.b64decode(chat_secret.data["API_KEY"]).decode() == API_KEY
+    for deployment in apps.list_namespaced_deployment(namespace).items:
+        text = json.dumps(kube.sanitize_for_serialization(deployment))
+        for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
+            assert secret not in text, deployment.metadata.name
+    for config_map in core.list_namespaced_config_map(namespace).items:
+        assert GATEWAY_TOKEN not in json.dumps(config_map.data)
+    state = _state_text(project)
+    for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
+        assert secret not in state, "a secret is in the Pulumi state in plain text"
+
+    # Pods really scheduled: the GPU pod on the GPU node, Running (kwok plays the kubelet).
+    llm_pods = poll(lambda: _running_pods(core, namespace, "llm"), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="llm pod Running")
+    assert [p.spec.node_name for p in llm_pods] == ["kwok-gpu-0"]
+    chat_pods = poll(lambda: _running_pods(core, namespace, "chat"), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="chat pod Running")
+    assert [p.spec.node_name for p in chat_pods] == ["kwok-cpu-0"]
+    claim = core.read_namespaced_persistent_volume_claim("models", namespace)
+    assert claim.status.phase == "Bound" and claim.spec.volume_name == f"{namespace}-models"
+    gateway = core.read_namespaced_service("gateway", namespace)
+    assert gateway.spec.type == "LoadBalancer"
+    assert gateway.status.load_balancer.ingress[0].ip == "127.0.0.1"
+    llm_service = core.read_namespaced_service("llm", namespace)
+    assert llm_service.spec.cluster_ip == "None"
+    caddyfile = core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/name=gateway").items[0].data["Caddyfile"]
+    assert f"name llm.{namespace}.svc.cluster.local" in caddyfile
+
+    # A second `up` with nothing changed changes nothing.
+    again = engine.up()
+    assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
+
+    # The scaler's move: serveform:replicas.chat = 3, then `up`.
+    engine.set_replicas({"chat": 3})
+    scaled = engine.up()
+    assert scaled.summary.resource_changes.get("update") == 1, scaled.summary.resource_changes
+    assert apps.read_namespaced_deployment("chat", namespace).spec.replicas == 3
+    running = poll(
+        lambda: len(_running_pods(core, namespace, "chat")) == 3 and _running_pods(core, namespace, "chat"),
+        timeout_seconds=SETTLE_TIMEOUT_SECONDS,
+        what="3 chat pods Running",
+    )
+    assert len(running) == 3
+    # ...and back down to 1.
+    engine.set_replicas({"chat": 1})
+    engine.up()
+    poll(
+        lambda: len(_running_pods(core, namespace, "chat")) == 1,
+        timeout_seconds=SETTLE_TIMEOUT_SECONDS,
+        what="chat back to 1 Running pod",
+    )
+    assert len(_running_pods(core, namespace, "llm")) == 1
+
+    # destroy: nothing of the stack remains.
+    engine.destroy()
+    poll(lambda: not _namespace_exists(core, namespace), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="namespace deleted")
+    selector = "app.kubernetes.io/part-of=serveform,serveform.dev/stack=k8s"
+    assert not core.list_persistent_volume(label_selector=selector).items
+    assert not core.list_pod_for_all_namespaces(label_selector=selector).items
+    assert not apps.list_deployment_for_all_namespaces(label_selector=selector).items
+    print(f"k8s-local up of 2 services + gateway + scaler: {up_seconds:.1f} s")
+
+
+def test_more_gpus_than_any_node_fails_up_fast(tmp_path: Path, k8s_local: K8sLocal, kube, clean_environ) -> None:
+    from pulumi import automation as auto
+
+    namespace = f"sf-greedy-{os.getpid()}"
+    project = _project(tmp_path, "k8s-greedy", k8s_local, namespace, {"greedy": GREEDY})
+    engine = _engine(project, "k8s-greedy")
+    t0 = time.monotonic()
+    with pytest.raises(auto.CommandError) as err:
+        engine.up()
+    elapsed = time.monotonic() - t0
+    message = str(err.value)
+    assert "services/greedy.dstack.yml: error: resources.gpu" in message
+    assert "needs 8 nvidia.com/gpu, but the most any schedulable node has is 4" in message
+    # Refused before any object was created, long before the rollout timeout (120 s here).
+    assert elapsed < 60, elapsed
+    assert not _namespace_exists(k8s_client.CoreV1Api(kube), namespace)
