@@ -66,6 +66,7 @@ class Registered:
     parent: str
     custom: bool
     raw_inputs: dict[str, Any]
+    retain_on_delete: bool = False
 
     @property
     def inputs(self) -> dict[str, Any]:
@@ -111,6 +112,7 @@ class _Mocks(_mocks.Mocks):
             state.setdefault("name", args.name)
         elif typ.startswith("gcp:"):
             state.setdefault("self_link", f"https://www.googleapis.com/compute/v1/projects/mock-project/{args.name}")
+            state.setdefault("selfLinkUnique", state["self_link"] + "?uniqueId=1")
             state.setdefault("name", args.name)
             if typ == "gcp:compute/address:Address":
                 state["address"] = GATEWAY_IP
@@ -161,6 +163,7 @@ class _Monitor(_mocks.MockMonitor):
                     parent=request.parent,
                     custom=request.custom,
                     raw_inputs=rpc.deserialize_properties(request.object),
+                    retain_on_delete=bool(getattr(request, "retainOnDelete", False)),
                 )
             )
         return response
@@ -171,9 +174,12 @@ class _Monitor(_mocks.MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
-def run_program(program, *, stack: str = "dev") -> Recording:
-    """Run ``program`` (a no-argument callable) under the mock runtime; raise what it raises."""
-    recording = Recording()
+def run_program(program, *, stack: str = "dev", recording: Recording | None = None) -> Recording:
+    """Run ``program`` (a no-argument callable) under the mock runtime; raise what it raises.
+
+    Pass ``recording`` to see what was registered even when the program raises.
+    """
+    recording = Recording() if recording is None else recording
     monitor = _Monitor(recording)
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()

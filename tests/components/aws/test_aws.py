@@ -1,0 +1,82 @@
+"""The AWS backend under Pulumi's mock runtime: every example service, key inputs, secrets, bad config."""
+
+from __future__ import annotations
+
+import json
+
+from _cloud_contract import *  # noqa: F401,F403 (the shared VM-backend tests)
+from _cloud_contract import deploy, make_settings, recording  # noqa: F401
+from _cloud_examples import example_plans
+
+BACKEND = "aws"
+CONFIG = {"serveform:aws": {"region": "us-east-1", "zone_id": "Z0123456789"}}
+BAD_CONFIGS = [
+    ({"serveform:aws": {}}, "serveform:aws.region"),
+    ({"serveform:aws": {"region": "us-east-1", "subnet_ids": ["subnet-1"]}}, "serveform:aws.vpc_id"),
+    (
+        {"serveform:aws": {"region": "us-east-1"}, "serveform:gateway": {"tls": "acme_dns", "dns_provider": "route53"}},
+        "serveform:aws.zone_id",
+    ),
+]
+
+
+def desired_of(rec, service):
+    return rec.one("aws:autoscaling/group:Group", f"{service}-group").inputs["desiredCapacity"]
+
+
+def test_auto_scaling_groups_mix_instance_types_and_markets(recording):
+    llama = recording.one("aws:autoscaling/group:Group", "llama31-service-group").inputs
+    assert (llama["minSize"], llama["maxSize"], llama["desiredCapacity"]) == (1, 4, 1)
+    assert llama["name"] == "serveform-dev-llama31-service"
+    policy = llama["mixedInstancesPolicy"]
+    assert [o["instanceType"] for o in policy["launchTemplate"]["overrides"]] == ["g5.xlarge", "g5.2xlarge"]
+    assert policy["instancesDistribution"]["onDemandPercentageAboveBaseCapacity"] == 100
+    # spot_policy auto: the floor stays on-demand, the rest is spot under max_price.
+    auto = recording.one("aws:autoscaling/group:Group", "volume-service-group").inputs
+    dist = auto["mixedInstancesPolicy"]["instancesDistribution"]
+    assert dist["onDemandBaseCapacity"] == 0 and dist["onDemandPercentageAboveBaseCapacity"] == 0
+    assert dist["spotAllocationStrategy"] == "price-capacity-optimized" and dist["spotMaxPrice"] == "0.5000"
+    assert auto["capacityRebalance"] is True
+    assert len(auto["vpcZoneIdentifiers"]) == 1  # the EBS volume's zone only
+
+
+def test_launch_templates_disk_image_and_imds(recording):
+    mixtral = recording.one("aws:ec2/launchTemplate:LaunchTemplate", "mixtral-template").inputs
+    assert mixtral["instanceType"] == "p4d.24xlarge"
+    assert mixtral["blockDeviceMappings"][0]["ebs"]["volumeSize"] == 200
+    assert mixtral["imageId"] == "ami-0123456789abcdef0"
+    assert mixtral["metadataOptions"]["httpTokens"] == "required"
+
+
+def test_firewalls_gateway_80_443_only_replicas_from_gateway_only(recording):
+    gw = recording.one("aws:ec2/securityGroup:SecurityGroup", "gateway-firewall").inputs
+    assert sorted((r["fromPort"], r["toPort"], r["protocol"]) for r in gw["ingress"]) == [(80, 80, "tcp"), (443, 443, "tcp")]
+    replica = recording.one("aws:ec2/securityGroup:SecurityGroup", "llama31-service-firewall").inputs
+    (rule,) = replica["ingress"]
+    assert (rule["fromPort"], rule["toPort"]) == (8000, 8000)
+    assert rule["securityGroups"] == ["gateway-firewall-id"] and "cidrBlocks" not in rule
+
+
+def test_wildcard_dns_record_and_static_address(recording):
+    record = recording.one("aws:route53/record:Record").inputs
+    assert (record["name"], record["type"], record["zoneId"]) == ("*.example.com", "A", "Z0123456789")
+    assert record["records"] == ["203.0.113.10"]
+    assert recording.one("aws:ec2/eip:Eip").inputs["domain"] == "vpc"
+
+
+def test_no_zone_no_record(request):
+    rec = deploy("aws", make_settings("aws", {"serveform:aws": {"region": "us-east-1"}}), [example_plans("aws")["mixtral"]])
+    assert rec.of_type("aws:route53/record:Record") == []
+    assert rec.outputs["gateway_address"] == "203.0.113.10"
+
+
+def test_gateway_role_is_narrow(recording):
+    policy = json.loads(recording.one("aws:iam/rolePolicy:RolePolicy", "gateway-policy").inputs["policy"])
+    actions = sorted(a for s in policy["Statement"] for a in s["Action"])
+    assert actions == sorted(
+        ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances", "autoscaling:SetDesiredCapacity", "secretsmanager:GetSecretValue"]
+    )
+    scale = next(s for s in policy["Statement"] if s["Sid"] == "ScaleServiceGroups")
+    assert all(r.endswith(f"autoScalingGroupName/serveform-dev-{n}") for r, n in zip(scale["Resource"], sorted(example_plans("aws"))))
+    replica = json.loads(recording.one("aws:iam/rolePolicy:RolePolicy", "llama31-service-policy").inputs["policy"])
+    assert {a for s in replica["Statement"] for a in s["Action"]} == {"ec2:DescribeVolumes", "secretsmanager:GetSecretValue"}
