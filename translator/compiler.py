@@ -450,12 +450,16 @@ class _PlanBuilder:
         return None
 
     def _offers(self) -> tuple[OfferPlan, ...]:
-        from .offers import offers_for
+        from .offers import CatalogError, NoOffers, offers_for
 
         try:
             offers, notes = offers_for(self.spec, self.context)
-        except Exception as exc:  # noqa: BLE001 — a broken catalog must not hide the file's own problems
-            self._at(("resources",), f"cannot read the offers catalog: {exc}")
+        except NoOffers as exc:
+            path = ("regions",) if self.spec.regions else ("resources",) if "resources" in self.doc.data else ()
+            self._at(path, str(exc), hint="widen `resources`, `regions` or `max_price`, or point the stack's `serveform:offersCatalog` at a fresh gpuhunt catalog")
+            return ()
+        except CatalogError as exc:
+            self._at((), f"cannot read the offers catalog: {exc}")
             return ()
         for path, message in notes:
             self._warn(path, message)

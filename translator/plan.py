@@ -119,6 +119,7 @@ class OfferPlan(_Plan):
     gpu_count: int = 0
     gpu_memory_gb: float | None = None
     disk_gb: float | None = None
+    zone: Annotated[str | None, Field(description="The zone within `region` when the catalog lists offers per zone (GCP).")] = None
 
 
 class ReplicaBounds(_Plan):

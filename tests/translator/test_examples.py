@@ -6,16 +6,42 @@ from pathlib import Path
 
 import pytest
 
-from serveform.translator import CompileContext, compile_file
+from serveform.translator import CompileContext, TranslatorError, compile_file
 from serveform.translator.plan import ServicePlan
 
 EXAMPLES = Path(__file__).parent / "examples"
 ENV = {"HF_TOKEN": "hf-secret-value", "HUGGING_FACE_HUB_TOKEN": "hub-secret-value"}
 
 
-def test_every_example_compiles(example: Path) -> None:
-    result = compile_file(example, CompileContext(backend="aws", domain="example.com", environ=ENV))
+# Examples no offer of a backend satisfies: the translator says so, as dstack would find none.
+NO_OFFERS = {
+    ("000-resources.dstack.yml", "aws"): "2 GPUs of exactly 80GB: AWS has only 8-GPU A100 80GB instances",
+    ("002-resources.dstack.yml", "aws"): "2 GPUs of exactly 80GB: AWS has only 8-GPU A100 80GB instances",
+    ("002-regions.dstack.yml", "gcp"): "AWS region names",
+    ("002-regions.dstack.yml", "azure"): "AWS region names",
+}
+
+
+@pytest.mark.parametrize("backend", ["local", "k8s", "aws", "gcp", "azure"])
+def test_every_example_compiles(example: Path, backend: str) -> None:
+    context = CompileContext(backend=backend, domain="example.com", environ=ENV)  # type: ignore[arg-type]
+    if (example.name, backend) in NO_OFFERS:
+        with pytest.raises(TranslatorError) as caught:
+            compile_file(example, context)
+        assert [d.message.split(" in ")[0] for d in caught.value.diagnostics] == [f"no {backend} offer"]
+        return
+    result = compile_file(example, context)
     plan = result.plan
+    assert plan.backend == backend
+    if result.spec.backends is not None and backend not in result.spec.backends:
+        assert plan.offers == ()
+        assert any(w.field == "backends" for w in result.warnings)
+    elif backend in ("aws", "gcp", "azure"):
+        assert plan.offers, "a cloud plan lists the offers to choose from"
+        prices = [o.price_per_hour for o in plan.offers]
+        assert prices == sorted(prices), "cheapest first"
+    else:
+        assert plan.offers == ()
     assert isinstance(plan, ServicePlan)
     assert plan.file == str(example)
     assert plan.replica_group.container_port == 8000
