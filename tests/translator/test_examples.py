@@ -119,7 +119,8 @@ def test_auto_scaling_example() -> None:
 
 
 def test_resources_example() -> None:
-    plan = _compile("002-resources.dstack.yml").plan
+    plan = _compile("002-resources.dstack.yml", backend="gcp").plan
+    assert {o.instance_type for o in plan.offers} == {"a2-ultragpu-2g"}, "2 GPUs of 80GB, cheapest first"
     resources = plan.replica_group.resources
     assert (resources.gpu_count_min, resources.gpu_count_max) == (2, 2)
     assert (resources.gpu_memory_min_gb, resources.gpu_memory_max_gb) == (80.0, 80.0)
