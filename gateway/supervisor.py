@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -83,7 +84,8 @@ class _Gateway:
         return self.prober.ready(service)
 
     def _ready_changed(self, service: str) -> None:
-        self._write_status()
+        if self.caddy is not None:  # status.json appears only once Caddy serves
+            self._write_status()
 
     def _stamp(self) -> tuple[Any, ...]:
         stamp = []
@@ -175,6 +177,7 @@ class _Gateway:
         config_path = await asyncio.to_thread(self._prepare, settings, routes)
         self._start_caddy(config_path)
         await self._wait_listening(settings)
+        await self._wait_certificates(settings, routes)
         self._write_status()
         _LOG.info("gateway up: %s", ", ".join(r.host for r in routes) or "no services")
 
@@ -197,6 +200,29 @@ class _Gateway:
                 await asyncio.sleep(0.05)
         raise CaddyError(f"caddy did not start listening within {START_TIMEOUT_SECONDS:g} s")
 
+    async def _wait_certificates(self, settings: GatewaySettings, routes: tuple[ServiceRoute, ...]) -> None:
+        """With the internal CA, certificates are issued in the background right after a load:
+        report the gateway up only once every HTTPS host completes a handshake. (ACME modes can
+        take minutes and are not waited for.)"""
+        if settings.tls != "internal":
+            return
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        hosts = [r.host for r in routes if r.https] + [settings.router_host]
+        address = settings.bind[0] if settings.bind else "127.0.0.1"
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        for host in hosts:
+            while True:
+                try:
+                    _reader, writer = await asyncio.open_connection(address, settings.https_port, ssl=context, server_hostname=host)
+                    writer.close()
+                    break
+                except (OSError, ssl.SSLError):
+                    if time.monotonic() > deadline:
+                        raise CaddyError(f"no certificate for {host} within {START_TIMEOUT_SECONDS:g} s") from None
+                    await asyncio.sleep(0.05)
+
     def _poll_replicas(self) -> None:
         published = read_published(self.state_dir)
         changed = False
@@ -205,7 +231,7 @@ class _Gateway:
                 self.prober.set_published(service, addresses)
                 self.generations[service] = generation
                 changed = True
-        if changed and self.settings is not None and self.runtime is not None:
+        if changed and self.caddy is not None:
             self._write_status()
 
     async def reload(self) -> None:
@@ -219,6 +245,10 @@ class _Gateway:
             return
         self._apply_routes(settings, routes)
         self._poll_replicas()
+        try:
+            await self._wait_certificates(settings, routes)
+        except CaddyError as exc:
+            _LOG.error("%s", exc)
         self._write_status()
         _LOG.info("config reloaded")
 

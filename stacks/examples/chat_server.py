@@ -22,7 +22,7 @@ Endpoints (``--format tgi``, text-generation-inference 2.x shapes)::
 
 Both formats also serve ``GET /`` (a short text naming the replica), ``GET /ping`` (``ok``,
 for throughput benchmarks), ``GET /health`` (200 while healthy) and ``GET /_stats`` (request
-counts and the headers of the last request, so tests can see what reached a replica).
+counts and the headers of the last other request, so tests can see what reached a replica).
 
 Every response carries ``X-Replica: <run name>/<replica id>`` taken from ``DSTACK_RUN_NAME``
 and ``DSTACK_REPLICA_NUM`` (or ``SERVEFORM_REPLICA_ID``), falling back to ``pid<pid>``, so that
@@ -110,10 +110,10 @@ async def _read_json(request: web.Request) -> dict[str, Any] | web.Response:
 @web.middleware
 async def _bookkeeping(request: web.Request, handler: Any) -> web.StreamResponse:
     state = request.app[_STATE]
-    state["requests"][request.path] += 1
-    state["last_headers"] = {k: v for k, v in request.headers.items()}
-    response = await handler(request)
-    return response
+    if request.path != "/_stats":  # reading the stats must not change them
+        state["requests"][request.path] += 1
+        state["last_headers"] = {k: v for k, v in request.headers.items()}
+    return await handler(request)
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
