@@ -159,7 +159,7 @@ def example_plans(backend: str) -> dict[str, ServicePlan]:
     return {p.name: p for p in plans}
 
 
-def hostile_plan(backend: str) -> ServicePlan:
+def hostile_plan(backend: str, instance_dir: str = "/mnt/it's here") -> ServicePlan:
     """A plan whose env values and commands carry quotes, newlines and `$`."""
     return ServicePlan(
         file="services/hostile.dstack.yml", name="hostile", backend=backend,
@@ -178,6 +178,6 @@ def hostile_plan(backend: str) -> ServicePlan:
         ),
         offers=_offers(backend, None, spot=False), replicas=ReplicaBounds(min=1, max=3, initial=2),
         scaling=ScalingPlan(target=3),
-        volumes=(VolumePlan(kind="instance", instance_path="/mnt/it's here", path="/data/$HOME"),),
+        volumes=(VolumePlan(kind="instance", instance_path=instance_dir, path="/data/$HOME"),),
         route=GatewayRoutePlan(subdomain="hostile"),
     )
