@@ -93,30 +93,39 @@ def _fields_at(root: type[BaseModel], loc: tuple[Any, ...]) -> set[str]:
 
 def _clean(loc: tuple[Any, ...], data: Any) -> tuple[tuple[Any, ...], tuple[str, ...]]:
     """Split a pydantic location into the YAML path (present in the data) and the remaining
-    model field names (reached only after a short syntax was expanded)."""
+    model field names (reached only after a short syntax was expanded). Union tags that
+    pydantic inserts after a discriminated field are dropped."""
     path: list[Any] = []
     rest: list[str] = []
     current = data
+    shape: list[Any] = []  # the location so far, list indices as `int`
+    tag_seen = False
     for part in loc:
-        if isinstance(current, dict) and part in current:
+        tags = None if tag_seen else _TAGGED_FIELDS.get(tuple(shape))
+        tag_seen = False
+        if tags is not None and part in tags:
+            tag_seen = True  # the branch tag; the next part is a field of that branch
+            continue
+        shape.append(int if isinstance(part, int) else part)
+        if isinstance(current, dict) and part in current and not rest:
             path.append(part)
             current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current) and not rest:
             path.append(part)
             current = current[part]
-        else:
-            current = None
-            if isinstance(part, str) and part.isidentifier() and part not in _TAGS and not rest:
-                rest.append(part)
-            elif isinstance(part, str) and part.isidentifier() and part not in _TAGS:
-                rest.append(part)
+        elif isinstance(part, str) and part.isidentifier() and part not in _TYPE_TAGS:
+            rest.append(part)
     return tuple(path), tuple(rest)
 
 
-# Union branch tags pydantic puts into locations (our Tag() names and its own type names).
-_TAGS = frozenset(
-    {"openai", "tgi", "network", "instance", "ip_address", "str", "int", "bool", "float", "list", "dict", "none", "GatewayRef", "RetrySpec"}
-)
+# Discriminated unions: pydantic puts the branch's tag into the location after these fields.
+_TAGGED_FIELDS: dict[tuple[Any, ...], frozenset[str]] = {
+    ("model",): frozenset({"openai", "tgi"}),
+    ("volumes", int): frozenset({"network", "instance"}),
+    ("rate_limits", int, "key"): frozenset({"ip_address", "header"}),
+}
+# Plain unions: pydantic names each branch by its type.
+_TYPE_TAGS = frozenset({"str", "int", "bool", "float", "list", "dict", "none", "GatewayRef", "RetrySpec", "EnvRef", "IntRange", "MemoryRange"})
 
 
 def diagnostics_from_validation_error(

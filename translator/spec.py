@@ -13,7 +13,6 @@ reference (``retry_policy``, ``pool_name``, ``termination_policy`` ...) stay acc
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
@@ -901,10 +900,13 @@ class ServiceSpec(_Spec):
     @field_validator("rate_limits")
     @classmethod
     def _rate_limits(cls, value: list[RateLimitSpec]) -> list[RateLimitSpec]:
-        counts = Counter(limit.prefix for limit in value)
+        seen: set[str] = set()
+        problems = []
         for index, limit in enumerate(value):
-            if counts[limit.prefix] > 1:
-                raise FieldError((index, "prefix"), f"the prefix `{limit.prefix}` is used by more than one rate limit; each needs its own prefix")
+            if limit.prefix in seen:
+                problems.append(FieldError((index, "prefix"), f"the prefix `{limit.prefix}` is used by an earlier rate limit; each needs its own prefix"))
+            seen.add(limit.prefix)
+        raise_all(problems)
         return value
 
     @field_validator("probes")
