@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -50,6 +51,16 @@ probes:
     url: /health
     interval: {probe_interval}
 replicas: {replicas}
+{scaling}"""
+
+# A replica range needs a scaling policy (dstack refuses one without). Long delays: the scaler
+# never moves these test stacks by itself; tests change the count through its config key.
+SCALING_BLOCK = """\
+scaling:
+  metric: rps
+  target: 1000
+  scale_up_delay: 1h
+  scale_down_delay: 1h
 """
 
 
@@ -88,7 +99,10 @@ class LocalProject:
         return self.root / ".serveform" / "local" / self.stack
 
     def write_service(self, *, replicas: str | int = 2, probe_interval: str = "1s", text: str | None = None) -> None:
-        body = text if text is not None else SERVICE_TEMPLATE.format(chat_server=CHAT_SERVER, replicas=replicas, probe_interval=probe_interval)
+        scaling = SCALING_BLOCK if ".." in str(replicas) else ""
+        body = text if text is not None else SERVICE_TEMPLATE.format(
+            chat_server=CHAT_SERVER, replicas=replicas, probe_interval=probe_interval, scaling=scaling
+        )
         (self.root / "chat.dstack.yml").write_text(body)
 
     def endpoints(self) -> dict[str, Any]:
@@ -99,10 +113,20 @@ class LocalProject:
         exported = json.loads(self.ok(self.pulumi("stack", "export")).stdout)
         return exported["deployment"].get("resources") or []
 
+    def snapshot(self) -> list[tuple[str, str | None, dict[str, Any]]]:
+        """(urn, id, plain outputs) of every resource: what "no change" must leave equal."""
+        return [
+            (r["urn"], r.get("id"), {k: v for k, v in (r.get("outputs") or {}).items() if not _is_secret(v)})
+            for r in self.resources()
+        ]
+
     def replicas(self) -> dict[str, dict[str, Any]]:
-        """Logical name → outputs of every replica resource in the state."""
+        """Logical name → plain outputs of every replica resource in the state.
+
+        Secret outputs are left out: their ciphertext changes whenever the state is written.
+        """
         return {
-            r["urn"].rsplit("::", 1)[-1]: r["outputs"]
+            r["urn"].rsplit("::", 1)[-1]: {k: v for k, v in r["outputs"].items() if not _is_secret(v)}
             for r in self.resources()
             if r["type"].endswith("serveform-local:Replica")
         }
@@ -121,7 +145,7 @@ class LocalProject:
         return httpx.Client(
             base_url=f"{scheme}://{host}:{port}",
             headers=headers,
-            transport=_LoopbackTransport(verify=ca_cert or False),
+            transport=_LoopbackTransport(verify=_verify(ca_cert)),
             timeout=timeout,
         )
 
@@ -134,7 +158,7 @@ class LocalProject:
         return openai.OpenAI(
             base_url=endpoints["openai_base_url"],
             api_key=endpoints["token"],
-            http_client=httpx.Client(transport=_LoopbackTransport(verify=ca_cert or False), timeout=30.0),
+            http_client=httpx.Client(transport=_LoopbackTransport(verify=_verify(ca_cert)), timeout=30.0),
             max_retries=0,
         )
 
@@ -143,6 +167,14 @@ class LocalProject:
     serving_replicas = staticmethod(lambda *a, **k: serving_replicas(*a, **k))
     processes_mentioning = staticmethod(lambda *a, **k: processes_mentioning(*a, **k))
     port_accepts = staticmethod(port_accepts)
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and "ciphertext" in value
+
+
+def _verify(ca_cert: str | None) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=ca_cert) if ca_cert else False
 
 
 class _LoopbackTransport(httpx.HTTPTransport):

@@ -20,7 +20,8 @@ SERVING_TIMEOUT_SECONDS = 60
 
 @pytest.fixture(scope="module")
 def project(local_project):
-    local_project.ok(local_project.pulumi("stack", "init", local_project.stack))
+    local_project.ok(local_project.pulumi("stack", "init"))  # the stack name comes from --stack
+    local_project.write_service(replicas="2..3")  # a range: the scaler's key may move it
     return local_project
 
 
@@ -74,14 +75,14 @@ def test_the_scalers_config_key_scales_by_one(project):
 
 
 def test_a_bad_service_file_fails_pulumi_preview_and_up_without_changes(project):
-    before = project.resources()
+    before = project.snapshot()
     project.write_service(text="type: service\nname: chat\ncommands: [python x.py]\nport: 8000\nreplicaz: 2\n")
     for args in (("preview",), ("up", "--yes")):
         result = project.pulumi(*args)
         assert result.returncode != 0
         assert "chat.dstack.yml:5" in result.stdout + result.stderr and "replicaz" in result.stdout + result.stderr
-    assert project.resources() == before
-    project.write_service(replicas=2)
+    assert project.snapshot() == before
+    project.write_service(replicas="2..3")
 
 
 def test_pulumi_destroy_leaves_nothing_behind(project):

@@ -114,13 +114,13 @@ def test_changing_replicas_in_the_service_file_changes_the_serving_replicas(loca
 
 
 def test_a_bad_service_file_stops_preview_and_up_before_any_change(local_project):
-    before = local_project.resources()
+    before = local_project.snapshot()
     local_project.write_service(text="type: service\nname: chat\ncommands: [python x.py]\nport: 8000\nreplicas: lots\n")
     for command in ("preview", "up"):
         result = local_project.serveform(command, *(["--yes"] if command == "up" else []))
         assert result.returncode == 2, result.stdout + result.stderr
         assert "chat.dstack.yml:5" in result.stderr and "replicas" in result.stderr, result.stderr
-    assert local_project.resources() == before
+    assert local_project.snapshot() == before
     local_project.write_service(replicas=1)
 
 
