@@ -1,1 +1,60 @@
-"""serveform.scaler."""
+"""serveform.scaler: Caddy's request rates in, `serveform:replicas` of the stack out.
+
+Run time data flow: Caddy's Prometheus text (or JSON access log) → `metrics` (per-service
+counters) → `window` (request rate over the service's `scaling.window`) → `policy` (a pure
+`(now, window stats, saved state) -> Decision`) → `state` (on disk) → `applier` (one worker per
+stack: write `serveform:replicas`, run `pulumi up`). `daemon` runs that loop; `deploy` says how
+it runs on a gateway host (systemd), in Kubernetes and on the local stack. The scaler never
+builds resources and never imports `serveform.components`.
+
+Public surface::
+
+    RpsPolicy, Decision, ScalingOperator, ScaleState, WindowStats, policy_for
+    Selector, HostMap, read_scrape, parse_prometheus_text, AccessLogCounter
+    ServiceWindows, StateStore, ScalerState
+    Applier, ApplyWorker, PulumiApplier, ApplyError, StackBusyError
+    Scaler, ScalerConfig, run
+    replay, read_trace
+    render_unit, kubernetes_deployment, spawn_local, scaler_argv
+"""
+
+from .applier import Applier, ApplyError, ApplyWorker, PulumiApplier, StackBusyError
+from .daemon import Scaler, ScalerConfig, WatchedService, run
+from .deploy import kubernetes_deployment, render_unit, scaler_argv, spawn_local
+from .metrics import AccessLogCounter, HostMap, Selector, parse_prometheus_text, read_scrape
+from .policy import Decision, RpsPolicy, ScaleState, ScalingOperator, WindowStats, policy_for
+from .replay import read_trace, replay
+from .state import ScalerState, StateStore
+from .window import ServiceWindows
+
+__all__ = [
+    "AccessLogCounter",
+    "Applier",
+    "ApplyError",
+    "ApplyWorker",
+    "Decision",
+    "HostMap",
+    "PulumiApplier",
+    "RpsPolicy",
+    "ScaleState",
+    "Scaler",
+    "ScalerConfig",
+    "ScalerState",
+    "ScalingOperator",
+    "Selector",
+    "ServiceWindows",
+    "StackBusyError",
+    "StateStore",
+    "WatchedService",
+    "WindowStats",
+    "kubernetes_deployment",
+    "parse_prometheus_text",
+    "policy_for",
+    "read_scrape",
+    "read_trace",
+    "render_unit",
+    "replay",
+    "run",
+    "scaler_argv",
+    "spawn_local",
+]

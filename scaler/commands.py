@@ -1,0 +1,181 @@
+"""`serveform scaler run | replay`: parse arguments, call the scaler, render.
+
+    serveform scaler run --stack ENV [--dry-run] [--metrics-url URL] [--interval S] [--listen ADDR]
+    serveform scaler replay --service FILE --trace CSV [--json]
+
+`python -m serveform.scaler run|replay ...` is the same command without the `serveform scaler`
+prefix (what the systemd unit, the Kubernetes Deployment and the local stack start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .constants import (
+    DEFAULT_HOST_LABEL,
+    DEFAULT_IN_FLIGHT_SELECTOR,
+    DEFAULT_INTERVAL_SECONDS,
+    DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_REQUEST_SELECTOR,
+)
+
+__all__ = ["add_parsers", "add_scaler_commands"]
+
+_EXIT_BAD_INPUT = 2
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register `serveform scaler ...`."""
+    parser = subparsers.add_parser(
+        "scaler",
+        help="the autoscaler: run the daemon of a stack, or replay a request trace through a policy",
+        description="The autoscaler daemon and its offline replay.",
+    )
+    sub = parser.add_subparsers(dest="scaler_command", metavar="SUBCOMMAND", required=True)
+    add_scaler_commands(sub)
+
+
+def add_scaler_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `run` and `replay` (also used by `python -m serveform.scaler`)."""
+    run = sub.add_parser(
+        "run",
+        help="read Caddy's request rates and keep serveform:replicas of a stack in line with them",
+        description="Every few seconds: Caddy metrics -> request-rate windows -> RPS policy -> stack config -> pulumi up.",
+    )
+    run.add_argument("--stack", required=True, help="the stack to scale (stacks/Pulumi.<stack>.yaml)")
+    run.add_argument("--dry-run", action="store_true", help="decide and log, but never write the stack or run up")
+    run.add_argument("--metrics-url", help="Caddy's Prometheus endpoint (default: metrics_url of the gateway's status.json)")
+    run.add_argument(
+        "--gateway-state-dir",
+        type=Path,
+        help="the gateway's state directory holding status.json (default: the local stack's gateway)",
+    )
+    run.add_argument("--access-log", type=Path, help="Caddy's JSON access log, used when the metrics have no per-host series")
+    run.add_argument("--selector", default=DEFAULT_REQUEST_SELECTOR, help=f"series counted as requests (default: {DEFAULT_REQUEST_SELECTOR})")
+    run.add_argument(
+        "--in-flight-selector",
+        default=DEFAULT_IN_FLIGHT_SELECTOR,
+        help=f"gauge of requests being handled, or 'off' (default: {DEFAULT_IN_FLIGHT_SELECTOR})",
+    )
+    run.add_argument("--host-label", default=DEFAULT_HOST_LABEL, help="the label naming a request's host")
+    run.add_argument(
+        "--interval", type=float, default=DEFAULT_INTERVAL_SECONDS, metavar="S", help=f"seconds between evaluations (default {DEFAULT_INTERVAL_SECONDS:g})"
+    )
+    run.add_argument(
+        "--listen", default=DEFAULT_LISTEN_ADDRESS, metavar="ADDR", help=f"host:port of /metrics and /healthz, or 'off' (default {DEFAULT_LISTEN_ADDRESS})"
+    )
+    run.add_argument("--state", type=Path, help="the state file (default .serveform/scaler/<stack>/scaler-state.json)")
+    run.add_argument("--project-dir", type=Path, help="the project directory (default: SERVEFORM_PROJECT_DIR or the checkout)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=_run)
+
+    replay = sub.add_parser(
+        "replay",
+        help="run a service's scaling policy over a recorded request trace and print its replica count",
+        description="Replay a CSV trace of `second,requests` through the service's RPS policy, starting at its minimum.",
+    )
+    replay.add_argument("--service", required=True, type=Path, help="the service file (.dstack.yml)")
+    replay.add_argument("--trace", required=True, type=Path, help="CSV of `second,requests`")
+    replay.add_argument("--json", action="store_true", help='one JSON object per second: {"t", "rps", "replicas"}')
+    replay.set_defaults(func=_replay)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..stacks.engine import project_dir
+    from .daemon import ScalerConfig, default_state_path, run
+    from .metrics import MetricsFormatError, Selector
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        Selector.parse(args.selector)
+        if args.in_flight_selector != "off":
+            Selector.parse(args.in_flight_selector)
+    except MetricsFormatError as exc:
+        print(f"serveform scaler: error: {exc}", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    if args.interval <= 0:
+        print("serveform scaler: error: --interval must be > 0", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    project = (args.project_dir or project_dir()).resolve()
+    if not (project / "stacks" / f"Pulumi.{args.stack}.yaml").is_file():
+        print(f"serveform scaler: error: {project}/stacks/Pulumi.{args.stack}.yaml: no such stack config", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    state = args.state or default_state_path(project, args.stack)
+    if args.dry_run:
+        # A dry run starts from the real state but never changes it.
+        state = state.with_name(state.name + ".dry-run")
+        real = args.state or default_state_path(project, args.stack)
+        if real.is_file() and not state.exists():
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_bytes(real.read_bytes())
+    config = ScalerConfig(
+        stack=args.stack,
+        project_dir=project,
+        metrics_url=args.metrics_url,
+        gateway_state_dir=args.gateway_state_dir,
+        access_log=args.access_log,
+        selector=args.selector,
+        in_flight_selector=None if args.in_flight_selector == "off" else args.in_flight_selector,
+        host_label=args.host_label,
+        interval_seconds=args.interval,
+        listen=None if args.listen == "off" else args.listen,
+        dry_run=args.dry_run,
+        state_path=state,
+    )
+    return asyncio.run(run(config))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ..translator import CompileContext, TranslatorError, compile_file
+    from .policy import policy_for
+    from .replay import TraceError, read_trace, replay
+
+    try:
+        plan = compile_file(args.service, CompileContext(require_env=False)).plan
+    except TranslatorError as exc:
+        print(str(exc), file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"{args.service}: error: {exc.strerror or exc}", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    policy = policy_for(plan)
+    if policy is None:
+        why = "has no `scaling`" if plan.scaling is None else f"has a fixed count ({plan.replicas.min})"
+        print(f"{args.service}: error: replicas: service {plan.name!r} {why}, so there is nothing to replay", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    try:
+        trace = read_trace(args.trace)
+    except TraceError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    out = sys.stdout
+    if args.json:
+        for point in replay(policy, trace):
+            out.write(json.dumps(point.to_json()) + "\n")
+        return 0
+    out.write(
+        f"# {plan.name}: replicas {policy.min_replicas}..{policy.max_replicas}, target {policy.target_rps:g} rps per replica, "
+        f"scale_up_delay {policy.scale_up_delay_seconds:g}s, scale_down_delay {policy.scale_down_delay_seconds:g}s, "
+        f"window {policy.window_seconds}s\n"
+    )
+    out.write(f"{'t':>7} {'rps':>10} {'replicas':>8}  reason\n")
+    points = list(replay(policy, trace))
+    previous = None
+    for i, point in enumerate(points):
+        if point.replicas != previous or i == len(points) - 1:
+            out.write(f"{point.t:>7} {point.rps:>10.3f} {point.replicas:>8}  {point.reason}\n")
+            previous = point.replicas
+    peak = max(p.replicas for p in points)
+    replica_seconds = sum(p.replicas for p in points)
+    out.write(f"# {len(points)} s replayed, peak {peak} replicas, {replica_seconds} replica-seconds\n")
+    return 0

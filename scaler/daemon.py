@@ -1,0 +1,500 @@
+"""The scaler daemon: every few seconds, Caddy's metrics → windows → policy → applier.
+
+`Scaler` is the synchronous core with an injected clock: `observe` a scrape, `evaluate` the
+policies, hand changes to the `ApplyWorker`, persist the state. `run` wraps it in an asyncio loop
+that scrapes Caddy over HTTP (or tails its access log), re-reads the stack's service list now and
+then, and serves `/metrics` and `/healthz` on loopback.
+
+Which services: the stack config (`stacks/Pulumi.<stack>.yaml`) lists the service files under
+`serveform:services`; each is compiled with the translator and watched if it has `scaling` and a
+replica range. Its route host is `<name>.<serveform:domain>`, as the gateway serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .applier import Applier, ApplyWorker
+from .constants import (
+    DEFAULT_HOST_LABEL,
+    DEFAULT_IN_FLIGHT_SELECTOR,
+    DEFAULT_INTERVAL_SECONDS,
+    DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_REQUEST_SELECTOR,
+    HEALTHY_TICK_INTERVALS,
+    METRICS_BODY_LIMIT_BYTES,
+    METRICS_FETCH_TIMEOUT_SECONDS,
+    REPLICAS_CONFIG_KEY,
+    SERVICE_CATALOG_REFRESH_SECONDS,
+    STATE_FILE_NAME,
+)
+from .metrics import AccessLogCounter, HostMap, Selector, read_scrape
+from .policy import Decision, RpsPolicy, ScaleState, ScalingOperator, policy_for
+from .state import ScalerState, ServiceRecord, StateStore
+from .window import ServiceWindows
+
+__all__ = [
+    "ScalerConfig",
+    "Scaler",
+    "WatchedService",
+    "default_state_path",
+    "load_services",
+    "run",
+]
+
+log = logging.getLogger("serveform.scaler")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatchedService:
+    """A service the scaler manages."""
+
+    name: str
+    host: str
+    """The route's host, `<name>.<domain>`, as it appears in Caddy's `host` label."""
+    policy: RpsPolicy
+    configured: int | None = None
+    """The count in the stack config (`serveform:replicas`), if any."""
+    initial: int = 0
+    """The count the stack runs when the config has none (the plan's `replicas.initial`)."""
+
+    @property
+    def deployed(self) -> int:
+        return self.configured if self.configured is not None else self.initial
+
+
+def load_services(project_dir: str | os.PathLike[str], stack: str) -> tuple[list[WatchedService], list[str]]:
+    """The stack's scaled services, and one message per service file that failed to compile."""
+    from ..stacks.engine import read_stack_file
+    from ..translator import CompileContext, TranslatorError, compile_file
+
+    project = Path(project_dir)
+    config = read_stack_file(project, stack)
+    domain = str(config.get("serveform:domain") or "localhost")
+    backend = str(config.get("serveform:backend") or "local")
+    regions = config.get("serveform:regions") or ()
+    replicas = config.get(REPLICAS_CONFIG_KEY) or {}
+    context = CompileContext(backend=backend, domain=domain, regions=tuple(regions), require_env=False)
+    services: list[WatchedService] = []
+    problems: list[str] = []
+    for rel in config.get("serveform:services") or ():
+        try:
+            plan = compile_file(project / str(rel), context).plan
+        except TranslatorError as exc:
+            problems.append(str(exc))
+            continue
+        except OSError as exc:
+            problems.append(f"{rel}: {exc}")
+            continue
+        policy = policy_for(plan)
+        if policy is None:
+            continue
+        configured = replicas.get(plan.name) if isinstance(replicas, Mapping) else None
+        services.append(
+            WatchedService(
+                name=plan.name,
+                host=f"{plan.route.subdomain}.{domain}",
+                policy=policy,
+                configured=int(configured) if configured is not None else None,
+                initial=plan.replicas.initial,
+            )
+        )
+    return services, problems
+
+
+def default_state_path(project_dir: str | os.PathLike[str], stack: str) -> Path:
+    """`<project>/.serveform/scaler/<stack>/scaler-state.json` (kept out of git by .gitignore)."""
+    return Path(project_dir) / ".serveform" / "scaler" / stack / STATE_FILE_NAME
+
+
+class Scaler:
+    """Windows, policies and state of one stack's services; no I/O but the state file."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        worker: ApplyWorker | None,
+        clock: Callable[[], float] = time.time,
+        dry_run: bool = False,
+    ) -> None:
+        self._store = store
+        self._worker = worker
+        self._clock = clock
+        self.dry_run = dry_run
+        self._state = store.load()
+        self._services: dict[str, WatchedService] = {}
+        self._windows = ServiceWindows()
+        self._last: dict[str, Decision] = {}
+        self._logged: dict[str, tuple[object, ...]] = {}
+        self.decisions_total: dict[tuple[str, str], int] = {}
+        self.last_tick_at: float | None = None
+
+    @property
+    def state(self) -> ScalerState:
+        return self._state
+
+    @property
+    def services(self) -> Mapping[str, WatchedService]:
+        return self._services
+
+    def host_map(self) -> HostMap:
+        return HostMap.of({s.host: s.name for s in self._services.values()})
+
+    def set_services(self, services: Iterable[WatchedService]) -> None:
+        """Watch exactly these services; reconcile each with the saved state."""
+        self._services = {s.name: s for s in services}
+        self._windows.set_services({s.name: s.policy.window_seconds for s in self._services.values()})
+        state = self._state
+        for service in self._services.values():
+            record = state.get(service.name)
+            if record is None:
+                continue
+            if not record.pending and record.applied != service.deployed and service.configured is not None:
+                # Someone else wrote the count (a person, or a restored stack): the stack is the truth.
+                log.info(
+                    "%s: the stack has %d replicas, not the %s the scaler applied; following the stack",
+                    service.name,
+                    service.deployed,
+                    record.applied,
+                )
+                state = state.with_record(
+                    service.name,
+                    ServiceRecord(
+                        desired=service.deployed,
+                        applied=service.deployed,
+                        last_scaled_at=record.last_scaled_at,
+                        reason="count found in the stack config",
+                    ),
+                )
+        if state is not self._state:
+            self._save(state)
+        pending = {s: n for s, n in self._state.pending().items() if s in self._services}
+        if pending and self._worker is not None and not self.dry_run:
+            log.info("resuming decisions not yet applied: %s", ", ".join(f"{s}={n}" for s, n in sorted(pending.items())))
+            self._worker.submit(pending, reasons={s: self._state.services[s].reason for s in pending})
+
+    def scale_state(self, name: str) -> ScaleState:
+        record = self._state.get(name)
+        if record is not None:
+            return record.scale_state()
+        return ScaleState(replicas=self._services[name].deployed)
+
+    def observe(self, now: float, requests: Mapping[str, Mapping], in_flight: Mapping[str, float] | None = None) -> None:
+        self._windows.observe(now, requests, in_flight)
+
+    def evaluate(self, now: float | None = None) -> list[Decision]:
+        """Run every policy; changes are saved, then handed to the worker (unless dry-run)."""
+        now = self._clock() if now is None else now
+        decisions = []
+        state = self._state
+        changes: dict[str, int] = {}
+        reasons: dict[str, str] = {}
+        for name, service in sorted(self._services.items()):
+            decision = service.policy.decide(now, self._windows.stats(name, now), self.scale_state(name))
+            decisions.append(decision)
+            self._last[name] = decision
+            key = (name, decision.operator.value)
+            self.decisions_total[key] = self.decisions_total.get(key, 0) + 1
+            self._log(decision)
+            if decision.changes:
+                state = state.with_decision(decision)
+                changes[name] = decision.target
+                reasons[name] = decision.reason
+        if changes:
+            # Persist before applying: a crash after this line resumes the decision at start.
+            self._save(state)
+            if self._worker is not None and not self.dry_run:
+                self._worker.submit(changes, reasons=reasons)
+        self.last_tick_at = now
+        return decisions
+
+    def mark_applied(self, counts: Mapping[str, int]) -> None:
+        """The worker's callback: these counts are in the stack now."""
+        self._save(self._state.with_applied(counts))
+
+    def _save(self, state: ScalerState) -> None:
+        self._state = state
+        self._store.save(state)
+
+    def _log(self, decision: Decision) -> None:
+        # Every change is logged; a held or steady decision only when its gist changes, so a
+        # quiet service does not write a line per tick.
+        gist = (decision.operator, decision.current, decision.target, decision.wanted, decision.reason.split(";")[0])
+        if decision.changes:
+            log.info(
+                "%s %s: %d -> %d: %s%s",
+                "would" if self.dry_run else "decided",
+                decision.service,
+                decision.current,
+                decision.target,
+                decision.reason,
+                " (dry run)" if self.dry_run else "",
+            )
+        elif self._logged.get(decision.service) != gist:
+            log.info("%s stays at %d: %s", decision.service, decision.current, decision.reason)
+        self._logged[decision.service] = gist
+
+    def metrics_text(self, *, scrapes: int = 0, scrape_errors: int = 0) -> str:
+        """The daemon's own metrics, Prometheus text format 0.0.4."""
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float]]) -> None:
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in samples:
+                lines.append(f"{name}{labels} {value:g}" if isinstance(value, (int, float)) else f"{name}{labels} {value}")
+
+        def svc(name: str, **extra: str) -> str:
+            items = {"service": name, **extra}
+            return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in items.items()) + "}"
+
+        names = sorted(self._services)
+        family("serveform_scaler_desired_replicas", "gauge", "Replicas the scaler decided.",
+               [(svc(n), self.scale_state(n).replicas) for n in names])
+        family("serveform_scaler_applied_replicas", "gauge", "Replicas last applied to the stack (-1: never).",
+               [(svc(n), _applied(self._state.get(n))) for n in names])
+        family("serveform_scaler_wanted_replicas", "gauge", "Replicas the current load asks for, before delays.",
+               [(svc(n), d.wanted) for n in names if (d := self._last.get(n)) and d.wanted is not None])
+        family("serveform_scaler_requests_per_second", "gauge", "Request rate over the service's window.",
+               [(svc(n), d.rps) for n in names if (d := self._last.get(n)) and d.rps is not None])
+        family("serveform_scaler_decisions_total", "counter", "Policy evaluations by outcome.",
+               [(svc(s, operator=op), c) for (s, op), c in sorted(self.decisions_total.items())])
+        family("serveform_scaler_scrapes_total", "counter", "Metric scrapes attempted.", [("", scrapes)])
+        family("serveform_scaler_scrape_errors_total", "counter", "Metric scrapes that failed.", [("", scrape_errors)])
+        if self._worker is not None:
+            st = self._worker.stats()
+            family("serveform_scaler_apply_attempts_total", "counter", "Stack updates attempted.", [("", st.attempts)])
+            family("serveform_scaler_apply_failures_total", "counter", "Stack updates that failed.", [("", st.failures)])
+            family("serveform_scaler_apply_locked_total", "counter", "Stack updates refused: stack locked.", [("", st.busy)])
+            family("serveform_scaler_apply_pending", "gauge", "Services with a count not yet applied.", [("", len(st.pending))])
+            family("serveform_scaler_apply_running", "gauge", "1 while a stack update runs.", [("", int(st.running))])
+        if self.last_tick_at is not None:
+            family("serveform_scaler_last_tick_timestamp_seconds", "gauge", "When the policies last ran.",
+                   [("", self.last_tick_at)])
+        cpu = time.process_time()
+        family("process_cpu_seconds_total", "counter", "CPU time of the scaler process.", [("", cpu)])
+        rss = _rss_bytes()
+        if rss is not None:
+            family("process_resident_memory_bytes", "gauge", "Resident memory of the scaler process.", [("", rss)])
+        return "\n".join(lines) + "\n"
+
+
+def _applied(record: ServiceRecord | None) -> int:
+    return -1 if record is None or record.applied is None else record.applied
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalerConfig:
+    """How one daemon runs (the flags of `serveform scaler run`)."""
+
+    stack: str
+    project_dir: Path
+    metrics_url: str | None = None
+    """Caddy's Prometheus endpoint; None: the `metrics_url` of the gateway's status.json."""
+    gateway_state_dir: Path | None = None
+    """Where the gateway writes status.json; None: the local stack's gateway directory."""
+    access_log: Path | None = None
+    """Caddy's JSON access log: the fallback when its metrics have no per-host series."""
+    selector: str = DEFAULT_REQUEST_SELECTOR
+    in_flight_selector: str | None = DEFAULT_IN_FLIGHT_SELECTOR
+    host_label: str = DEFAULT_HOST_LABEL
+    interval_seconds: float = DEFAULT_INTERVAL_SECONDS
+    listen: str | None = DEFAULT_LISTEN_ADDRESS
+    """`host:port` of /metrics and /healthz (port 0: any free port); None: no endpoints."""
+    dry_run: bool = False
+    state_path: Path | None = None
+    services: Sequence[WatchedService] | None = field(default=None)
+    """Fixed services (tests); None: read from the stack config and refreshed."""
+
+
+class _Endpoint:
+    """Finds Caddy's metrics URL: fixed, or from the gateway's status.json (it moves on restart)."""
+
+    def __init__(self, config: ScalerConfig) -> None:
+        self._fixed = config.metrics_url
+        self._state_dir = config.gateway_state_dir
+        if self._fixed is None and self._state_dir is None:
+            self._state_dir = config.project_dir / ".serveform" / "local" / config.stack / "gateway"
+
+    def url(self) -> str | None:
+        if self._fixed:
+            return self._fixed
+        from ..gateway.state import read_status
+
+        status = read_status(self._state_dir) if self._state_dir else None
+        url = status.get("metrics_url") if isinstance(status, dict) else None
+        return str(url) if url else None
+
+
+async def run(
+    config: ScalerConfig,
+    *,
+    applier: Applier | None = None,
+    clock: Callable[[], float] = time.time,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[str | None], None] | None = None,
+) -> int:
+    """Run until `stop` is set (or SIGTERM/SIGINT); returns an exit status."""
+    import aiohttp
+    from aiohttp import web
+
+    from .applier import PulumiApplier
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests): the caller sets `stop`
+
+    store = StateStore(config.state_path or default_state_path(config.project_dir, config.stack))
+    worker: ApplyWorker | None = None
+    scaler_ref: list[Scaler] = []
+    if not config.dry_run:
+        applier = applier or PulumiApplier(config.stack, config.project_dir, on_output=_pulumi_log)
+        worker = ApplyWorker(applier, on_applied=lambda counts: scaler_ref[0].mark_applied(counts))
+    scaler = Scaler(store=store, worker=worker, clock=clock, dry_run=config.dry_run)
+    scaler_ref.append(scaler)
+    requests_selector = Selector.parse(config.selector)
+    in_flight_selector = Selector.parse(config.in_flight_selector) if config.in_flight_selector else None
+    access_log = AccessLogCounter(config.access_log) if config.access_log else None
+    endpoint = _Endpoint(config)
+    counters = {"scrapes": 0, "errors": 0}
+    healthy_after = HEALTHY_TICK_INTERVALS * config.interval_seconds
+
+    def load() -> None:
+        if config.services is not None:
+            scaler.set_services(config.services)
+            return
+        services, problems = load_services(config.project_dir, config.stack)
+        for problem in problems:
+            log.error("service file skipped: %s", problem)
+        scaler.set_services(services)
+
+    await asyncio.to_thread(load)
+    log.info(
+        "watching %d service(s) of stack %s: %s%s",
+        len(scaler.services),
+        config.stack,
+        ", ".join(f"{s.name} ({s.host}, {s.policy.min_replicas}..{s.policy.max_replicas})" for s in scaler.services.values())
+        or "none",
+        " [dry run]" if config.dry_run else "",
+    )
+    if worker is not None:
+        worker.start()
+
+    async def metrics_handler(_request: web.Request) -> web.Response:
+        text = scaler.metrics_text(scrapes=counters["scrapes"], scrape_errors=counters["errors"])
+        return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"})
+
+    async def healthz_handler(_request: web.Request) -> web.Response:
+        last = scaler.last_tick_at
+        ok = last is not None and clock() - last <= healthy_after
+        body = {"ok": ok, "last_tick_at": last, "services": len(scaler.services)}
+        return web.json_response(body, status=200 if ok else 503)
+
+    runner = None
+    bound: str | None = None
+    if config.listen:
+        app = web.Application()
+        app.router.add_get("/metrics", metrics_handler)
+        app.router.add_get("/healthz", healthz_handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, _, port = config.listen.rpartition(":")
+        site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
+        await site.start()
+        sock = site._server.sockets[0].getsockname()  # the real port when 0 was asked for
+        bound = f"{sock[0]}:{sock[1]}"
+        log.info("serving /metrics and /healthz on http://%s", bound)
+    if on_ready is not None:
+        on_ready(bound)
+
+    timeout = aiohttp.ClientTimeout(total=METRICS_FETCH_TIMEOUT_SECONDS)
+    next_catalog = time.monotonic() + SERVICE_CATALOG_REFRESH_SECONDS
+    fallback_warned = False
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                if config.services is None and started >= next_catalog:
+                    next_catalog = started + SERVICE_CATALOG_REFRESH_SECONDS
+                    try:
+                        await asyncio.to_thread(load)
+                    except Exception as exc:  # a broken edit of the stack file must not stop scaling
+                        log.error("re-reading stack %s failed, keeping the services I have: %s", config.stack, exc)
+                hosts = scaler.host_map()
+                counters["scrapes"] += 1
+                requests: Mapping[str, Mapping] | None = None
+                in_flight: Mapping[str, float] = {}
+                try:
+                    url = endpoint.url()
+                    per_host = False
+                    if url:
+                        async with http.get(url) as resp:
+                            resp.raise_for_status()
+                            body = await resp.content.read(METRICS_BODY_LIMIT_BYTES + 1)
+                        if len(body) > METRICS_BODY_LIMIT_BYTES:
+                            raise ValueError(f"{url}: metrics larger than {METRICS_BODY_LIMIT_BYTES} bytes")
+                        scrape = read_scrape(
+                            body.decode("utf-8", "replace"),
+                            hosts,
+                            requests=requests_selector,
+                            in_flight=in_flight_selector,
+                            host_label=config.host_label,
+                        )
+                        per_host = scrape.per_host
+                        requests, in_flight = scrape.requests, scrape.in_flight
+                    if access_log is not None and not per_host:
+                        if not fallback_warned:
+                            log.warning("no per-host request metrics; counting requests from %s", access_log.path)
+                            fallback_warned = True
+                        requests = access_log.series_by_service(hosts)
+                    if requests is None:
+                        raise ValueError("no metrics endpoint yet (the gateway has not written status.json)")
+                except Exception as exc:
+                    counters["errors"] += 1
+                    log.warning("scrape failed: %s", exc)
+                else:
+                    now = clock()
+                    scaler.observe(now, requests, in_flight)
+                    scaler.evaluate(now)
+                elapsed = time.monotonic() - started
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, config.interval_seconds - elapsed))
+                except asyncio.TimeoutError:
+                    pass
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if worker is not None:
+            # An `up` in flight finishes (never interrupted); anything still pending is in the state file.
+            await asyncio.to_thread(worker.stop, 600)
+    return 0
+
+
+def _pulumi_log(line: str) -> None:
+    line = line.rstrip()
+    if line:
+        log.debug("pulumi: %s", line)
