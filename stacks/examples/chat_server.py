@@ -22,7 +22,7 @@ Endpoints (``--format tgi``, text-generation-inference 2.x shapes)::
 
 Both formats also serve ``GET /`` (a short text naming the replica), ``GET /ping`` (``ok``,
 for throughput benchmarks), ``GET /health`` (200 while healthy) and ``GET /_stats`` (request
-counts and the headers of the last other request, so tests can see what reached a replica).
+counts, headers and body of the last other request, so tests can see what reached a replica).
 
 Every response carries ``X-Replica: <run name>/<replica id>`` taken from ``DSTACK_RUN_NAME``
 and ``DSTACK_REPLICA_NUM`` (or ``SERVEFORM_REPLICA_ID``), falling back to ``pid<pid>``, so that
@@ -113,6 +113,8 @@ async def _bookkeeping(request: web.Request, handler: Any) -> web.StreamResponse
     if request.path != "/_stats":  # reading the stats must not change them
         state["requests"][request.path] += 1
         state["last_headers"] = {k: v for k, v in request.headers.items()}
+        if request.can_read_body:
+            state["last_body"] = (await request.read())[:4096].decode("utf-8", "replace")
     return await handler(request)
 
 
@@ -147,6 +149,7 @@ async def stats(request: web.Request) -> web.Response:
             "replica": state["replica"],
             "requests": dict(state["requests"]),
             "last_headers": state["last_headers"],
+            "last_body": state["last_body"],
             "healthy": state["healthy"],
         }
     )
@@ -304,6 +307,7 @@ def build_app(*, model: str, fmt: str, token_delay_ms: float, eos_token: str | N
         "eos_token": eos_token,
         "requests": Counter(),
         "last_headers": {},
+        "last_body": None,
         "ids": counter(),
         "started": time.time(),
     }

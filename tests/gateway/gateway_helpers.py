@@ -134,6 +134,7 @@ class Gateway:
     process: subprocess.Popen[bytes]
     log_path: Path
     children: list[int] = field(default_factory=list)
+    replicas: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> dict[str, Any]:

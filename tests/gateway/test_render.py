@@ -1,0 +1,186 @@
+"""The rendered Caddyfile: golden files, Caddy's own validation per TLS mode, hostile inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from pydantic import SecretStr, ValidationError
+
+from serveform.gateway import GatewayConfigError, GatewayRuntime, GatewaySettings, render_caddyfile
+from serveform.gateway.render import TemplateValueError, caddy_quote, caddy_quote_placeholder
+from serveform.translator.plan import ModelPlan, ProbePlan, RateLimitPlan
+
+from gateway_helpers import make_plan  # type: ignore[import-not-found]
+
+GOLDEN = Path(__file__).parent / "golden"
+RUNTIME = GatewayRuntime(state_dir=Path("/var/lib/serveform-gateway"), dns_port=5353, internal_port=8079, metrics_port=9180)
+TOKENS = (SecretStr("tok-alpha"), SecretStr("tok-beta"))
+
+
+def _plans():
+    return [
+        make_plan(
+            "chat",
+            model=ModelPlan(name="chat-small"),
+            rate_limits=(RateLimitPlan(prefix="/v1", rps=0.5, burst=2), RateLimitPlan(key="header", header="X-User", rps=5)),
+        ),
+        make_plan("web", auth=False, https=False, readiness_path="/healthz"),
+    ]
+
+
+def _settings(tls: str, **extra) -> GatewaySettings:
+    if tls == "acme_dns":
+        extra.setdefault("dns_provider", "route53")
+    return GatewaySettings(domain="example.com" if tls != "internal" else "localhost", tls=tls, tokens=TOKENS, acme_email="ops@example.com", **extra)
+
+
+def _adapt(caddy: str, text: str, tmp_path: Path) -> dict:
+    path = tmp_path / "Caddyfile"
+    path.write_text(text)
+    result = subprocess.run([caddy, "adapt", "--config", str(path), "--adapter", "caddyfile"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def _validate(caddy: str, text: str, tmp_path: Path) -> None:
+    path = tmp_path / "Caddyfile"
+    path.write_text(text)
+    result = subprocess.run(
+        [caddy, "adapt", "--validate", "--config", str(path), "--adapter", "caddyfile"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config")},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _hosts(config: dict) -> set[str]:
+    hosts = set()
+    for server in config["apps"]["http"]["servers"].values():
+        for route in server.get("routes", []):
+            for match in route.get("match", []):
+                hosts.update(match.get("host", []))
+    return hosts
+
+
+@pytest.mark.parametrize("tls", ["internal", "acme_dns", "on_demand", "off"])
+def test_golden(tls):
+    text = render_caddyfile(_settings(tls), _plans(), RUNTIME)
+    golden = GOLDEN / f"{tls}.Caddyfile"
+    if os.environ.get("SERVEFORM_UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text(), f"rendered Caddyfile differs from {golden}; rerun with SERVEFORM_UPDATE_GOLDEN=1 if intended"
+    # No secret in the rendered file: tokens are placeholders Caddy fills at run time.
+    assert "tok-alpha" not in text and "{env.SERVEFORM_TOKEN_1}" in text
+
+
+@pytest.mark.parametrize("tls", ["internal", "on_demand", "off"])
+def test_caddy_validates_every_mode(caddy, tls, tmp_path):
+    _validate(caddy, render_caddyfile(_settings(tls), _plans(), RUNTIME.model_copy(update={"state_dir": tmp_path})), tmp_path)
+
+
+def test_acme_dns_wildcard_covers_service_hosts(caddy, tmp_path):
+    settings = _settings("acme_dns", dns_provider="cloudflare", dns_options={"api_token": SecretStr("cf-secret")})
+    text = render_caddyfile(settings, _plans(), RUNTIME)
+    assert "cf-secret" not in text
+    config = _adapt(caddy, text, tmp_path)
+    policies = config["apps"]["tls"]["automation"]["policies"]
+    wildcard = [p for p in policies if p.get("subjects") == ["*.example.com"]]
+    assert wildcard and wildcard[0]["issuers"][0]["challenges"]["dns"]["provider"] == {"name": "cloudflare", "api_token": "{env.SERVEFORM_DNS_API_TOKEN}"}
+    # Service hosts are not forced to get certificates of their own: at run time Caddy skips
+    # names a managed wildcard covers (caddytls `managingWildcardFor`) and serves the wildcard.
+    assert "force_automate" not in text and "tls_automate_names" not in text
+    assert "automate" not in json.dumps(config["apps"]["tls"].get("certificates", {}))
+
+
+def test_auth_matcher_shape(caddy, tmp_path):
+    config = _adapt(caddy, render_caddyfile(_settings("internal"), _plans(), RUNTIME), tmp_path)
+    text = json.dumps(config)
+    # One header matcher whose accepted values are OR'ed: every token, both scheme spellings.
+    assert '{"not": [{"header": {"Authorization": ["Bearer {env.SERVEFORM_TOKEN_0}", "bearer {env.SERVEFORM_TOKEN_0}", ' \
+           '"Bearer {env.SERVEFORM_TOKEN_1}", "bearer {env.SERVEFORM_TOKEN_1}"]}}]}' in text
+
+
+def test_no_tokens_means_nothing_passes():
+    text = render_caddyfile(GatewaySettings(domain="localhost"), _plans(), RUNTIME)
+    chat_site = text.split("# service chat")[1].split("# service web")[0]
+    assert "handle {\n\t\t\timport serveform_unauthorized" in chat_site
+
+
+def test_plan_problems_are_reported_together():
+    plans = [
+        make_plan("gateway"),
+        make_plan("ok", readiness_path='/x"y'),
+        make_plan("ok2", rate_limits=(RateLimitPlan(prefix="/a b", rps=1), RateLimitPlan(key="header", header="X\nY", rps=1))),
+        make_plan("ok3", probes=(ProbePlan(url="/{$HOME}"),)),
+    ]
+    with pytest.raises(GatewayConfigError) as caught:
+        render_caddyfile(_settings("internal"), plans, RUNTIME)
+    message = str(caught.value)
+    for expected in (
+        "services/gateway.dstack.yml: error: name: `gateway` is reserved",
+        "services/ok.dstack.yml: error: readiness_probe:",
+        "services/ok2.dstack.yml: error: rate_limits[0].prefix:",
+        "services/ok2.dstack.yml: error: rate_limits[1].key.header:",
+        "services/ok3.dstack.yml: error: probes[0].url:",
+    ):
+        assert expected in message
+    assert len(caught.value.problems) == 5
+
+
+def test_duplicate_hosts_and_models():
+    plans = [make_plan("a", model=ModelPlan(name="m")), make_plan("b", model=ModelPlan(name="m"), file="other.yml")]
+    with pytest.raises(GatewayConfigError, match="other.yml: error: model.name: model 'm' is already mapped"):
+        render_caddyfile(_settings("internal"), plans, RUNTIME)
+
+
+def test_settings_refuse_bad_values_without_echoing_tokens():
+    with pytest.raises(ValidationError) as caught:
+        GatewaySettings(tokens=(SecretStr('abc"\n}'),))
+    assert 'abc"' not in str(caught.value) and "token #1" in str(caught.value)
+    for bad in ({"domain": "a.b}\n"}, {"admin": "0.0.0.0:2019"}, {"admin": "10.0.0.1:2019"}, {"tls": "acme_dns"}, {"bind": ("not-ip",)}):
+        with pytest.raises(ValidationError):
+            GatewaySettings(**bad)
+    assert GatewaySettings(admin="127.0.0.1:2019").admin == "127.0.0.1:2019"
+
+
+def test_quoting_filters():
+    assert caddy_quote('say "hi"') == '`say "hi"`'
+    assert caddy_quote("back`tick") == '"back`tick"'
+    for bad in ("a\nb", "{$HOME}", "{http.request.uri}", "x\x00", "`\""):
+        with pytest.raises(TemplateValueError):
+            caddy_quote(bad)
+    assert caddy_quote_placeholder("Bearer {env.T_0}") == "`Bearer {env.T_0}`"
+    for bad in ("{$HOME}", "{a} }", "{ {a}", "{a}\n"):
+        with pytest.raises(TemplateValueError):
+            caddy_quote_placeholder(bad)
+
+
+_HOSTILE = st.lists(
+    st.sampled_from(list('/ab{}$"`\'\\\n\t #*;:@%?=&\r') + ["{$HOME}", "}\nhttp://evil {", "{env.SERVEFORM_TOKEN_0}"]), max_size=8
+).map("".join)
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=_HOSTILE, prefix=_HOSTILE, header=_HOSTILE, name=_HOSTILE)
+def test_hostile_inputs_cannot_change_the_config_shape(caddy, tmp_path, path, prefix, header, name):
+    """Whatever a service file holds, the result is a clear error or a config with exactly our hosts."""
+    try:
+        plans = [
+            make_plan("chat", readiness_path="/" + path, rate_limits=(RateLimitPlan(prefix="/" + prefix, rps=1), RateLimitPlan(key="header", header=header or "X", rps=1))),
+            make_plan(name or "x", model=ModelPlan(name=name or "m")),
+        ]
+    except ValidationError:
+        return
+    try:
+        text = render_caddyfile(_settings("internal"), plans, RUNTIME)
+    except GatewayConfigError as exc:
+        assert all(p.file.endswith(".dstack.yml") and p.field for p in exc.problems)
+        return
+    config = _adapt(caddy, text, tmp_path)
+    assert _hosts(config) == {"chat.localhost", f"{name or 'x'}.localhost", "gateway.localhost", "127.0.0.1"}
