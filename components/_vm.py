@@ -353,7 +353,13 @@ def gateway_user_data(boot: GatewayBoot) -> str:
     """The `#cloud-config` document of the gateway VM."""
     module = _CADDY_DNS_MODULE.get(boot.dns_provider or "")
     caddy_url = "https://caddyserver.com/api/download?os=linux&arch=amd64" + (f"&p={module}" if module else "")
-    discovery = {"interval_seconds": DISCOVERY_INTERVAL_SECONDS, "targets": [t.as_json() for t in boot.targets]}
+    discovery: dict[str, object] = {
+        "stack": boot.stack,
+        "interval_seconds": DISCOVERY_INTERVAL_SECONDS,
+        "targets": [t.as_json() for t in boot.targets],
+    }
+    if boot.cloud == "azure" and boot.identity:
+        discovery["azure_client_id"] = boot.identity
     from serveform.gateway.state import CONFIG_FILE, DNS_OPTIONS_FILE, TOKENS_FILE
 
     install_sh = render(

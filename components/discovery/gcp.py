@@ -1,0 +1,40 @@
+"""GCP: running instances of a service's managed instance group, via the Compute API.
+
+The gateway's service account token comes from the metadata server. Instances carry the
+labels their template gives them (`serveform-stack`, `serveform-service`).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+
+from . import _http
+
+__all__ = ["running_ips"]
+
+METADATA = "http://metadata.google.internal"
+COMPUTE = "https://compute.googleapis.com"
+
+
+def running_ips(project: str, zone: str, *, stack: str, service: str, endpoints: Mapping[str, str] | None = None) -> list[str]:
+    endpoints = endpoints or {}
+    token = _http.get_json(
+        f"{endpoints.get('metadata', METADATA)}/computeMetadata/v1/instance/service-accounts/default/token",
+        {"Metadata-Flavor": "Google"},
+    )["access_token"]
+    query = urllib.parse.urlencode(
+        {"filter": f'labels.serveform-stack = "{stack}" AND labels.serveform-service = "{service}" AND status = "RUNNING"'}
+    )
+    url = f"{endpoints.get('compute', COMPUTE)}/compute/v1/projects/{project}/zones/{zone}/instances?{query}"
+    ips: list[str] = []
+    while url:
+        page = _http.get_json(url, {"Authorization": f"Bearer {token}"})
+        for instance in page.get("items", []):
+            if instance.get("status") == "RUNNING":
+                for nic in instance.get("networkInterfaces", [])[:1]:
+                    if nic.get("networkIP"):
+                        ips.append(nic["networkIP"])
+        next_token = page.get("nextPageToken")
+        url = f"{url.split('&pageToken=')[0]}&pageToken={urllib.parse.quote(next_token)}" if next_token else ""
+    return sorted(set(ips))
