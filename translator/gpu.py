@@ -119,7 +119,7 @@ class GPUSpec(BaseModel):
             return vendor
         return value
 
-    @field_validator("name", mode="before")
+    @field_validator("name", mode="before", json_schema_input_type=str | list[str] | None)
     @classmethod
     def _names(cls, value: Any) -> Any:
         if value is None:

@@ -6,9 +6,9 @@ own parser produces, so tooling written for dstack reads ours.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, model_validator
+from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, WithJsonSchema, model_validator
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -89,8 +89,8 @@ class _Range(BaseModel):
 class IntRange(_Range):
     """A range of whole numbers (CPU cores, GPUs, replicas)."""
 
-    min: int | None = None
-    max: int | None = None
+    min: Annotated[int | None, WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}]}, mode="validation")] = None
+    max: Annotated[int | None, WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}]}, mode="validation")] = None
     _what: ClassVar[str] = "whole number"
     _example: ClassVar[str] = "1..4"
     _short_forms: ClassVar[list[JsonSchemaValue]] = [
@@ -114,8 +114,8 @@ class IntRange(_Range):
 class MemoryRange(_Range):
     """A range of sizes in gigabytes (``24GB..80GB``)."""
 
-    min: float | None = None
-    max: float | None = None
+    min: Annotated[float | None, WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}, mode="validation")] = None
+    max: Annotated[float | None, WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}, mode="validation")] = None
     _what: ClassVar[str] = "size"
     _example: ClassVar[str] = "24GB..80GB"
     _short_forms: ClassVar[list[JsonSchemaValue]] = [

@@ -434,7 +434,12 @@ class CPUSpec(_Spec):
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return short_syntax_schema(handler(core_schema), handler, [{"type": "integer", "minimum": 0}, {"type": "string"}])
+        count_range = {
+            "type": "object",
+            "properties": {"min": {"type": ["integer", "null"]}, "max": {"type": ["integer", "null"]}},
+            "additionalProperties": False,
+        }
+        return short_syntax_schema(handler(core_schema), handler, [{"type": "integer", "minimum": 0}, {"type": "string"}, count_range])
 
     @classmethod
     def parse(cls, value: Any) -> Any:
@@ -873,7 +878,7 @@ class ServiceSpec(_Spec):
             raise FieldError(("format",), f"unknown model format {_kind(value.get('format'))}: expected `openai` or `tgi`")
         return value
 
-    @field_validator("gateway", mode="before", json_schema_input_type=bool | Annotated[str, Field(pattern=r"^[^/]+(/[^/]+)?$")] | None)
+    @field_validator("gateway", mode="before", json_schema_input_type=bool | Annotated[str, Field(pattern=r"^[^/]+(/[^/]+)?$")] | int | GatewayRef | None)
     @classmethod
     def _gateway(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -885,7 +890,7 @@ class ServiceSpec(_Spec):
             return {"project": None, "name": str(value)}  # dstack coerces numbers to names
         return value
 
-    @field_validator("https", mode="before", json_schema_input_type=bool | Literal["auto"] | None)
+    @field_validator("https", mode="before", json_schema_input_type=bool | Literal["auto", "true", "false", "yes", "no", "on", "off", "1", "0"] | None)
     @classmethod
     def _https(cls, value: Any) -> Any:
         if value is None or isinstance(value, bool) or value == "auto":
