@@ -23,23 +23,18 @@ from gateway_helpers import (  # noqa: E402
     ROOT,
     Gateway,
     Replica,
+    ensure_caddy,
     free_port,
     pid_alive,
     start_gateway,
     wait_for,
 )
-from serveform.gateway.caddy import caddy_binary  # noqa: E402
-from serveform.gateway.errors import CaddyError  # noqa: E402
 from serveform.translator.plan import ServicePlan  # noqa: E402
 
 @pytest.fixture(scope="session")
 def caddy() -> str:
     """The project's Caddy; built by tools/setup.sh when missing."""
-    try:
-        return caddy_binary()
-    except CaddyError:
-        subprocess.run([str(ROOT / "tools" / "setup.sh")], check=True)
-        return caddy_binary()
+    return ensure_caddy()
 
 
 @pytest.fixture

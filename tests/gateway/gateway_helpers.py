@@ -52,6 +52,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE_SECONDS, wh
         time.sleep(0.05)
 
 
+def ensure_caddy() -> str:
+    """The project's Caddy; built and linked by tools/setup.sh when missing."""
+    try:
+        return caddy_binary()
+    except CaddyError:
+        subprocess.run([str(ROOT / "tools" / "setup.sh")], check=True)
+        return caddy_binary()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,0 +1,53 @@
+"""The locustfile drives a real gateway: every user class runs without a failure."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
+
+from gateway_helpers import TOKENS, ensure_caddy, make_plan, start_gateway  # noqa: E402
+from serveform.translator.plan import ModelPlan, ProbePlan  # noqa: E402
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+def test_locust_against_gateway(tmp_path):
+    ensure_caddy()
+    chat_server = Path(__file__).resolve().parents[2] / "stacks" / "examples" / "chat_server.py"
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    replica = subprocess.Popen([sys.executable, str(chat_server), "--host", "127.0.0.1", "--port", str(port), "--token-delay-ms", "1"])
+    gateway = start_gateway(tmp_path / "gw", [make_plan("chat", model=ModelPlan(name="chat-small"), probes=(ProbePlan(url="/health", interval_seconds=1),))])
+    try:
+        gateway.publish("chat", [type("R", (), {"address": f"127.0.0.1:{port}"})()])
+        gateway.wait_ready("chat", 1)
+        env = {
+            **os.environ,
+            "SERVEFORM_LOAD_URL": gateway.url("chat").rstrip("/"),
+            "SERVEFORM_LOAD_TOKEN": TOKENS[0],
+            "SERVEFORM_LOAD_CA": str(gateway.ca_path),
+            "SERVEFORM_LOAD_RPS_PER_USER": "20",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "6", "-r", "6", "-t", "5s",
+             "--csv", str(tmp_path / "load"), "--only-summary", "PlainUser", "ChatUser", "StreamUser"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+        rows = {row["Name"]: row for row in csv.DictReader(open(tmp_path / "load_stats.csv"))}
+        for name in ("GET /ping", "POST chat", "POST chat stream", "TTFT"):
+            assert int(rows[name]["Request Count"]) > 0, (name, result.stderr[-2000:])
+            assert int(rows[name]["Failure Count"]) == 0, (name, result.stderr[-2000:])
+        # The TTFT entry is shorter than the whole stream.
+        assert float(rows["TTFT"]["Median Response Time"]) <= float(rows["POST chat stream"]["Median Response Time"])
+    finally:
+        assert gateway.stop() == 0
+        replica.terminate()
+        replica.wait(10)
