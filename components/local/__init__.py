@@ -7,7 +7,8 @@
 - a `Volume` per network volume name, shared by the services that mount it;
 - a `ReplicaGroup` per service, with `serveform:replicas.<service>` (the scaler's key) or the
   plan's initial count, clamped to the plan's bounds;
-- (TODO issue 6) the scaler, when some service has a replica range and a scaling policy.
+- a `Scaler` (the scaler daemon, applying its counts with `up` on this stack) when some
+  service has a replica range and a scaling policy.
 
 and exports how to reach the stack (`serveform endpoints` reads these): `domain`, `gateway`
 (`address`, `ca_cert`), `token` (secret), `openai_base_url`, and `services`, a list of
@@ -30,6 +31,7 @@ from serveform.translator.plan import ServicePlan
 
 from .gateway import Gateway, GatewayArgs
 from .replica_group import ReplicaGroup, ReplicaGroupArgs
+from .scaler import Scaler, ScalerArgs
 from .volume import Volume, VolumeArgs
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ __all__ = [
     "GatewayArgs",
     "ReplicaGroup",
     "ReplicaGroupArgs",
+    "Scaler",
+    "ScalerArgs",
     "Volume",
     "VolumeArgs",
     "deploy",
@@ -144,8 +148,20 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
         )
         services.append(_service_export(gw_settings, plan, group, count))
 
-    # TODO(issue 6): start the scaler (`serveform scaler run --stack ENV`) as a background
-    # process of the stack when some service has a replica range and a scaling policy.
+    # One scaler per stack, and only when it has something to decide (a range with a policy).
+    if any(plan.scaling is not None and plan.replicas.min < plan.replicas.max for plan in plans):
+        scaler = Scaler(
+            "scaler",
+            ScalerArgs(
+                stack=settings.stack,
+                project_dir=project_dir,
+                state_dir=str(state_dir / "scaler"),
+                gateway_state_dir=str(state_dir / "gateway"),
+                cleanup_root=cleanup_root,
+            ),
+            pulumi.ResourceOptions(depends_on=[gateway]),
+        )
+        pulumi.export("scaler", {"address": scaler.address})
 
     pulumi.export("domain", settings.domain)
     pulumi.export("gateway", {"address": gateway.address, "ca_cert": gateway.ca_cert, "domain": settings.domain})

@@ -22,16 +22,29 @@ import pulumi
 import pulumi.dynamic as dynamic
 from pydantic import BaseModel, ConfigDict
 
-from ._process import ProcessRef, ProcessStartError, log_tail, port_accepts, remove_empty_dirs, spawn, stop, wait_until
+from ._process import (
+    ProcessRef,
+    ProcessStartError,
+    free_port,
+    log_tail,
+    port_accepts,
+    remove_empty_dirs,
+    spawn,
+    stop,
+    wait_until,
+)
 
-__all__ = ["Daemon", "DaemonProvider", "PROVIDER_VERSION", "PYTHON"]
+__all__ = ["Daemon", "DaemonProvider", "PORT", "PROVIDER_VERSION", "PYTHON"]
 
 PROVIDER_VERSION = "1"
 """Bump when the provider's behaviour changes, so `pulumi preview` shows the change."""
 PYTHON = "{python}"
 """An ``argv[0]`` that stands for the interpreter running the provider (the project's Python)."""
+PORT = "{port}"
+"""Stands, in ``argv`` and ``ready_address``, for a free loopback port chosen when the daemon is
+created and kept for its life (output ``port``)."""
 
-_REPLACE_KEYS = ("name", "argv", "cwd", "env", "secret_env", "state_dir", "log_path", "ready_address")
+_REPLACE_KEYS = ("name", "argv", "cwd", "env", "secret_env", "inherit_env", "state_dir", "log_path", "ready_address")
 _FILE_KEYS = ("files", "secret_files")
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
 _REDACTED = "[secret]"
@@ -48,6 +61,7 @@ class DaemonInputs(BaseModel):
     cwd: str
     env: dict[str, str] = {}
     secret_env: dict[str, str] = {}
+    inherit_env: list[str] = []
     state_dir: str
     log_path: str
     files: dict[str, str] = {}
@@ -63,6 +77,7 @@ class DaemonState(DaemonInputs):
 
     pid: int
     start_time: int
+    port: int | None = None
 
 
 def _write_files(inputs: DaemonInputs) -> None:
@@ -85,12 +100,20 @@ def _write_files(inputs: DaemonInputs) -> None:
             temporary.replace(path)
 
 
-def _argv(inputs: DaemonInputs) -> list[str]:
-    return [sys.executable if part == PYTHON else part for part in inputs.argv]
+def _argv(inputs: DaemonInputs, port: int | None) -> list[str]:
+    argv = [sys.executable if part == PYTHON else part for part in inputs.argv]
+    return [part.replace(PORT, str(port)) for part in argv] if port is not None else argv
+
+
+def _wants_port(inputs: DaemonInputs) -> bool:
+    return any(PORT in part for part in inputs.argv) or PORT in (inputs.ready_address or "")
 
 
 def _env(inputs: DaemonInputs) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+    # `inherit_env` passes the deploying environment's values at start time without putting
+    # them into the state (a backend URL or passphrase there would diff on another machine).
+    names = (*_INHERITED_ENV, *inputs.inherit_env)
+    env = {k: os.environ[k] for k in names if k in os.environ}
     env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
     env.update(inputs.env)
     env.update(inputs.secret_env)
@@ -105,12 +128,13 @@ def _redact(text: str, secrets: dict[str, str]) -> str:
     return text
 
 
-def _start(inputs: DaemonInputs) -> ProcessRef:
-    ref = spawn(_argv(inputs), cwd=inputs.cwd, env=_env(inputs), log_path=inputs.log_path)
+def _start(inputs: DaemonInputs, port: int | None) -> ProcessRef:
+    ref = spawn(_argv(inputs, port), cwd=inputs.cwd, env=_env(inputs), log_path=inputs.log_path)
     if inputs.ready_address is None:
         return ref
-    host, _, port = inputs.ready_address.rpartition(":")
-    ready = wait_until(lambda: not ref.alive() or port_accepts(host, int(port)), inputs.ready_timeout_seconds)
+    address = inputs.ready_address.replace(PORT, str(port))
+    host, _, ready_port = address.rpartition(":")
+    ready = wait_until(lambda: not ref.alive() or port_accepts(host, int(ready_port)), inputs.ready_timeout_seconds)
     if ready and ref.alive():
         return ref
     died = not ref.alive()
@@ -118,7 +142,7 @@ def _start(inputs: DaemonInputs) -> ProcessRef:
     why = "exited" if died else f"did not accept connections within {inputs.ready_timeout_seconds:g}s"
     tail = _redact(log_tail(inputs.log_path), {**inputs.secret_files, **inputs.secret_env})
     raise ProcessStartError(
-        f"{inputs.name} {why} before listening on {inputs.ready_address}.\nLast lines of {inputs.log_path}:\n{tail}"
+        f"{inputs.name} {why} before listening on {address}.\nLast lines of {inputs.log_path}:\n{tail}"
     )
 
 
@@ -141,15 +165,16 @@ class DaemonProvider(dynamic.ResourceProvider):
         inputs = DaemonInputs.model_validate(props)
         root = Path(inputs.state_dir)
         fresh = not root.exists()
+        port = free_port() if _wants_port(inputs) else None
         try:
             _write_files(inputs)
-            ref = _start(inputs)
+            ref = _start(inputs, port)
         except BaseException:
             if fresh:  # a failed create leaves nothing behind (the log tail is in the error)
                 shutil.rmtree(root, ignore_errors=True)
                 remove_empty_dirs(root.parent, inputs.cleanup_root)
             raise
-        state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time)
+        state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time, port=port)
         return dynamic.CreateResult(f"{inputs.name}-{ref.pid}", state.model_dump())
 
     def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
@@ -165,13 +190,13 @@ class DaemonProvider(dynamic.ResourceProvider):
         _write_files(inputs)
         if (inputs.files, inputs.secret_files) != (old.files, old.secret_files):
             if not ref.alive():
-                ref = _start(inputs)
+                ref = _start(inputs, old.port)
             elif inputs.reload_signal:
                 os.kill(ref.pid, signal.Signals[inputs.reload_signal])
             else:  # a daemon that cannot reload reads its files again by starting over
                 stop(ref)
-                ref = _start(inputs)
-        state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time)
+                ref = _start(inputs, old.port)
+        state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time, port=old.port)
         return dynamic.UpdateResult(state.model_dump())
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
@@ -191,12 +216,13 @@ class Daemon(dynamic.Resource, module="serveform-local", name="Daemon"):
     """A detached helper process with its own state directory."""
 
     pid: pulumi.Output[int]
+    port: pulumi.Output[int | None]
     state_dir: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(
             DaemonProvider(),
             name,
-            {**props, "pid": None, "start_time": None},
+            {**props, "pid": None, "start_time": None, "port": None},
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["secret_files", "secret_env"])),
         )

@@ -53,14 +53,16 @@ probes:
 replicas: {replicas}
 {scaling}"""
 
-# A replica range needs a scaling policy (dstack refuses one without). Long delays: the scaler
-# never moves these test stacks by itself; tests change the count through its config key.
+# A replica range needs a scaling policy (dstack refuses one without). A high target and long
+# delays and window (the scaler never scales down before its window is full): the scaler runs
+# but never moves these test stacks by itself; tests change the count through its config key.
 SCALING_BLOCK = """\
 scaling:
   metric: rps
   target: 1000
   scale_up_delay: 1h
   scale_down_delay: 1h
+  window: 5m
 """
 
 

@@ -8,8 +8,11 @@ service file changes nothing → destroy leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+
+import httpx
 
 import pytest
 
@@ -27,7 +30,7 @@ def project(local_project):
 
 def test_pulumi_preview_lists_the_planned_resources(project):
     result = project.ok(project.pulumi("preview"))
-    for name in ("gateway-process", "gateway-token", "chat-replica-0", "chat-replica-1", "chat-route"):
+    for name in ("gateway-process", "gateway-token", "chat-replica-0", "chat-replica-1", "chat-route", "scaler-process"):
         assert name in result.stdout, result.stdout
     assert "to create" in result.stdout
     assert not project.state_dir.exists() and project.processes_mentioning(str(project.root)) == []
@@ -41,6 +44,9 @@ def test_pulumi_up_serves_and_a_second_up_changes_nothing(project):
         assert project.serving_replicas(client) == {"chat/0", "chat/1"}
     with project.client("chat.localhost", token=None, ca_cert=endpoints["gateway"]["ca_cert"]) as anonymous:
         assert anonymous.get("/health").status_code == 401
+    # The service has a replica range, so the stack runs its scaler in the background.
+    scaler = json.loads(project.ok(project.pulumi("stack", "output", "scaler", "--json")).stdout)
+    assert httpx.get(f"http://{scaler['address']}/healthz", timeout=5).status_code == 200
     reply = project.openai_client(endpoints).chat.completions.create(
         model="chat-small", messages=[{"role": "user", "content": "plain pulumi"}]
     )

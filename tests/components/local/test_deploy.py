@@ -47,7 +47,7 @@ class _Mocks(pulumi.runtime.Mocks):
         elif args.typ == TOKEN:
             outputs["value"] = "generated-token-value"
         elif args.typ == DAEMON:
-            outputs.update(pid=1000, start_time=1)
+            outputs.update(pid=1000, start_time=1, port=19465)
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -134,7 +134,7 @@ async def test_registers_gateway_token_volume_and_one_replica_per_count(tmp_path
     assert [r.name for r in mocks.of_type(TOKEN)] == ["gateway-token"]
     assert [r.name for r in mocks.of_type(DIRECTORY)] == ["volume-shared-data-directory"]
     assert [r.name for r in mocks.of_type(PUBLICATION)] == ["chat-route"]
-    assert [r.name for r in mocks.of_type(DAEMON)] == ["gateway-process"]
+    assert sorted(r.name for r in mocks.of_type(DAEMON)) == ["gateway-process", "scaler-process"]
     assert services[0]["addresses"] == ["127.0.0.1:40000", "127.0.0.1:40001", "127.0.0.1:40002"]
 
 
@@ -248,3 +248,23 @@ async def test_a_service_the_gateway_cannot_serve_fails_before_any_resource(tmp_
     with pytest.raises(GatewayConfigError, match="gateway"):
         deploy(_settings(tmp_path), [_plan("gateway")])  # `gateway.<domain>` is the router's host
     assert mocks.registered == []
+
+
+async def test_the_scaler_runs_for_a_range_with_a_policy_and_gets_pulumi_env_at_start(tmp_path, mocks):
+    settings = _settings(tmp_path)
+    await _deploy(settings, [_plan()])
+    inputs = mocks.named("scaler-process").inputs
+    argv = inputs["argv"]
+    assert argv[1:6] == ["-m", "serveform.scaler", "run", "--stack", "dev"]
+    assert argv[argv.index("--gateway-state-dir") + 1] == str(settings.state_dir / "gateway")
+    assert argv[argv.index("--project-dir") + 1] == str(tmp_path)
+    assert argv[argv.index("--listen") + 1] == "127.0.0.1:{port}" and inputs["ready_address"] == "127.0.0.1:{port}"
+    # The backend URL and passphrase come from the environment at start, never from the state.
+    assert "PULUMI_CONFIG_PASSPHRASE" in inputs["inherit_env"] and "PULUMI_CONFIG_PASSPHRASE" not in inputs["env"]
+    assert await _resolve(_exports()["scaler"]) == ({"address": "127.0.0.1:19465"}, False)
+
+
+async def test_no_scaler_without_a_range(tmp_path, mocks):
+    await _deploy(_settings(tmp_path), [_plan(replicas=(2, 2, 2))])
+    assert [r.name for r in mocks.of_type(DAEMON)] == ["gateway-process"]
+    assert "scaler" not in _exports()

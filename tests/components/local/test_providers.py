@@ -283,3 +283,33 @@ def test_remove_empty_dirs_stops_at_root_and_at_anything_left(tmp_path):
     outside.mkdir(parents=True)
     remove_empty_dirs(outside, tmp_path / "unrelated")
     assert outside.exists()
+
+
+def test_daemon_port_placeholder_and_inherited_env(tmp_path, monkeypatch):
+    provider = _daemon.DaemonProvider()
+    monkeypatch.setenv("SERVEFORM_TEST_INHERITED", "from-the-deploying-shell")
+    state = tmp_path / "state" / "scaler"
+    props = {
+        "provider_version": "1",
+        "name": "port-daemon",
+        "argv": [_daemon.PYTHON, str(ENVSERVER), "--port", _daemon.PORT],
+        "cwd": str(tmp_path),
+        "inherit_env": ["SERVEFORM_TEST_INHERITED"],
+        "state_dir": str(state),
+        "log_path": str(state / "daemon.log"),
+        "ready_address": f"127.0.0.1:{_daemon.PORT}",
+        "ready_timeout_seconds": 20,
+        "cleanup_root": str(tmp_path / "state"),
+    }
+    outs = provider.create(props).outs
+    try:
+        assert isinstance(outs["port"], int) and "SERVEFORM_TEST_INHERITED" not in json.dumps(outs["env"] if "env" in outs else {})
+        seen = _get_json(f"127.0.0.1:{outs['port']}", "/?names=SERVEFORM_TEST_INHERITED")
+        assert seen["env"] == {"SERVEFORM_TEST_INHERITED": "from-the-deploying-shell"}
+        assert "from-the-deploying-shell" not in json.dumps(outs)  # passed at start, not kept in the state
+        # An update that changes no file leaves the process alone and keeps its port.
+        new = provider.update("d", outs, {**props, "ready_timeout_seconds": 30}).outs
+        assert (new["pid"], new["port"]) == (outs["pid"], outs["port"])
+    finally:
+        provider.delete("d", outs)
+    assert not (tmp_path / "state").exists()
