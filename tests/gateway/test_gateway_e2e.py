@@ -314,3 +314,31 @@ def test_publish_rejects_bad_addresses_before_writing(tmp_path):
     assert not (tmp_path / "replicas" / "chat.json").exists()
     with pytest.raises(ValueError):
         publish_replicas(tmp_path, "../etc", ["127.0.0.1:8000"])
+
+
+def test_plain_http_when_tls_is_off(gateway_factory, replicas):
+    replica = replicas("r")
+    gateway = gateway_factory([make_plan("chat", model=ModelPlan(name="chat-small"), probes=FAST_PROBE)], tls="off")
+    gateway.publish("chat", [replica])
+    gateway.wait_ready("chat", 1)
+    assert gateway.url("chat").startswith("http://")
+    with gateway.client() as client:
+        assert client.get(gateway.url("chat", "/ping"), headers=gateway.auth()).text == "ok"
+        assert client.get(gateway.url("chat", "/ping")).status_code == 401
+        answer = client.post(
+            gateway.url("gateway", "/v1/chat/completions"), headers=gateway.auth(),
+            json={"model": "chat-small", "messages": [{"role": "user", "content": "plain"}]},
+        )
+        assert answer.json()["choices"][0]["message"]["content"] == "Echo: plain"
+    # Plain-HTTP host labels carry the port; the scaler strips it (see the metrics contract).
+    assert service_requests(gateway.metrics(), "chat.localhost") == 2
+
+
+def test_on_demand_tls_asks_only_for_known_hosts(gateway_factory):
+    # Nothing here contacts an ACME server: on-demand certificates are requested only at a handshake.
+    gateway = gateway_factory([make_plan("chat")], tls="on_demand", domain="example.com", acme_email="ops@example.com")
+    internal = gateway.status["internal_url"]
+    assert httpx.get(f"{internal}/_serveform/ask", params={"domain": "chat.example.com"}).status_code == 200
+    assert httpx.get(f"{internal}/_serveform/ask", params={"domain": "gateway.example.com"}).status_code == 200
+    assert httpx.get(f"{internal}/_serveform/ask", params={"domain": "evil.example.com"}).status_code == 404
+    assert httpx.get(f"{internal}/_serveform/ask").status_code == 404
