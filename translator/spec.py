@@ -998,7 +998,7 @@ class ServiceSpec(_Spec):
                 f"only `type: service` files can be compiled, got {_kind(value['type'])}"
                 + (" (dev environments, tasks, fleets, volumes and gateways are not deployed by serveform)" if isinstance(value["type"], str) else ""),
             )
-        if "groups" in value:
+        if value.get("groups") is not None:
             raise FieldError(("groups",), "replica groups are not supported by serveform; use `replicas` with `scaling`")
         return value
 
