@@ -7,6 +7,7 @@ are dropped by walking the location against the loaded data. Messages are rewrit
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any
@@ -141,10 +142,10 @@ def diagnostics_from_validation_error(
         error = (err.get("ctx") or {}).get("error")
         if isinstance(error, _MultiFieldError):
             for problem in error.problems:
-                by_path.setdefault(loc + problem.path, []).append({"type": "field_error", "msg": problem.message, "loc": loc + problem.path})
+                by_path.setdefault(loc + problem.path, []).append({"type": "field_error", "msg": problem.message, "hint": problem.hint})
             continue
         if isinstance(error, FieldError):
-            by_path.setdefault(loc + error.path, []).append({"type": "field_error", "msg": error.message, "loc": loc + error.path})
+            by_path.setdefault(loc + error.path, []).append({"type": "field_error", "msg": error.message, "hint": error.hint})
             continue
         by_path.setdefault(loc, []).append(err)
 
@@ -166,7 +167,7 @@ def diagnostics_from_validation_error(
             message = f"the required field `{name}` is missing"
         else:
             field = format_path((*path, *rest))
-            hint = None
+            hint = next((e["hint"] for e in errors if e.get("hint")), None) or _literal_hint(errors)
             secret = is_secret_path((*path, *rest))
             messages = []
             for err in errors:
@@ -180,6 +181,18 @@ def diagnostics_from_validation_error(
         seen.add((field, message))
         out.append(Diagnostic(file, line, column, field, message, hint))
     return out
+
+
+def _literal_hint(errors: list[dict[str, Any]]) -> str | None:
+    """"did you mean `on-demand`?" for a misspelt choice (`spot_policy: ondemand`)."""
+    for err in errors:
+        value = err.get("input")
+        if err["type"] == "literal_error" and isinstance(value, str):
+            choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+            hint = did_you_mean(value, choices)
+            if hint:
+                return hint
+    return None
 
 
 def _message(err: dict[str, Any], secret: bool) -> str:

@@ -33,6 +33,7 @@ from pydantic import GetJsonSchemaHandler, WithJsonSchema
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from .diagnostics import did_you_mean
 from .gpu import GPUSpec
 from .ranges import IntRange, MemoryRange, short_syntax_schema
 from .sizes import DurationSeconds, MemoryGB, parse_off_duration
@@ -141,10 +142,11 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
 class FieldError(ValueError):
     """A validation error about a sub-field (list item, other field) of the value validated."""
 
-    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+    def __init__(self, path: tuple[str | int, ...], message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.message = message
+        self.hint = hint
 
 
 class _MultiFieldError(ValueError):
@@ -993,10 +995,13 @@ class ServiceSpec(_Spec):
         if "type" not in value:
             raise FieldError(("type",), "`type` is required: this translator compiles `type: service` files")
         if value["type"] != "service":
+            kind = value["type"]
+            if isinstance(kind, str) and kind not in ("dev-environment", "task", "fleet", "volume", "gateway", "preset") and did_you_mean(kind, ["service"]):
+                raise FieldError(("type",), f"unknown configuration type `{kind}`", hint="did you mean `service`?")
             raise FieldError(
                 ("type",),
-                f"only `type: service` files can be compiled, got {_kind(value['type'])}"
-                + (" (dev environments, tasks, fleets, volumes and gateways are not deployed by serveform)" if isinstance(value["type"], str) else ""),
+                f"only `type: service` files can be compiled, got {_kind(kind)}"
+                + (" (dev environments, tasks, fleets, volumes and gateways are not deployed by serveform)" if isinstance(kind, str) else ""),
             )
         if value.get("groups") is not None:
             raise FieldError(("groups",), "replica groups are not supported by serveform; use `replicas` with `scaling`")

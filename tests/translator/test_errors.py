@@ -180,3 +180,17 @@ def test_diagnostics_are_sorted_and_json_ready() -> None:
         "message": "unknown field `zz`",
         "hint": None,
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        ("type: servce\nport: 80\ncommands: [x]\n", "type", "did you mean `service`?"),
+        ("type: service\nport: 80\ncommands: [x]\nspot_policy: ondemand\n", "spot_policy", "did you mean `on-demand`?"),
+        ("type: service\nport: 80\ncommands: [x]\nreplicas: 1..2\nscaling: {metric: rsp, target: 1}\n", "scaling.metric", "did you mean `rps`?"),
+        ("type: service\nport: 80\ncommands: [x]\nprobes: [{type: http, method: gett}]\n", "probes[0].method", "did you mean `get`?"),
+    ],
+)
+def test_misspelt_choices_get_did_you_mean(text: str, field: str, hint: str) -> None:
+    (diagnostic,) = problems(text)
+    assert (diagnostic.field, diagnostic.hint) == (field, hint)
