@@ -90,7 +90,7 @@ class Capacity:
     """GPUs per instance of the cheapest offer."""
 
 
-def capacity(plan: ServicePlan, cloud: Cloud, *, region: str | None = None) -> Capacity:
+def capacity(plan: ServicePlan, cloud: Cloud, *, region: str | None = None, zone: str | None = None) -> Capacity:
     """Map the plan's offers and `spot_policy` to a group's capacity.
 
     `spot`: spot only. `on-demand`: on-demand only. `auto` (dstack: spot when available): the
@@ -98,6 +98,8 @@ def capacity(plan: ServicePlan, cloud: Cloud, *, region: str | None = None) -> C
     is spot — the nearest an auto scaling group comes to "spot, else on-demand".
     """
     offers = [o for o in plan.offers if o.backend == cloud and (region is None or not o.region or o.region == region)]
+    # Zonal offers (GCP) count only in the group's zone.
+    offers = [o for o in offers if zone is None or getattr(o, "zone", None) in (None, zone)]
     if plan.spot_policy == "spot":
         offers = [o for o in offers if o.spot]
     elif plan.spot_policy == "on-demand":
@@ -105,7 +107,7 @@ def capacity(plan: ServicePlan, cloud: Cloud, *, region: str | None = None) -> C
     if not offers:
         raise VmConfigError(
             f"{plan.file}: error: offers: no {cloud} offer matches the service's resources "
-            f"with spot_policy {plan.spot_policy!r}" + (f" in region {region}" if region else "") + "; widen `resources` or `regions`"
+            f"with spot_policy {plan.spot_policy!r}" + (f" in region {region}" if region else "") + (f", zone {zone}" if zone else "") + "; widen `resources` or `regions`"
         )
     offers.sort(key=lambda o: (o.price_per_hour, o.instance_type))
     types: list[str] = []

@@ -53,7 +53,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     if settings.gateway.tls == "acme_dns" and settings.gateway.dns_provider == "googleclouddns" and not cfg.dns_zone:
         problems.append(("serveform:gcp.dns_zone", "required for tls acme_dns with dns_provider googleclouddns"))
     _cloud.check_plans(settings, plans, "gcp", problems)
-    caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "gcp", region=region) for p in plans})
+    caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "gcp", region=region, zone=cfg.zone) for p in plans})
     # The gateway package checks every route (and renders the Caddyfile) before anything is registered.
     _cloud.gateway_caddyfile(settings, plans)
     assert cfg.project and cfg.zone and region
