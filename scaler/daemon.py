@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,8 @@ class Scaler:
         self._clock = clock
         self.dry_run = dry_run
         self._state = store.load()
+        # The worker thread marks counts applied while the loop records decisions.
+        self._lock = threading.RLock()
         self._services: dict[str, WatchedService] = {}
         self._windows = ServiceWindows()
         self._last: dict[str, Decision] = {}
@@ -150,6 +153,10 @@ class Scaler:
 
     def set_services(self, services: Iterable[WatchedService]) -> None:
         """Watch exactly these services; reconcile each with the saved state."""
+        with self._lock:
+            self._set_services(services)
+
+    def _set_services(self, services: Iterable[WatchedService]) -> None:
         self._services = {s.name: s for s in services}
         self._windows.set_services({s.name: s.policy.window_seconds for s in self._services.values()})
         state = self._state
@@ -193,6 +200,10 @@ class Scaler:
     def evaluate(self, now: float | None = None) -> list[Decision]:
         """Run every policy; changes are saved, then handed to the worker (unless dry-run)."""
         now = self._clock() if now is None else now
+        with self._lock:
+            return self._evaluate(now)
+
+    def _evaluate(self, now: float) -> list[Decision]:
         decisions = []
         state = self._state
         changes: dict[str, int] = {}
@@ -218,7 +229,8 @@ class Scaler:
 
     def mark_applied(self, counts: Mapping[str, int]) -> None:
         """The worker's callback: these counts are in the stack now."""
-        self._save(self._state.with_applied(counts))
+        with self._lock:
+            self._save(self._state.with_applied(counts))
 
     def _save(self, state: ScalerState) -> None:
         self._state = state

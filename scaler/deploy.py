@@ -9,6 +9,7 @@ the Deployment has one replica with the `Recreate` strategy and the unit is a si
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,8 @@ __all__ = [
     "render_unit",
     "scaler_argv",
     "spawn_local",
+    "systemd_name",
+    "systemd_path",
     "systemd_quote",
 ]
 
@@ -53,6 +56,26 @@ def systemd_quote(value: object) -> str:
     return f'"{text}"'
 
 
+_PATH_RE = re.compile(r"/[A-Za-z0-9/._+@:-]*")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def systemd_path(value: object) -> str:
+    """An absolute path for directives that take no quoting (WorkingDirectory=, ReadWritePaths=)."""
+    text = str(value)
+    if not _PATH_RE.fullmatch(text):
+        raise ValueError(f"{text!r}: expected an absolute path of letters, digits and /._+@:- only (systemd unit)")
+    return text
+
+
+def systemd_name(value: object) -> str:
+    """A user or stack name for directives that take no quoting (User=, Description=)."""
+    text = str(value)
+    if not _NAME_RE.fullmatch(text):
+        raise ValueError(f"{text!r}: expected letters, digits and ._- only (systemd unit)")
+    return text
+
+
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -62,6 +85,8 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["systemd_quote"] = systemd_quote
+    env.filters["systemd_path"] = systemd_path
+    env.filters["systemd_name"] = systemd_name
     return env
 
 

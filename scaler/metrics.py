@@ -74,7 +74,9 @@ def _parse_labels(text: str, pos: int, *, where: str, operators: bool) -> tuple[
     while True:
         while pos < len(text) and text[pos] in " \t,":
             pos += 1
-        if pos < len(text) and text[pos] == "}":
+        if pos >= len(text):
+            raise MetricsFormatError(f"{where}: unterminated label set, expected '}}'")
+        if text[pos] == "}":
             return items, pos + 1
         m = label_re.match(text, pos)
         if not m:

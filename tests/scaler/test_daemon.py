@@ -1,0 +1,294 @@
+"""The daemon: real HTTP on loopback (a scripted Caddy metrics endpoint, the scaler's own
+/metrics and /healthz), a fake stack behind the Applier seam, an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+
+from serveform.scaler.applier import StackBusyError
+from serveform.scaler.daemon import Scaler, ScalerConfig, WatchedService, load_services, run
+from serveform.scaler.policy import RpsPolicy
+from serveform.scaler.state import StateStore
+
+HOST = "chat.localhost"
+
+
+def _service(min_replicas: int = 0, configured: int | None = None) -> WatchedService:
+    return WatchedService(
+        name="chat",
+        host=HOST,
+        policy=RpsPolicy(
+            service="chat",
+            min_replicas=min_replicas,
+            max_replicas=3,
+            target_rps=10,
+            scale_up_delay_seconds=30,
+            scale_down_delay_seconds=60,
+            window_seconds=30,
+        ),
+        configured=configured,
+        initial=min_replicas,
+    )
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeStack:
+    def __init__(self, busy: bool = False) -> None:
+        self.busy = busy
+        self.config: dict[str, int] = {}
+        self.ups: list[dict[str, int]] = []
+        self.lock = threading.Lock()
+
+    def apply(self, counts: Mapping[str, int], *, message: str) -> None:
+        if self.busy:
+            raise StackBusyError("locked")
+        with self.lock:
+            self.config.update(counts)
+            self.ups.append(dict(counts))
+
+
+class FakeCaddy:
+    """Serves Caddy-shaped Prometheus text whose counters the test sets."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.refused = 0
+        self.in_flight = 0
+        self.scrapes = 0
+
+    def text(self) -> str:
+        return "\n".join(
+            [
+                "# TYPE caddy_http_request_duration_seconds histogram",
+                f'caddy_http_request_duration_seconds_count{{code="200",handler="subroute",host="{HOST}",method="GET",server="public"}} {self.ok}',
+                f'caddy_http_request_duration_seconds_count{{code="401",handler="subroute",host="{HOST}",method="GET",server="public"}} {self.refused}',
+                f'caddy_http_request_duration_seconds_count{{code="200",handler="subroute",host="other.localhost",method="GET",server="public"}} 12345',
+                f'caddy_http_requests_in_flight{{handler="subroute",host="{HOST}",server="public"}} {self.in_flight}',
+                "",
+            ]
+        )
+
+    async def __aenter__(self) -> str:
+        async def metrics(_request):
+            self.scrapes += 1
+            return web.Response(text=self.text())
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/metrics"
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()
+
+
+async def _until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Daemon:
+    """Runs `run()` in the test's loop; restartable on the same state file."""
+
+    def __init__(self, config: ScalerConfig, stack: FakeStack, clock: Clock) -> None:
+        self.config, self.stack, self.clock = config, stack, clock
+        self.stop = asyncio.Event()
+        self.address: str | None = None
+        self.ready = asyncio.Event()
+
+    async def __aenter__(self) -> Daemon:
+        def on_ready(address):
+            self.address = address
+            self.ready.set()
+
+        self.task = asyncio.create_task(run(self.config, applier=self.stack, clock=self.clock, stop=self.stop, on_ready=on_ready))
+        await asyncio.wait_for(self.ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop.set()
+        assert await asyncio.wait_for(self.task, 20) == 0
+
+    async def get(self, path: str) -> httpx.Response:
+        async with httpx.AsyncClient() as client:
+            return await client.get(f"http://{self.address}{path}")
+
+
+def _config(tmp_path: Path, metrics_url: str, **kw) -> ScalerConfig:
+    return ScalerConfig(
+        stack="test",
+        project_dir=tmp_path,
+        metrics_url=metrics_url,
+        interval_seconds=0.05,
+        listen="127.0.0.1:0",
+        state_path=tmp_path / "state.json",
+        services=kw.pop("services", [_service()]),
+        **kw,
+    )
+
+
+async def test_from_zero_up_and_back_down_through_the_daemon(tmp_path):
+    caddy, stack, clock = FakeCaddy(), FakeStack(), Clock()
+    async with caddy as url, Daemon(_config(tmp_path, url), stack, clock) as d:
+        await _until(lambda: caddy.scrapes >= 2, what="scrapes")
+        assert stack.ups == []
+        health = await d.get("/healthz")
+        assert health.status_code == 200 and health.json()["services"] == 1
+
+        # A request held at zero replicas (in flight, not yet counted) scales up at once.
+        caddy.in_flight = 1
+        await _until(lambda: stack.ups == [{"chat": 1}], what="scale from zero")
+        caddy.in_flight = 0
+
+        # Refused requests do not count: a flood of 401s changes nothing.
+        caddy.refused += 100_000
+        clock.now += 40
+        await _until(lambda: caddy.scrapes >= 8, what="more scrapes")
+        assert stack.ups == [{"chat": 1}]
+
+        # 25 rps over the 30 s window wants 3 replicas; the scale-up delay (30 s) has passed.
+        start = caddy.scrapes
+        await _until(lambda: caddy.scrapes > start + 1, what="a scrape")
+        caddy.ok += 750
+        await _until(lambda: stack.ups[-1] == {"chat": 3}, what="scale up to 3")
+
+        text = (await d.get("/metrics")).text
+        assert 'serveform_scaler_desired_replicas{service="chat"} 3' in text
+        assert 'serveform_scaler_applied_replicas{service="chat"} 3' in text
+        assert 'serveform_scaler_decisions_total{service="chat",operator="scale_up"} 2' in text
+        assert "process_resident_memory_bytes" in text
+
+        # Load gone: after the window empties and scale_down_delay (60 s) passes, back to zero.
+        clock.now += 61
+        await _until(lambda: stack.ups[-1] == {"chat": 0}, what="scale to zero")
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["services"]["chat"]["desired"] == 0 and state["services"]["chat"]["applied"] == 0
+
+
+async def test_restart_resumes_an_unapplied_decision_and_keeps_delays(tmp_path):
+    caddy, clock = FakeCaddy(), Clock()
+    locked = FakeStack(busy=True)
+    async with caddy as url:
+        async with Daemon(_config(tmp_path, url), locked, clock):
+            await _until(lambda: caddy.scrapes >= 2, what="scrapes")
+            caddy.in_flight = 1
+            await _until(lambda: StateStore(tmp_path / "state.json").load().pending() == {"chat": 1}, what="decision saved")
+        # Killed while the stack was locked: the decision is on disk, not in the stack.
+        assert locked.ups == []
+        caddy.in_flight = 0
+        free = FakeStack()
+        async with Daemon(_config(tmp_path, url), free, clock):
+            await _until(lambda: free.ups == [{"chat": 1}], what="resumed decision")
+            seen = caddy.scrapes
+            await _until(lambda: caddy.scrapes >= seen + 2, what="the restarted daemon's first scrape")
+            # The delay since that decision still holds after the restart: 25 rps, 10 s later.
+            clock.now += 10
+            caddy.ok += 750
+            seen = caddy.scrapes
+            await _until(lambda: caddy.scrapes >= seen + 3, what="scrapes")
+            assert free.ups == [{"chat": 1}]
+            clock.now += 21
+            await _until(lambda: free.ups[-1] == {"chat": 3}, what="scale up after the delay")
+
+
+async def test_dry_run_decides_but_never_applies(tmp_path, caplog):
+    caddy, stack, clock = FakeCaddy(), FakeStack(), Clock()
+    caplog.set_level("INFO", logger="serveform.scaler")
+    async with caddy as url, Daemon(_config(tmp_path, url, dry_run=True), stack, clock) as d:
+        await _until(lambda: caddy.scrapes >= 2, what="scrapes")
+        caddy.in_flight = 1
+        await _until(lambda: "would chat: 0 -> 1" in caplog.text, what="a dry-run decision")
+        assert "(dry run)" in caplog.text
+        assert "apply_attempts" not in (await d.get("/metrics")).text
+    assert stack.ups == []
+
+
+async def test_healthz_fails_when_scrapes_fail(tmp_path):
+    stack, clock = FakeStack(), Clock()
+    async with Daemon(_config(tmp_path, "http://127.0.0.1:9/metrics"), stack, clock) as d:
+        response = await d.get("/healthz")
+        assert response.status_code == 503 and response.json()["ok"] is False
+        text = (await d.get("/metrics")).text
+        assert "serveform_scaler_scrape_errors_total 0\n" not in text
+        assert "serveform_scaler_scrape_errors_total" in text
+
+
+def test_scaler_core_follows_a_count_someone_else_wrote(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    first = Scaler(store=store, worker=None, clock=Clock())
+    first.set_services([_service(min_replicas=1, configured=1)])
+    first.observe(1000, {"chat": {"s": 0}})
+    first.observe(1001, {"chat": {"s": 900}})
+    [decision] = first.evaluate(1001)
+    assert decision.target == 3
+    first.mark_applied({"chat": 3})
+    # A person set the count to 2 in the stack config: the restarted scaler follows it.
+    second = Scaler(store=store, worker=None, clock=Clock())
+    second.set_services([_service(min_replicas=1, configured=2)])
+    assert second.scale_state("chat").replicas == 2
+    assert second.scale_state("chat").last_scaled_at == 1001
+
+
+def test_load_services_from_a_stack_config(tmp_path):
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc" / "chat.dstack.yml").write_text(
+        "type: service\nname: chat\nimage: python:3.11\ncommands: [python -m http.server 8000]\nport: 8000\n"
+        "replicas: 0..4\nscaling:\n  metric: rps\n  target: 2.5\n  scale_up_delay: 10s\n  scale_down_delay: 1m\n"
+    )
+    (tmp_path / "svc" / "fixed.dstack.yml").write_text(
+        "type: service\nname: fixed\nimage: python:3.11\ncommands: [x]\nport: 8000\nreplicas: 2\n"
+    )
+    (tmp_path / "svc" / "broken.dstack.yml").write_text("type: service\nname: broken\nport: nope\n")
+    (tmp_path / "stacks" / "Pulumi.t.yaml").write_text(
+        "config:\n  serveform:backend: local\n  serveform:domain: example.test\n"
+        "  serveform:services: [svc/chat.dstack.yml, svc/fixed.dstack.yml, svc/broken.dstack.yml]\n"
+        "  serveform:replicas:\n    chat: 3\n"
+    )
+    services, problems = load_services(tmp_path, "t")
+    assert [s.name for s in services] == ["chat"]
+    chat = services[0]
+    assert chat.host == "chat.example.test" and chat.configured == 3 and chat.deployed == 3
+    assert (chat.policy.min_replicas, chat.policy.max_replicas, chat.policy.target_rps) == (0, 4, 2.5)
+    assert (chat.policy.scale_up_delay_seconds, chat.policy.scale_down_delay_seconds) == (10, 60)
+    assert len(problems) == 1 and "broken.dstack.yml" in problems[0]
+
+
+def test_run_refuses_bad_selector(tmp_path, capsys):
+    from serveform.cli import main
+
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks" / "Pulumi.t.yaml").write_text("config: {}\n")
+    code = main(["scaler", "run", "--stack", "t", "--project-dir", str(tmp_path), "--selector", "m{code=~'x'}"])
+    assert code == 2
+    assert "selector" in capsys.readouterr().err
+    assert main(["scaler", "run", "--stack", "nope", "--project-dir", str(tmp_path)]) == 2
+    assert "Pulumi.nope.yaml: no such stack config" in capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def _quiet_aiohttp(caplog):
+    caplog.set_level("ERROR", logger="aiohttp.access")
