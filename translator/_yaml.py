@@ -136,15 +136,27 @@ def load(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
     is still returned (the last value wins, as in PyYAML) so that validation can report the
     file's other problems in the same run.
     """
+    doc, problems = _load(text, file, _BaseLoader)
+    if doc is None and _BaseLoader is not yaml.SafeLoader:
+        # libyaml and PyYAML's own parser disagree on a few corner cases; dstack uses the
+        # latter, so a file only libyaml refuses is read (or refused) the way dstack does.
+        doc, problems = _load(text, file, yaml.SafeLoader)
+    return doc, problems
+
+
+def _load(text: str, file: str, loader_class: type) -> tuple[Document | None, list[Diagnostic]]:
     problems: list[Diagnostic] = []
-    loader = _BaseLoader(text)
+    try:
+        loader = loader_class(text)
+    except yaml.YAMLError as exc:  # the pure reader checks characters up front
+        return None, [Diagnostic(file, 0, 0, "", f"YAML syntax error: {exc}".replace("\n", " "))]
     try:
         try:
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             return None, [_syntax_error(exc, file)]
         except yaml.YAMLError as exc:
-            return None, [Diagnostic(file, 0, 0, "", f"YAML syntax error: {exc}")]
+            return None, [Diagnostic(file, 0, 0, "", f"YAML syntax error: {exc}".replace("\n", " "))]
         except RecursionError:
             return None, [Diagnostic(file, 0, 0, "", "YAML nesting is too deep")]
         doc = Document(data=None)
@@ -177,5 +189,7 @@ def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
     problem = exc.problem or "invalid YAML"
     if exc.context:
         problem = f"{exc.context}, {problem}"
+    if "'\\t'" in problem or "tab" in problem:
+        problem += " (YAML is indented with spaces, not tabs)"
     line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
     return Diagnostic(file, line, column, "", f"YAML syntax error: {problem}")

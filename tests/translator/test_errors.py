@@ -87,7 +87,7 @@ def test_document_level_errors(text: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "words"),
     [
-        ("type: [service\n", 2, "did not find expected"),
+        ("type: [service\n", 2, "expected ',' or ']'"),
         ("type: service\n\tport: 80\n", 2, "tab"),
         ("type: service\n---\ntype: service\n", 2, "single document"),
         ("type: service\nport: 80\ncommands: !!python/object:os.system [x]\n", 3, "constructor"),
