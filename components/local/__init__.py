@@ -141,6 +141,7 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
                 project_dir=project_dir,
                 state_dir=str(state_dir),
                 gateway_state_dir=gateway.state_dir,
+                gateway_instance=gateway.instance,
                 volume_dirs=mounts,
                 ready_timeout_seconds=float(settings.local.ready_timeout_seconds),
                 cleanup_root=cleanup_root,

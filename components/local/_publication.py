@@ -29,6 +29,7 @@ class PublicationInputs(BaseModel):
 
     provider_version: str
     gateway_state_dir: str
+    gateway_instance: str | None = None
     service: str
     addresses: list[str]
 
@@ -44,7 +45,9 @@ class PublicationProvider(dynamic.ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         replaces = [k for k in ("gateway_state_dir", "service") if olds.get(k) != news.get(k)]
-        changed = replaces or [k for k in ("addresses", "provider_version") if olds.get(k) != news.get(k)]
+        # A new gateway process (replaced, or restarted after `refresh` found it dead) may have
+        # lost what was published: a changed instance publishes again.
+        changed = replaces or [k for k in ("addresses", "gateway_instance", "provider_version") if olds.get(k) != news.get(k)]
         # Publishing the new list before the old one is emptied would leave the old service name
         # routed to nothing, and emptying after would undo the new list when the names match.
         return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)

@@ -65,6 +65,8 @@ class Gateway(pulumi.ComponentResource):
     """Path of the root certificate to trust, or None without TLS."""
     state_dir: pulumi.Output[str]
     """The gateway's directory; `ReplicaGroup`s publish replica addresses there."""
+    instance: pulumi.Output[str]
+    """Changes whenever a new gateway process starts, so publications can follow it."""
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(GATEWAY_TYPE, name, None, opts)
@@ -106,4 +108,7 @@ class Gateway(pulumi.ComponentResource):
         ca = None if settings.tls == "off" else str(state_dir / CA_CERT_RELATIVE_PATH)
         self.ca_cert = daemon.id.apply(lambda _: ca)
         self.state_dir = daemon.state_dir
-        self.register_outputs({"address": self.address, "ca_cert": self.ca_cert, "state_dir": self.state_dir})
+        self.instance = daemon.id
+        self.register_outputs(
+            {"address": self.address, "ca_cert": self.ca_cert, "state_dir": self.state_dir, "instance": self.instance}
+        )

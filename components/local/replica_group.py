@@ -48,6 +48,8 @@ class ReplicaGroupArgs:
     """The stack's state directory; logs go to `<state_dir>/replicas/<service>-<n>.log`."""
     gateway_state_dir: pulumi.Input[str]
     """The running gateway's state directory, where the replicas' addresses are published."""
+    gateway_instance: pulumi.Input[str] | None = None
+    """The gateway process's identity: a new one gets the addresses published again."""
     volume_dirs: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """Mount path → directory on this machine, one per volume of the plan."""
     ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
@@ -115,6 +117,7 @@ class ReplicaGroup(pulumi.ComponentResource):
             {
                 "provider_version": _publication.PROVIDER_VERSION,
                 "gateway_state_dir": args.gateway_state_dir,
+                "gateway_instance": args.gateway_instance,
                 "service": plan.name,
                 "addresses": self.addresses,
             },

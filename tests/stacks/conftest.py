@@ -122,6 +122,14 @@ class LocalProject:
             for r in self.resources()
         ]
 
+    def daemons(self) -> dict[str, dict[str, Any]]:
+        """Logical name → plain outputs of the stack's daemons (gateway, scaler)."""
+        return {
+            r["urn"].rsplit("::", 1)[-1]: {k: v for k, v in r["outputs"].items() if not _is_secret(v)}
+            for r in self.resources()
+            if r["type"].endswith("serveform-local:Daemon")
+        }
+
     def replicas(self) -> dict[str, dict[str, Any]]:
         """Logical name → plain outputs of every replica resource in the state.
 

@@ -80,6 +80,23 @@ def test_the_scalers_config_key_scales_by_one(project):
         )
 
 
+def test_a_new_gateway_port_replaces_the_gateway_and_keeps_the_routes(project):
+    from serveform.components.local._process import free_port
+
+    old_port, old_pid = project.https_port, project.daemons()["gateway-process"]["pid"]
+    project.https_port = free_port()
+    project.ok(project.pulumi("config", "set", "--path", "serveform:gateway.https_port", str(project.https_port)))
+    project.ok(project.pulumi("up", "--yes"))
+    assert project.daemons()["gateway-process"]["pid"] != old_pid
+    assert not project.port_accepts("127.0.0.1", old_port)
+    endpoints = project.endpoints()
+    assert endpoints["gateway"]["address"] == f"127.0.0.1:{project.https_port}"
+    with project.client("chat.localhost", token=endpoints["token"], ca_cert=endpoints["gateway"]["ca_cert"]) as client:
+        project.wait_for(
+            lambda: project.serving_replicas(client, 30) == {"chat/0", "chat/1", "chat/2"}, SERVING_TIMEOUT_SECONDS, "the routes on the new port"
+        )
+
+
 def test_a_bad_service_file_fails_pulumi_preview_and_up_without_changes(project):
     before = project.snapshot()
     project.write_service(text="type: service\nname: chat\ncommands: [python x.py]\nport: 8000\nreplicaz: 2\n")

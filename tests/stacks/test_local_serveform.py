@@ -91,6 +91,21 @@ def test_refresh_notices_a_killed_replica_and_up_heals_it(local_project, tmp_pat
         )
 
 
+def test_refresh_and_up_heal_a_killed_gateway_with_its_routes(local_project):
+    gateway = local_project.daemons()["gateway-process"]
+    os.killpg(gateway["pid"], signal.SIGKILL)
+    local_project.wait_for(lambda: not local_project.port_accepts("127.0.0.1", local_project.https_port), 15, "the gateway to die")
+    local_project.ok(local_project.serveform("refresh", "--yes"))
+    assert "gateway-process" not in local_project.daemons()
+    local_project.ok(local_project.serveform("up", "--yes"))
+    assert local_project.daemons()["gateway-process"]["pid"] != gateway["pid"]
+    endpoints = local_project.endpoints()
+    with local_project.client("chat.localhost", token=endpoints["token"], ca_cert=endpoints["gateway"]["ca_cert"]) as client:
+        local_project.wait_for(
+            lambda: local_project.serving_replicas(client, 20) == {"chat/0", "chat/1"}, SERVING_TIMEOUT_SECONDS, "both replicas behind the new gateway"
+        )
+
+
 def test_changing_replicas_in_the_service_file_changes_the_serving_replicas(local_project):
     before = local_project.replicas()
     local_project.write_service(replicas=3)

@@ -133,7 +133,8 @@ async def test_registers_gateway_token_volume_and_one_replica_per_count(tmp_path
     assert {"serveform:local:Gateway", "serveform:local:ReplicaGroup", "serveform:local:Volume"} <= types
     assert [r.name for r in mocks.of_type(TOKEN)] == ["gateway-token"]
     assert [r.name for r in mocks.of_type(DIRECTORY)] == ["volume-shared-data-directory"]
-    assert [r.name for r in mocks.of_type(PUBLICATION)] == ["chat-route"]
+    (publication,) = mocks.of_type(PUBLICATION)
+    assert publication.name == "chat-route" and publication.inputs["gateway_instance"] == "gateway-process-id"
     assert sorted(r.name for r in mocks.of_type(DAEMON)) == ["gateway-process", "scaler-process"]
     assert services[0]["addresses"] == ["127.0.0.1:40000", "127.0.0.1:40001", "127.0.0.1:40002"]
 
