@@ -185,7 +185,7 @@ start() {
   spawn kube-controller-manager "$KUBE_CONTROLLER_MANAGER" \
     --kubeconfig "$DIR/kubeconfig" --leader-elect=false --secure-port 0 \
     --service-account-private-key-file "$DIR/pki/sa.key" --root-ca-file "$DIR/pki/serving.crt" \
-    --use-service-account-credentials=false --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller'
+    --use-service-account-credentials=false --controllers '*,-node-ipam-controller'
   spawn kube-scheduler "$KUBE_SCHEDULER" --kubeconfig "$DIR/kubeconfig" --leader-elect=false \
     --secure-port "$(free_port)" --bind-address 127.0.0.1 \
     --authentication-skip-lookup=true --authorization-always-allow-paths /healthz,/readyz,/livez,/metrics
