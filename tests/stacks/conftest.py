@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -39,6 +40,7 @@ name: chat
 env:
   - MODEL_NAME=chat-small
   - CHAT_TOKEN_DELAY_MS=1
+  - CHAT_API_SECRET
 commands:
   - python {chat_server} --port 8000
 port: 8000
@@ -75,6 +77,8 @@ class LocalProject:
     http_port: int
     https_port: int
     env: dict[str, str] = field(default_factory=dict)
+    secret: str = ""
+    """The value of CHAT_API_SECRET, a bare env name the service takes from the deploying environment."""
 
     # ---- running the CLI ------------------------------------------------------------------
 
@@ -256,6 +260,7 @@ def make_project(base: Path, stack: str) -> LocalProject:
     (root / "stacks" / f"Pulumi.{stack}.yaml").write_text(json.dumps(config, indent=2) + "\n")
     (base / "backend").mkdir()
     bin_dir = str(Path(sys.executable).parent)
+    secret = "chat-secret-" + secrets.token_hex(16)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "SERVEFORM_"))},
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -265,8 +270,9 @@ def make_project(base: Path, stack: str) -> LocalProject:
         "PULUMI_PYTHON_CMD": sys.executable,
         "PULUMI_HOME": str(base / "pulumi-home"),
         "SERVEFORM_PROJECT_DIR": str(root),
+        "CHAT_API_SECRET": secret,
     }
-    project = LocalProject(root=root, stack=stack, http_port=http_port, https_port=https_port, env=env)
+    project = LocalProject(root=root, stack=stack, http_port=http_port, https_port=https_port, env=env, secret=secret)
     project.write_service()
     return project
 

@@ -36,9 +36,11 @@ def test_preview_shows_the_planned_resources_and_starts_nothing(local_project):
 
 
 def test_up_serves_through_the_gateway_with_auth_and_tls(local_project):
-    local_project.ok(local_project.serveform("up", "--yes"))
+    up = local_project.ok(local_project.serveform("up", "--yes"))
+    assert local_project.secret not in up.stdout + up.stderr  # secrets are never printed
     endpoints = local_project.endpoints()
     ca_cert, token = endpoints["gateway"]["ca_cert"], endpoints["token"]
+    assert token not in up.stdout + up.stderr
     assert endpoints["gateway"]["address"] == f"127.0.0.1:{local_project.https_port}"
     assert Path(ca_cert).is_file() and token
     (chat,) = endpoints["services"]
@@ -62,6 +64,20 @@ def test_up_serves_through_the_gateway_with_auth_and_tls(local_project):
     stream = openai.chat.completions.create(model="chat-small", messages=[{"role": "user", "content": "one two three"}], stream=True)
     pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
     assert "".join(pieces) == "Echo: one two three" and len(pieces) == 4
+
+
+def test_secrets_stay_out_of_the_state_and_of_files_others_can_read(local_project):
+    token = local_project.endpoints()["token"]
+    exported = local_project.ok(local_project.pulumi("stack", "export")).stdout
+    assert local_project.secret not in exported and token not in exported
+    for replica in local_project.replicas().values():
+        environ = Path(f"/proc/{replica['pid']}/environ").read_bytes().split(b"\0")
+        assert f"CHAT_API_SECRET={local_project.secret}".encode() in environ  # the replica has it
+    for path in local_project.state_dir.rglob("*"):
+        if path.is_file() and not path.is_socket():
+            text = path.read_bytes()
+            if local_project.secret.encode() in text or token.encode() in text:
+                assert path.stat().st_mode & 0o077 == 0, f"{path} holds a secret and others can read it"
 
 
 def test_a_second_up_changes_nothing(local_project):
