@@ -5,6 +5,7 @@ itself, replica bounds hold."""
 from __future__ import annotations
 
 import json
+import os
 import string
 
 import yaml
@@ -15,7 +16,8 @@ from serveform.translator import CompileContext, TranslatorError, compile_text
 from serveform.translator.plan import ServicePlan
 from serveform.translator.spec import ServiceSpec
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 300 per property in CI; SERVEFORM_HYPOTHESIS_EXAMPLES=5000 for a longer hunt.
+SETTINGS = settings(max_examples=int(os.environ.get("SERVEFORM_HYPOTHESIS_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIELDS = sorted(ServiceSpec.model_fields) + ["replica", "comands", "resources.gpu", "<<"]
 SUB_FIELDS = ["gpu", "cpu", "memory", "disk", "shm_size", "count", "name", "vendor", "min", "max", "metric", "target", "window", "size", "path", "type", "url"]
 CONTEXTS = [CompileContext(), CompileContext(backend="aws"), CompileContext(backend="gcp", regions=("us-central1",)), CompileContext(backend="k8s", require_env=False)]
