@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -147,10 +148,22 @@ def gateway_document(settings: StackSettings, plans: Sequence[ServicePlan]) -> d
 
     return {
         "settings": gateway_settings(settings).model_dump(mode="json", exclude={"tokens", "dns_options"}),
-        "plans": [json.loads(plan.model_dump_json()) for plan in plans],
+        # Service files by their project-relative path: the boot document must not change with
+        # the checkout folder of whoever deploys (a changed boot document replaces the gateway VM).
+        "plans": [
+            json.loads(plan.model_copy(update={"file": _relative(plan.file, settings.project_dir)}).model_dump_json())
+            for plan in plans
+        ],
         "tokens_file": TOKENS_FILE,
         "dns_options_file": DNS_OPTIONS_FILE,
     }
+
+
+def _relative(path: str, root: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
 
 
 def gateway_caddyfile(settings: StackSettings, plans: Sequence[ServicePlan]) -> str:

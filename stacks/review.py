@@ -50,6 +50,11 @@ OFFLINE_INVOKES: dict[str, dict[str, Any]] = {
         "objectId": "00000000-0000-0000-0000-000000000000",
     },
 }
+# Outputs that only the cloud knows and that programs commonly read, answered with stand-ins.
+_STAND_IN_OUTPUTS = (
+    "arn", "selfLink", "selfLinkUnique", "email", "member", "publicIp", "address", "ipAddress",
+    "clientId", "principalId", "fqdn", "availabilityZone",
+)
 # Inputs that only say how a provider is implemented (dynamic providers pickle their code).
 _IGNORED_INPUTS = frozenset({"__provider"})
 
@@ -133,11 +138,18 @@ def _worker(tree: Path, stack: str) -> dict[str, Any]:
 
     resources: list[dict[str, Any]] = []
 
+    from pulumi.output import Unknown
+
+    tree_text = str(tree)
+
     def readable(value: Any) -> Any:
         if rpc.is_rpc_secret(value):
             return SECRET_MARK
-        if value == rpc.UNKNOWN:
+        if isinstance(value, Unknown) or value == rpc.UNKNOWN:
             return COMPUTED_MARK
+        if isinstance(value, str) and tree_text in value:
+            # Paths inside the project read the same in both trees.
+            return value.replace(tree_text, "<project>")
         if isinstance(value, dict):
             return {k: readable(v) for k, v in value.items() if k not in _IGNORED_INPUTS}
         if isinstance(value, list):
@@ -146,7 +158,11 @@ def _worker(tree: Path, stack: str) -> dict[str, Any]:
 
     class _Mocks(mocks.Mocks):
         def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str, dict]:
-            return f"{args.name}-offline-id", {}
+            # Stand-ins named after the resource for the attributes programs commonly read, so
+            # the values derived from them (policies, boot documents) render and compare.
+            state: dict[str, Any] = {key: f"offline:{args.name}:{key}" for key in _STAND_IN_OUTPUTS}
+            state["name"] = args.inputs.get("name") or args.name
+            return f"offline:{args.name}:id", state
 
         def call(self, args: mocks.MockCallArgs) -> tuple[dict, list]:
             return dict(OFFLINE_INVOKES.get(args.token, {})), []
