@@ -10,8 +10,8 @@ never imports the components). `ApplyWorker` runs one applier in one thread:
 - a locked stack (another `up` of the same stack, a person or CI) or a failed run is retried
   after an exponential backoff with jitter; a count stays pending until an `up` with it
   succeeds, so no decision is lost;
-- a lock is never cleared by the scaler: its owner may be alive (Pulumi's own `cancel` is for
-  people).
+- a lock is cleared only when its owner is provably dead (a `file://` backend, this host, no
+  such Pulumi process: an update killed with the scaler); a live owner's lock never is.
 
 Error tree::
 
@@ -45,6 +45,7 @@ __all__ = [
     "PulumiApplier",
     "StackBusyError",
     "WorkerStats",
+    "clear_dead_lock",
 ]
 
 log = logging.getLogger("serveform.scaler.applier")
@@ -313,9 +314,82 @@ class PulumiApplier:
             kwargs = {"target": target, "target_dependents": True} if target else {}
             stack.up(message=message[:1000], color="never", on_output=self._on_output, **kwargs)
         except auto.ConcurrentUpdateError as exc:
+            cleared = self.clear_dead_lock()
+            if cleared:
+                raise ApplyError(f"stack {self.stack_name}: removed the lock of a dead update ({cleared}); retrying") from None
             raise StackBusyError(f"stack {self.stack_name}: {_tail(exc)}") from None
         except auto.CommandError as exc:
             raise ApplyError(f"stack {self.stack_name}: {_tail(exc)}") from None
+
+    def clear_dead_lock(self) -> str | None:
+        """Remove the stack's lock when the update holding it is dead; returns what was removed.
+
+        Only for a `file://` backend, and only a lock taken on this host whose process is gone
+        (or is no longer a Pulumi process: the pid was reused). A lock of a live update, or of
+        another host, is never touched: its owner may still be writing the state.
+        """
+        from ..stacks import engine
+
+        env = self._env if self._env is not None else engine.workspace_env(self.project_dir, self.stack_name)
+        return clear_dead_lock(env.get("PULUMI_BACKEND_URL", ""), _project_name(self.project_dir), self.stack_name)
+
+
+def _project_name(project_dir: Path) -> str:
+    import yaml
+
+    try:
+        data = yaml.safe_load((project_dir / "Pulumi.yaml").read_text()) or {}
+    except OSError:
+        return "*"
+    return str(data.get("name") or "*")
+
+
+def clear_dead_lock(backend_url: str, project: str, stack: str, *, hostname: str | None = None) -> str | None:
+    """Remove dead locks of `project/stack` in a `file://` backend; returns a description or None."""
+    import json
+    import os
+    import socket
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(backend_url)
+    if url.scheme != "file":
+        return None
+    root = Path(unquote(url.path))
+    host = hostname or socket.gethostname()
+    removed = []
+    for lock in sorted(root.glob(f".pulumi/locks/*/{project}/{stack}/*.json")):
+        try:
+            owner = json.loads(lock.read_text())
+            pid = int(owner["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half-written or foreign: leave it
+        if owner.get("hostname") != host or _is_pulumi_process(pid):
+            continue
+        for path in (lock, lock.with_name(lock.name + ".attrs")):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        removed.append(f"pid {pid} at {owner.get('timestamp', '?')}")
+        log.warning("removed the lock of stack %s held by dead update pid %d (%s)", stack, pid, lock)
+    return ", ".join(removed) or None
+
+
+def _is_pulumi_process(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        try:
+            import os
+
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True  # alive, and no /proc to tell what it is: assume the owner
+    argv0 = cmdline.split(b"\0", 1)[0]
+    return argv0.endswith(b"pulumi") or b"pulumi" in Path(argv0.decode("utf-8", "replace")).name.encode()
 
 
 def _tail(exc: Exception, limit: int = 600) -> str:

@@ -172,3 +172,30 @@ def test_state_file_is_json_a_person_can_read(tmp_path):
         "version": 1,
         "services": {"chat": {"desired": 2, "applied": None, "last_scaled_at": 10, "reason": "load"}},
     }
+
+
+def test_only_the_lock_of_a_dead_update_on_this_host_is_removed(tmp_path):
+    import socket
+    import subprocess
+
+    from serveform.scaler.applier import clear_dead_lock
+
+    locks = tmp_path / ".pulumi" / "locks" / "organization" / "proj" / "dev"
+    locks.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    (locks / "dead.json").write_text(json.dumps({"pid": dead.pid, "hostname": host, "timestamp": "t"}))
+    (locks / "dead.json.attrs").write_text("{}")
+    (locks / "elsewhere.json").write_text(json.dumps({"pid": dead.pid, "hostname": "other-host", "timestamp": "t"}))
+    (locks / "garbage.json").write_text("{not json")
+    other_stack = tmp_path / ".pulumi" / "locks" / "organization" / "proj" / "prod"
+    other_stack.mkdir()
+    (other_stack / "dead.json").write_text(json.dumps({"pid": dead.pid, "hostname": host}))
+
+    assert clear_dead_lock("s3://bucket", "proj", "dev") is None
+    removed = clear_dead_lock(tmp_path.as_uri(), "proj", "dev")
+    assert removed == f"pid {dead.pid} at t"
+    assert sorted(p.name for p in locks.iterdir()) == ["elsewhere.json", "garbage.json"]
+    assert (other_stack / "dead.json").exists()
+    assert clear_dead_lock(tmp_path.as_uri(), "proj", "dev") is None
