@@ -176,12 +176,52 @@ def gateway_caddyfile(settings: StackSettings, plans: Sequence[ServicePlan]) -> 
         raise pulumi.RunError(str(exc)) from None
 
 
+def package_spec(plans: Sequence[ServicePlan]) -> str:
+    """What the gateway host installs: serveform at this version, with the cloud SDKs when the scaler runs `pulumi up` there."""
+    from serveform import __version__
+
+    extra = "[cloud]" if any(p.scaling for p in plans) else ""
+    return f"serveform{extra}=={__version__}"
+
+
 def scaler_unit(settings: StackSettings, plans: Sequence[ServicePlan]) -> str | None:
-    """The scaler's systemd unit when any service autoscales and the scaler package ships one."""
+    """The scaler's systemd unit (the scaler package's template) when any service autoscales."""
     if not any(p.scaling for p in plans):
         return None
-    try:
-        from serveform.scaler import render_unit  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return render_unit(stack=settings.stack)
+    from serveform.scaler import render_unit
+
+    from ._vm import GATEWAY_STATE_DIR
+
+    return render_unit(stack=settings.stack, gateway_state_dir=GATEWAY_STATE_DIR)
+
+
+def project_files(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict[str, str]:
+    """What the scaler on the gateway host needs of the project: Pulumi.yaml, the stack file, the services.
+
+    `serveform:replicas` is left out of the copied stack file: the scaler owns it on the host,
+    and the gateway's boot document must not change (and replace the VM) when it scales.
+    """
+    if not any(p.scaling for p in plans):
+        return {}
+    import yaml
+
+    root = Path(settings.project_dir)
+    files: dict[str, str] = {}
+    project_file = root / "Pulumi.yaml"
+    if not project_file.exists():
+        return {}
+    files["Pulumi.yaml"] = project_file.read_text()
+    project = yaml.safe_load(files["Pulumi.yaml"]) or {}
+    stack_file = root / project.get("stackConfigDir", ".") / f"Pulumi.{settings.stack}.yaml"
+    if stack_file.exists():
+        document = yaml.safe_load(stack_file.read_text()) or {}
+        config = dict(document.get("config") or {})
+        config.pop("serveform:replicas", None)
+        document["config"] = config
+        files[stack_file.relative_to(root).as_posix()] = yaml.safe_dump(document, sort_keys=True)
+    for plan in plans:
+        relative = _relative(plan.file, settings.project_dir)
+        if not (root / relative).is_file():
+            continue  # a service file outside the project: the host cannot have it
+        files[relative] = (root / relative).read_text()
+    return files

@@ -59,6 +59,10 @@ _CADDY_DNS_MODULE = {
     "azure": "github.com/caddy-dns/azure",
 }
 CADDY_VERSION = "v2.11.9"
+# The scaler on the gateway host runs `pulumi up` with this CLI (the SDK's version) in this project copy.
+PULUMI_VERSION = "3.259.0"
+SCALER_PROJECT_DIR = "/opt/serveform/project"
+SCALER_STATE_DIR = "/var/lib/serveform-scaler"
 
 # Env names reach `export NAME=...` and `docker run -e NAME`: identifiers only.
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -348,7 +352,9 @@ class GatewayBoot:
     dns_provider: str | None = None
     package_spec: str = "serveform"
     scaler_unit: str | None = None
-    """The scaler's systemd unit (the scaler engineer's template), when the stack scales."""
+    """The scaler's systemd unit (`serveform.scaler.render_unit`), when a service autoscales."""
+    project_files: dict[str, str] = field(default_factory=dict)
+    """Project-relative path → text: what the scaler's `pulumi up` on the host needs."""
 
 
 def gateway_user_data(boot: GatewayBoot) -> str:
@@ -378,6 +384,9 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         config_dir=GATEWAY_CONFIG_DIR,
         state_dir=GATEWAY_STATE_DIR,
         scaler=boot.scaler_unit is not None,
+        pulumi_version=PULUMI_VERSION,
+        project_dir=SCALER_PROJECT_DIR,
+        scaler_state_dir=SCALER_STATE_DIR,
     )
     units = {
         "serveform-gateway.service": render("gateway/serveform-gateway.service.j2", config_dir=GATEWAY_CONFIG_DIR, state_dir=GATEWAY_STATE_DIR),
@@ -394,4 +403,6 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         discovery_json=json.dumps(discovery, sort_keys=True, indent=2) + "\n",
         config_dir=GATEWAY_CONFIG_DIR,
         state_dir=GATEWAY_STATE_DIR,
+        project_dir=SCALER_PROJECT_DIR,
+        project_files=boot.project_files if boot.scaler_unit is not None else {},
     )

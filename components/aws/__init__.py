@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_aws as aws
 
-import serveform
 from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
@@ -116,8 +115,9 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             instance_type=settings.gateway.instance_type or DEFAULT_GATEWAY_INSTANCE_TYPE,
             zone_id=cfg.zone_id,
             dns_provider=settings.gateway.dns_provider,
-            package_spec=f"serveform=={serveform.__version__}",
+            package_spec=_cloud.package_spec(plans),
             scaler_unit=_cloud.scaler_unit(settings, plans),
+            project_files=_cloud.project_files(settings, plans),
         ),
         opts,
     )

@@ -68,6 +68,8 @@ class GatewayArgs:
     """What the gateway host installs with pip."""
     scaler_unit: str | None = None
     """The scaler's systemd unit, when a service autoscales."""
+    project_files: dict[str, str] = field(default_factory=dict)
+    """Project files the scaler on the host needs (`_cloud.project_files`)."""
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -152,6 +154,7 @@ class Gateway(pulumi.ComponentResource):
                     dns_provider=args.dns_provider,
                     package_spec=args.package_spec,
                     scaler_unit=args.scaler_unit,
+                    project_files=args.project_files,
                 )
             )
         )

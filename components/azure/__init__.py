@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_azure_native as azure
 
-import serveform
 from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
@@ -118,8 +117,9 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             dns_zone=cfg.dns_zone,
             dns_resource_group=cfg.dns_resource_group,
             dns_provider=settings.gateway.dns_provider,
-            package_spec=f"serveform=={serveform.__version__}",
+            package_spec=_cloud.package_spec(plans),
             scaler_unit=_cloud.scaler_unit(settings, plans),
+            project_files=_cloud.project_files(settings, plans),
         ),
         opts,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_azure_native as azure
@@ -77,6 +77,8 @@ class GatewayArgs:
     dns_provider: str | None = None
     package_spec: str = "serveform"
     scaler_unit: str | None = None
+    project_files: dict[str, str] = field(default_factory=dict)
+    """Project files the scaler on the host needs (`_cloud.project_files`)."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -226,6 +228,7 @@ class Gateway(pulumi.ComponentResource):
                     dns_provider=args.dns_provider,
                     package_spec=args.package_spec,
                     scaler_unit=args.scaler_unit,
+                    project_files=args.project_files,
                 )
             )
         )

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_gcp as gcp
 
-import serveform
 from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
@@ -94,8 +93,9 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             machine_type=settings.gateway.instance_type or DEFAULT_MACHINE_TYPE,
             dns_zone=cfg.dns_zone,
             dns_provider=settings.gateway.dns_provider,
-            package_spec=f"serveform=={serveform.__version__}",
+            package_spec=_cloud.package_spec(plans),
             scaler_unit=_cloud.scaler_unit(settings, plans),
+            project_files=_cloud.project_files(settings, plans),
         ),
         opts,
     )

@@ -11,7 +11,7 @@ otherwise the address is exported for the user's DNS.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_gcp as gcp
@@ -58,6 +58,8 @@ class GatewayArgs:
     dns_provider: str | None = None
     package_spec: str = "serveform"
     scaler_unit: str | None = None
+    project_files: dict[str, str] = field(default_factory=dict)
+    """Project files the scaler on the host needs (`_cloud.project_files`)."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -152,6 +154,7 @@ class Gateway(pulumi.ComponentResource):
                     dns_provider=args.dns_provider,
                     package_spec=args.package_spec,
                     scaler_unit=args.scaler_unit,
+                    project_files=args.project_files,
                 )
             )
         )
