@@ -88,7 +88,7 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
     cleanup_root = _cleanup_root(settings)
     gw_settings = gateway_settings(settings)
     # Fails with every problem of every service before a single resource is registered.
-    routes_from_plans(gw_settings, plans)
+    routes = {route.name: route for route in routes_from_plans(gw_settings, plans)}
 
     if settings.tokens:
         tokens = pulumi.Output.secret([t.get_secret_value() for t in settings.tokens])
@@ -147,7 +147,7 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
                 cleanup_root=cleanup_root,
             ),
         )
-        services.append(_service_export(gw_settings, plan, group, count))
+        services.append(_service_export(gw_settings, plan, routes.get(plan.name), group, count))
 
     # One scaler per stack, and only when it has something to decide (a range with a policy).
     if any(plan.scaling is not None and plan.replicas.min < plan.replicas.max for plan in plans):
@@ -183,17 +183,17 @@ def _cleanup_root(settings: "StackSettings") -> str:
     return str(dot if dot in state_dir.parents else state_dir)
 
 
-def _base_url(settings, host: str) -> str:
-    if settings.tls == "off":
-        scheme, port, default = "http", settings.http_port, 80
-    else:
-        scheme, port, default = "https", settings.https_port, 443
+def _base_url(settings, host: str, https: bool | None = None) -> str:
+    if https is None:
+        https = settings.tls != "off"
+    scheme, port, default = ("https", settings.https_port, 443) if https else ("http", settings.http_port, 80)
     return f"{scheme}://{host}" + ("" if port == default else f":{port}")
 
 
-def _service_export(settings, plan: ServicePlan, group: ReplicaGroup, count: int) -> dict:
+def _service_export(settings, plan: ServicePlan, route, group: ReplicaGroup, count: int) -> dict:
     model = plan.route.model
-    url = _base_url(settings, settings.service_host(plan.route.subdomain))
+    # A service the gateway does not publish (`gateway: false`) has no URL.
+    url = _base_url(settings, route.host, route.https) if route is not None else None
     return {
         "name": plan.name,
         "url": url,
