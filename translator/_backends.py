@@ -68,7 +68,7 @@ def check_backend(spec: ServiceSpec, plan: ServicePlan, backend: str) -> list[tu
                 value = getattr(resources, name)
                 if name == "gpu" and (value is None or (value.count.min or 0) == 0):
                     continue
-                notes.append((("resources", name), f"the `local` backend does not reserve resources: replicas share this machine"))
+                notes.append((("resources", name), "the `local` backend does not reserve resources: replicas share this machine"))
         volumes_network = [i for i, v in enumerate(plan.volumes) if v.kind == "network"]
         for index in volumes_network:
             notes.append((("volumes", index), "the `local` backend keeps a network volume as a directory under the stack's state directory"))

@@ -132,7 +132,7 @@ _TYPE_TAGS = frozenset({"str", "int", "bool", "float", "list", "dict", "none", "
 def diagnostics_from_validation_error(
     exc: ValidationError, doc: Document, file: str, root: type[BaseModel]
 ) -> list[Diagnostic]:
-    from .spec import FieldError, _MultiFieldError
+    from ._base import FieldError, MultiFieldError
 
     out: list[Diagnostic] = []
     seen: set[tuple[str, str]] = set()
@@ -140,7 +140,7 @@ def diagnostics_from_validation_error(
     for err in exc.errors(include_url=False, include_context=True, include_input=True):
         loc = tuple(err["loc"])
         error = (err.get("ctx") or {}).get("error")
-        if isinstance(error, _MultiFieldError):
+        if isinstance(error, MultiFieldError):
             for problem in error.problems:
                 by_path.setdefault(loc + problem.path, []).append({"type": "field_error", "msg": problem.message, "hint": problem.hint})
             continue

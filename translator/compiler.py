@@ -20,6 +20,7 @@ from pydantic import SecretStr, ValidationError
 from . import _yaml
 from ._errors import diagnostics_from_validation_error
 from .diagnostics import Diagnostic, TranslatorError, format_path
+from .env import EnvRef
 from .plan import (
     Backend,
     EnvValue,
@@ -36,23 +37,18 @@ from .plan import (
     ServicePlan,
     VolumePlan,
 )
-from .spec import (
+from .serving import (
     DEFAULT_PROBE_INTERVAL_SECONDS,
     DEFAULT_PROBE_METHOD,
     DEFAULT_PROBE_READY_AFTER,
     DEFAULT_PROBE_TIMEOUT_SECONDS,
     DEFAULT_PROBE_URL,
     DEFAULT_SCALING_WINDOW_SECONDS,
-    NAME_PATTERN,
-    UNSUPPORTED_FIELDS,
-    EnvRef,
-    GatewayRef,
-    InstanceMountSpec,
     OpenAIModelSpec,
-    RetrySpec,
-    ServiceSpec,
     TGIModelSpec,
 )
+from .spec import NAME_PATTERN, UNSUPPORTED_FIELDS, GatewayRef, RetrySpec, ServiceSpec
+from .volumes import InstanceMountSpec
 
 __all__ = [
     "BASE_IMAGE",

@@ -11,7 +11,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
 from serveform.cli import main
 
 HERE = Path(__file__).parent

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from serveform.translator import CompileContext, TranslatorError, compile_file
 
 HERE = Path(__file__).parent

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from serveform.translator import CompileContext, Diagnostic, TranslatorError, compile_file, compile_text
 
 
@@ -114,7 +113,7 @@ def test_aliases_and_merge_keys_are_not_duplicates() -> None:
 
 
 def test_alias_bomb_is_refused_without_expanding() -> None:
-    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True))
     found = problems("type: service\nport: 80\ncommands: [x]\n" + bomb)
     assert {d.field for d in found} >= {"a", "h"}
 

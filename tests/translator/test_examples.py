@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from serveform.translator import CompileContext, TranslatorError, compile_file
 from serveform.translator.plan import ServicePlan
 

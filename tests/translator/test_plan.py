@@ -7,7 +7,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from serveform.translator import CompileContext, TranslatorError, compile_text
 from serveform.translator.offers import MAX_OFFERS_PER_REGION, load_catalog
 from serveform.translator.plan import ServicePlan

@@ -11,7 +11,6 @@ import string
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from serveform.translator import CompileContext, TranslatorError, compile_text
 from serveform.translator.plan import ServicePlan
 from serveform.translator.spec import ServiceSpec

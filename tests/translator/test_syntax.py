@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
 from serveform.translator import CompileContext, TranslatorError, compile_text
-from serveform.translator.gpu import GPUSpec
 from serveform.translator.ranges import IntRange, MemoryRange
 from serveform.translator.sizes import Duration, Memory
 
