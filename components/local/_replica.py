@@ -150,9 +150,6 @@ def _previous_log(log_path: Path) -> Path:
 class ReplicaProvider(dynamic.ResourceProvider):
     """Creates, reads, updates and deletes replica processes. Holds no state of its own."""
 
-    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.CheckResult:
-        return dynamic.CheckResult(news, [])
-
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         # A key absent from one side means its default (an input added in a later version).
         def differs(key: str) -> bool:

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from serveform.components.local import _daemon, _directory, _replica, _token
 from serveform.components.local._process import ProcessRef, ProcessStartError, port_accepts, wait_until
@@ -72,6 +74,21 @@ def test_substitute_port_replaces_only_the_port_as_a_number_of_its_own():
     assert _replica.substitute_port("serve --port=8000 --host 0.0.0.0:8000", 8000, 5) == "serve --port=5 --host 0.0.0.0:5"
     for unchanged in ("sleep 18000", "x 8000.5", "v8000", "8000ms", "80001"):
         assert _replica.substitute_port(unchanged, 8000, 5) == unchanged
+
+
+@given(
+    words=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-=:./", min_size=1, max_size=12), max_size=8),
+    container_port=st.integers(1, 65535),
+    port=st.integers(1024, 65535),
+)
+def test_substitute_port_touches_only_whole_port_numbers(words, container_port, port):
+    command = " ".join(words)
+    result = _replica.substitute_port(command, container_port, port)
+    if str(container_port) not in command:
+        assert result == command
+    # Every standalone occurrence (a word of its own or after `=` / `:`) is replaced.
+    spaced = f"serve --port {container_port} --bind 0.0.0.0:{container_port}"
+    assert _replica.substitute_port(spaced, container_port, port) == f"serve --port {port} --bind 0.0.0.0:{port}"
 
 
 def test_create_runs_setup_then_commands_with_env_port_and_identity(tmp_path, replicas):
