@@ -98,6 +98,11 @@ def load_stack_context(project_dir: Path, stack: str) -> tuple[dict[str, Any], l
         if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
             raise _StackError(f"{path}: serveform:regions: expected a list of region names")
         kwargs["regions"] = tuple(regions)
+    catalog = config.get("serveform:offersCatalog")
+    if catalog is not None:
+        if not isinstance(catalog, str):
+            raise _StackError(f"{path}: serveform:offersCatalog: expected a path to a gpuhunt catalog")
+        kwargs["offers_catalog"] = project_dir / catalog
     services = config.get("serveform:services") or []
     if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
         raise _StackError(f"{path}: serveform:services: expected a list of service file paths")

@@ -104,6 +104,16 @@ def test_stack_config_gives_backend_domain_regions_and_files(capsys: pytest.Capt
     assert service["file"] == str(Path("svc") / "llm.dstack.yml")
     assert service["plan"]["backend"] == "aws"
     assert {o["region"] for o in service["plan"]["offers"]} == {"eu-west-1"}
+    # a stack may name a fresh offers catalog
+    (tmp_path / "offers.csv").write_text(
+        "provider,instance_name,location,price,cpu,memory,gpu_count,gpu_name,gpu_memory,spot,disk_size,gpu_vendor,flags,cpu_arch,provider_data\n"
+        "aws,x9.fresh,eu-west-1,0.5,8,32,1,L4,24,False,,nvidia,,x86,{}\n"
+    )
+    config = (tmp_path / "stacks" / "Pulumi.prod.yaml").read_text()
+    (tmp_path / "stacks" / "Pulumi.prod.yaml").write_text(config + "  serveform:offersCatalog: offers.csv\n")
+    status, out, err = run(capsys, "compile", "--json", "--stack", "prod")
+    assert status == 0, err
+    assert [o["instance_type"] for o in json.loads(out)[0]["plan"]["offers"]] == ["x9.fresh"]
     status, out, err = run(capsys, "validate", "--stack", "nope")
     assert status == 2 and "Pulumi.nope.yaml" in err
 
