@@ -114,7 +114,8 @@ def _gateway_boot(cloud: str, plans) -> GatewayBoot:
                                       region="us-east-1") for p in plans),
         tokens_secret=_SECRET_REFS[cloud],
         identity="00000000-0000-0000-0000-0000000000bb" if cloud == "azure" else None,
-        scaler_unit=None,
+        scaler_unit=_cloud.scaler_unit(settings, plans),
+        project_files={"Pulumi.yaml": "name: serveform\nruntime: python\n", "stacks/Pulumi.dev.yaml": "config: {}\n"},
     )
 
 
@@ -187,7 +188,10 @@ def test_gateway_cloud_init(cloud, cloud_init, systemd_analyze, tmp_path):
     files = _files(text)
     _bash_n(files["/opt/serveform/install.sh"]["content"], tmp_path)
     units = {Path(p).name: f["content"] for p, f in files.items() if p.startswith("/etc/systemd/system/")}
-    assert set(units) >= {"serveform-gateway.service", "serveform-discovery.service", "serveform-discovery.timer"}
+    assert set(units) == {"serveform-gateway.service", "serveform-discovery.service", "serveform-discovery.timer",
+                          "serveform-scaler.service"}
+    assert "--gateway-state-dir" in units["serveform-scaler.service"] and "/var/lib/serveform/gateway" in units["serveform-scaler.service"]
+    assert files["/opt/serveform/project/stacks/Pulumi.dev.yaml"]["content"] == "config: {}\n"
     _units_ok(systemd_analyze, units, tmp_path)
     document = json.loads(files["/etc/serveform/gateway.json"]["content"])
     assert document["settings"]["http_port"] == 80 and document["settings"]["https_port"] == 443
@@ -275,7 +279,7 @@ def test_yaml_quote_round_trips_any_text(text):
     assert yaml.safe_load("v: " + yaml_quote(text))["v"] == text
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="\x00")))
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")))
 @settings(max_examples=150, deadline=None)
 def test_sh_quote_is_one_word_with_the_exact_value(text):
     out = subprocess.run(["bash", "-c", "printf '%s' " + sh_quote(text)], capture_output=True, timeout=10)
