@@ -150,3 +150,11 @@ def test_schema_agrees_with_the_translator_on_the_dstack_cases(capsys: pytest.Ca
     for text in ("type: service\nport: 80\nreplica: 2\n", "type: service\nport: 80\nresources: {gpu: {cont: 1}}\n", "type: service\n"):
         assert list(validator.iter_errors(yaml.safe_load(text))), text
 
+
+
+def test_checked_in_schema_is_current() -> None:
+    """translator/service.schema.json (for editors' `# yaml-language-server: $schema=...`) matches `serveform schema`."""
+    from serveform.translator.schema import service_json_schema
+
+    checked_in = json.loads((HERE.parents[1] / "translator" / "service.schema.json").read_text())
+    assert checked_in == service_json_schema(), "regenerate: serveform schema > translator/service.schema.json"
