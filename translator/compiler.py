@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pydantic import SecretStr, ValidationError
 
 from . import _yaml
 from ._errors import diagnostics_from_validation_error
-from .diagnostics import Diagnostic, TranslatorError, format_path
+from .diagnostics import Diagnostic, TranslatorError, did_you_mean, format_path
 from .env import EnvRef
 from .plan import (
     Backend,
@@ -151,6 +152,21 @@ def compile_text(text: str, file: str = "<string>", context: CompileContext = Co
     return CompileResult(spec=spec, plan=plan, warnings=tuple(warnings))
 
 
+@cache
+def _known_accelerators() -> dict[str, str]:
+    """gpuhunt's accelerator facts: lower-case name → vendor."""
+    import gpuhunt
+
+    return {a.name.lower(): a.vendor.value for a in gpuhunt.KNOWN_ACCELERATORS}
+
+
+@cache
+def _known_accelerator_names() -> tuple[str, ...]:
+    import gpuhunt
+
+    return tuple(sorted({a.name for a in gpuhunt.KNOWN_ACCELERATORS}))
+
+
 def default_name(file: str) -> str:
     """A stable service name from the file name (`serve.dstack.yml` → `serve`), or its folder's."""
     path = Path(file)
@@ -253,6 +269,33 @@ class _PlanBuilder:
             resources=self._resources(),
         )
 
+    def _gpu_vendor(self) -> str | None:
+        """The GPU vendor: the spec's, else the one vendor gpuhunt knows the named GPUs by.
+
+        Unknown names get a warning with the closest known name: no catalog offer will match them.
+        """
+        gpu = self.spec.resources.gpu
+        if gpu is None:
+            return None
+        vendors: set[str] = set()
+        known = _known_accelerators()
+        for index, name in enumerate(gpu.name or ()):
+            vendor = known.get(name.lower())
+            if vendor is None:
+                names = {n: n for n in _known_accelerator_names()}
+                self._warn(
+                    ("resources", "gpu", "name", index),
+                    f"`{name}` is not an accelerator gpuhunt knows: no catalog offer will match it",
+                    hint=did_you_mean(name, names),
+                )
+            else:
+                vendors.add(vendor)
+        if gpu.vendor is not None:
+            if vendors and gpu.vendor not in vendors:
+                self._warn(("resources", "gpu"), f"the named GPUs are {', '.join(sorted(vendors))}, not {gpu.vendor}: nothing can satisfy both")
+            return gpu.vendor
+        return vendors.pop() if len(vendors) == 1 else None
+
     def _resources(self) -> ResourcesPlan:
         r = self.spec.resources
         gpu = r.gpu
@@ -264,7 +307,7 @@ class _PlanBuilder:
             shm_size_gb=r.shm_size,
             disk_min_gb=(r.disk.size.min or 0.0) if r.disk else 0.0,
             disk_max_gb=r.disk.size.max if r.disk else None,
-            gpu_vendor=gpu.vendor if gpu else None,
+            gpu_vendor=self._gpu_vendor(),
             gpu_names=tuple(gpu.name or ()) if gpu else (),
             gpu_count_min=(gpu.count.min or 0) if gpu else 0,
             gpu_count_max=gpu.count.max if gpu else 0,

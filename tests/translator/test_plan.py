@@ -200,3 +200,25 @@ def test_plan_round_trips_through_json_and_keeps_secrets_marked() -> None:
     assert again.replica_group.env["TOKEN"].secret is True
     assert plan.replica_group.env["TOKEN"].value.get_secret_value() == "t0ken"
     assert plan.replica_group.registry_auth is not None and plan.replica_group.registry_auth.password.get_secret_value() == "p4ss"
+
+
+# ---------------------------------------------------------------- GPU facts from gpuhunt
+
+
+def _gpu(spec: str):  # noqa: ANN202
+    return compile_text(f"type: service\nname: ab\nport: 80\ncommands: [x]\nresources:\n  gpu: {spec}\n", context=CompileContext(backend="k8s"))
+
+
+def test_gpu_vendor_comes_from_gpuhunts_facts() -> None:
+    assert _gpu("A100:2").plan.replica_group.resources.gpu_vendor == "nvidia"
+    assert _gpu("MI300X").plan.replica_group.resources.gpu_vendor == "amd"
+    assert _gpu("tpu").plan.replica_group.resources.gpu_vendor == "google"
+    assert _gpu("24GB").plan.replica_group.resources.gpu_vendor is None, "any vendor"
+    assert _gpu("{name: [A100, MI300X]}").plan.replica_group.resources.gpu_vendor is None
+
+
+def test_unknown_or_contradictory_gpus_are_warned_about() -> None:
+    (warning,) = _gpu("A1000:2").warnings
+    assert (warning.field, warning.hint) == ("resources.gpu.name[0]", "did you mean `A100`?")
+    (warning,) = _gpu("amd:A100").warnings
+    assert warning.field == "resources.gpu" and "nvidia, not amd" in warning.message
