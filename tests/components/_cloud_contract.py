@@ -154,7 +154,7 @@ def test_exports(recording, request):
     assert services["llama31-service"]["model_endpoint"] == "https://gateway.example.com/v1"
     assert services["http-server-service"]["model_endpoint"] is None
     assert services["llama31-service"]["replicas"] == {"min": 1, "max": 4, "desired": 1}
-    assert services["volume-service"]["replicas"] == {"min": 0, "max": 2, "desired": 1}
+    assert services["volume-service"]["replicas"] == {"min": 0, "max": 2, "desired": 0}  # scale to zero: starts empty
     assert services["mixtral"]["group"]
 
 

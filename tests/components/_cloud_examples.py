@@ -1,9 +1,10 @@
 """Example services of the seed documents as ServicePlans for the VM backends' tests.
 
-Each mirrors one example of dstack's `service` reference (the seeds): a plain Python server,
-a gated model with a secret env (HF_TOKEN) and autoscaling, a private-registry image, a TGI
-model with a chat template, a two-GPU server with a big disk, and a service with a network
-volume on spot capacity. Offers are what the translator would pick from the catalog.
+Each is one example of dstack's `service` reference (the seeds), compiled by the translator
+for the backend: a plain Python server, a gated model with a secret env (HF_TOKEN) and
+autoscaling, a private-registry image, a TGI model with a chat template, a multi-GPU server
+with a big disk and shared memory, and a service with a network volume on spot capacity.
+`hostile_plan` is built by hand: values no service file should carry, to test quoting.
 """
 
 from __future__ import annotations
@@ -73,90 +74,109 @@ def _resources(**kw) -> ResourcesPlan:
     return ResourcesPlan(**base)
 
 
+# The seed documents' service examples (dstack's `service` reference), as .dstack.yml text.
+SEEDS = {
+"http-server-service": '''type: service
+name: http-server-service
+python: "3.10"
+commands:
+  - python3 -m http.server
+port: 8000
+auth: false
+''',
+"llama31-service": '''type: service
+name: llama31-service
+python: "3.10"
+env:
+  - HF_TOKEN
+commands:
+  - pip install vllm
+  - vllm serve meta-llama/Meta-Llama-3.1-8B-Instruct --max-model-len 4096
+port: 8000
+resources:
+  gpu: 24GB
+replicas: 1..4
+scaling:
+  metric: rps
+  target: 10
+model: meta-llama/Meta-Llama-3.1-8B-Instruct
+''',
+"private-image": '''type: service
+name: private-image
+image: ghcr.io/peterschmidt85/base:py3.13-0.6-cuda-12.1
+registry_auth:
+  username: peterschmidt85
+  password: ${{ secrets.REGISTRY_PASSWORD }}
+commands:
+  - python3 -m http.server
+port: 8000
+''',
+"llama2-tgi": '''type: service
+name: llama2-tgi
+image: ghcr.io/huggingface/text-generation-inference:latest
+env:
+  - MODEL_ID=TheBloke/Llama-2-13B-chat-GPTQ
+commands:
+  - text-generation-launcher --port 8000 --trust-remote-code --quantize gptq
+port: 8000
+resources:
+  gpu: 80GB
+model:
+  type: chat
+  name: TheBloke/Llama-2-13B-chat-GPTQ
+  format: tgi
+  chat_template: "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+  eos_token: "</s>"
+''',
+"mixtral": '''type: service
+name: mixtral
+python: "3.10"
+nvcc: true
+commands:
+  - pip install vllm
+  - python -m vllm.entrypoints.openai.api_server
+    --model mistralai/Mixtral-8X7B-Instruct-v0.1
+    --host 0.0.0.0
+    --tensor-parallel-size $DSTACK_GPUS_NUM
+port: 8000
+resources:
+  gpu: 80GB:2
+  disk: 200GB
+  shm_size: 16GB
+''',
+"volume-service": '''type: service
+name: volume-service
+commands:
+  - python3 -m http.server --directory /volume_data
+port: 8000
+spot_policy: auto
+max_price: 0.5
+replicas: 0..2
+scaling:
+  metric: rps
+  target: 5
+volumes:
+  - name: my-new-volume
+    path: /volume_data
+  - /mnt/cache:/root/.cache
+''',
+}
+# AWS sells 80 GB GPUs only eight to an instance: the two-GPU example asks for 24 GB GPUs there.
+_BACKEND_OVERRIDES = {("aws", "mixtral"): ("gpu: 80GB:2", "gpu: 24GB:4")}
+REGIONS = {"aws": ("us-east-1",), "gcp": ("us-central1",), "azure": ("eastus",)}
+STACK_SECRETS = {"HF_TOKEN": HF_TOKEN, "REGISTRY_PASSWORD": REGISTRY_PASSWORD}
+
+
 def example_plans(backend: str) -> dict[str, ServicePlan]:
-    """The seed examples compiled for ``backend`` (name → plan)."""
-    file = "services/{}.dstack.yml"
-    plans = [
-        ServicePlan(
-            file=file.format("http-server"), name="http-server-service", backend=backend,
-            replica_group=ReplicaGroupPlan(
-                image="dstackai/base:py3.10-0.6-cuda-12.1", python="3.10",
-                commands=("python3 -m http.server",), container_port=8000, resources=_resources(),
-            ),
-            offers=_offers(backend, None, spot=False), replicas=ReplicaBounds(min=1, max=1, initial=1),
-            route=GatewayRoutePlan(subdomain="http-server-service", auth=False),
-        ),
-        ServicePlan(
-            file=file.format("llama31"), name="llama31-service", backend=backend,
-            replica_group=ReplicaGroupPlan(
-                image="dstackai/base:py3.10-0.6-cuda-12.1", python="3.10",
-                env={"HF_TOKEN": EnvValue(value=SecretStr(HF_TOKEN), secret=True, source="stack")},
-                commands=("pip install vllm", "vllm serve meta-llama/Meta-Llama-3.1-8B-Instruct --max-model-len 4096"),
-                container_port=8000, gpus_num=1,
-                resources=_resources(gpu_vendor="nvidia", gpu_count_min=1, gpu_count_max=1, gpu_memory_min_gb=24),
-            ),
-            offers=_offers(backend, "A10G", spot=False), replicas=ReplicaBounds(min=1, max=4, initial=1),
-            scaling=ScalingPlan(target=10),
-            route=GatewayRoutePlan(subdomain="llama31-service", model=ModelPlan(name="meta-llama/Meta-Llama-3.1-8B-Instruct")),
-        ),
-        ServicePlan(
-            file=file.format("private-registry"), name="private-image", backend=backend,
-            replica_group=ReplicaGroupPlan(
-                image="ghcr.io/peterschmidt85/base:py3.13-0.6-cuda-12.1", image_from="image",
-                registry_auth=RegistryAuthPlan(username="peterschmidt85", password=SecretStr(REGISTRY_PASSWORD)),
-                commands=("python3 -m http.server",), container_port=8000, resources=_resources(),
-            ),
-            offers=_offers(backend, None, spot=False), replicas=ReplicaBounds(min=1, max=1, initial=1),
-            route=GatewayRoutePlan(subdomain="private-image"),
-        ),
-        ServicePlan(
-            file=file.format("tgi"), name="llama2-tgi", backend=backend,
-            replica_group=ReplicaGroupPlan(
-                image="ghcr.io/huggingface/text-generation-inference:latest", image_from="image",
-                env={"MODEL_ID": EnvValue(value="TheBloke/Llama-2-13B-chat-GPTQ")},
-                commands=("text-generation-launcher --port 8000 --trust-remote-code --quantize gptq",),
-                container_port=8000, gpus_num=1,
-                resources=_resources(gpu_vendor="nvidia", gpu_count_min=1, gpu_count_max=1, gpu_memory_min_gb=24),
-            ),
-            offers=_offers(backend, "L4", spot=False), replicas=ReplicaBounds(min=1, max=1, initial=1),
-            route=GatewayRoutePlan(
-                subdomain="llama2-tgi",
-                model=ModelPlan(name="TheBloke/Llama-2-13B-chat-GPTQ", format="tgi", chat_template="{{ messages }}", eos_token="</s>"),
-            ),
-        ),
-        ServicePlan(
-            file=file.format("mixtral"), name="mixtral", backend=backend,
-            replica_group=ReplicaGroupPlan(
-                image="dstackai/base:py3.10-0.6-cuda-12.1", python="3.10", nvcc=True,
-                commands=(
-                    "pip install vllm",
-                    "python -m vllm.entrypoints.openai.api_server --model mistralai/Mixtral-8X7B-Instruct-v0.1 "
-                    "--host 0.0.0.0 --tensor-parallel-size $DSTACK_GPUS_NUM",
-                ),
-                container_port=8000, gpus_num=2,
-                resources=_resources(gpu_vendor="nvidia", gpu_count_min=2, gpu_count_max=2, gpu_memory_min_gb=80,
-                                     disk_min_gb=200, shm_size_gb=16),
-            ),
-            offers=_offers(backend, "A100x2", spot=False), replicas=ReplicaBounds(min=1, max=1, initial=1),
-            route=GatewayRoutePlan(subdomain="mixtral"),
-        ),
-        ServicePlan(
-            file=file.format("volume"), name="volume-service", backend=backend,
-            replica_group=ReplicaGroupPlan(
-                image="dstackai/base:py3.10-0.6-cuda-12.1", python="3.10",
-                commands=("python3 -m http.server --directory /volume_data",), container_port=8000,
-                resources=_resources(disk_min_gb=50),
-            ),
-            offers=_offers(backend, None), spot_policy="auto", max_price=0.5,
-            replicas=ReplicaBounds(min=0, max=2, initial=1), scaling=ScalingPlan(target=5),
-            volumes=(
-                VolumePlan(kind="network", names=("my-new-volume",), path="/volume_data"),
-                VolumePlan(kind="instance", instance_path="/mnt/cache", path="/root/.cache"),
-            ),
-            route=GatewayRoutePlan(subdomain="volume-service"),
-        ),
-    ]
-    return {p.name: p for p in plans}
+    """The seed examples compiled by the translator for ``backend`` (name → plan)."""
+    from serveform.translator import CompileContext, compile_text
+
+    context = CompileContext(backend=backend, domain="example.com", regions=REGIONS[backend], stack_secrets=STACK_SECRETS)
+    plans = {}
+    for name, text in SEEDS.items():
+        old, new = _BACKEND_OVERRIDES.get((backend, name), ("", ""))
+        plans[name] = compile_text(text.replace(old, new), file=f"services/{name}.dstack.yml", context=context).plan
+    return plans
 
 
 def hostile_plan(backend: str, instance_dir: str = "/mnt/it's here") -> ServicePlan:

@@ -24,25 +24,40 @@ def desired_of(rec, service):
     return rec.one("aws:autoscaling/group:Group", f"{service}-group").inputs["desiredCapacity"]
 
 
+def _types_by_price(plan, spot=None):
+    offers = sorted((o for o in plan.offers if spot is None or o.spot == spot), key=lambda o: (o.price_per_hour, o.instance_type))
+    types = []
+    for offer in offers:
+        if offer.instance_type not in types:
+            types.append(offer.instance_type)
+    return types
+
+
 def test_auto_scaling_groups_mix_instance_types_and_markets(recording):
+    plans = example_plans("aws")
     llama = recording.one("aws:autoscaling/group:Group", "llama31-service-group").inputs
     assert (llama["minSize"], llama["maxSize"], llama["desiredCapacity"]) == (1, 4, 1)
     assert llama["name"] == "serveform-dev-llama31-service"
     policy = llama["mixedInstancesPolicy"]
-    assert [o["instanceType"] for o in policy["launchTemplate"]["overrides"]] == ["g5.xlarge", "g5.2xlarge"]
+    overrides = [o["instanceType"] for o in policy["launchTemplate"]["overrides"]]
+    assert overrides == _types_by_price(plans["llama31-service"]) and len(overrides) > 1
+    assert all(t.startswith(("g5.", "g6.", "g6e.", "g4dn.", "p")) for t in overrides)  # 24 GB GPU instances only
     assert policy["instancesDistribution"]["onDemandPercentageAboveBaseCapacity"] == 100
-    # spot_policy auto: the floor stays on-demand, the rest is spot under max_price.
+    # spot_policy auto: the floor (min replicas, here 0) stays on-demand, the rest is spot under max_price.
     auto = recording.one("aws:autoscaling/group:Group", "volume-service-group").inputs
     dist = auto["mixedInstancesPolicy"]["instancesDistribution"]
     assert dist["onDemandBaseCapacity"] == 0 and dist["onDemandPercentageAboveBaseCapacity"] == 0
     assert dist["spotAllocationStrategy"] == "price-capacity-optimized" and dist["spotMaxPrice"] == "0.5000"
     assert auto["capacityRebalance"] is True
+    assert (auto["minSize"], auto["maxSize"], auto["desiredCapacity"]) == (0, 2, 0)
     assert len(auto["vpcZoneIdentifiers"]) == 1  # the EBS volume's zone only
 
 
 def test_launch_templates_disk_image_and_imds(recording):
+    plans = example_plans("aws")
     mixtral = recording.one("aws:ec2/launchTemplate:LaunchTemplate", "mixtral-template").inputs
-    assert mixtral["instanceType"] == "p4d.24xlarge"
+    assert mixtral["instanceType"] == _types_by_price(plans["mixtral"])[0]
+    assert plans["mixtral"].offers[0].gpu_count == 4 and plans["mixtral"].replica_group.gpus_num == 4
     assert mixtral["blockDeviceMappings"][0]["ebs"]["volumeSize"] == 200
     assert mixtral["imageId"] == "ami-0123456789abcdef0"
     assert mixtral["metadataOptions"]["httpTokens"] == "required"
