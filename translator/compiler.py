@@ -48,7 +48,7 @@ from .serving import (
     OpenAIModelSpec,
     TGIModelSpec,
 )
-from .spec import NAME_PATTERN, UNSUPPORTED_FIELDS, GatewayRef, RetrySpec, ServiceSpec
+from .spec import NAME_PATTERN, RESERVED_NAME, UNSUPPORTED_FIELDS, GatewayRef, RetrySpec, ServiceSpec
 from .volumes import InstanceMountSpec
 
 __all__ = [
@@ -174,7 +174,7 @@ def default_name(file: str) -> str:
         stem = re.sub(r"(\.dstack)?\.ya?ml$", "", candidate.lower())
         stem = re.sub(r"[^a-z0-9-]+", "-", stem).strip("-")
         stem = re.sub(r"^[^a-z]+", "", stem)[:41].rstrip("-")
-        if re.fullmatch(NAME_PATTERN, stem):
+        if re.fullmatch(NAME_PATTERN, stem) and stem != RESERVED_NAME:
             return stem
     return "service"
 

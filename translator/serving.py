@@ -6,6 +6,7 @@ Values that reach the gateway's Caddyfile (gateway/templates) are constrained he
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
@@ -49,6 +50,14 @@ MIN_PROBE_INTERVAL_SECONDS = 1
 MAX_PROBE_URL_LENGTH = 2048
 MAX_PROBE_HEADERS = 16
 MAX_INT64 = 2**63 - 1
+# Values the gateway renders (gateway/templates/service.caddy.j2) or sends (gateway/prober.py):
+# gateway/routes.py refuses anything else at deploy time, so the same rules apply here, where the
+# problem can be shown at its line. A path: absolute, with an optional query, no quotes, braces,
+# backslashes, backticks, whitespace or `*`.
+URL_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()+,;=:@%/?]*$")
+URL_PATH_CHARACTERS = "letters, digits and -._~!$&'()+,;=:@%/?"
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
+HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e\t]*$")
 
 
 class _ChatModelSpec(Spec):
@@ -126,8 +135,32 @@ class ScalingSpec(Spec):
 class HTTPHeaderSpec(Spec):
     """One HTTP header of a probe request."""
 
-    name: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", description="The header name.")]
-    value: Annotated[str, Field(min_length=1, max_length=2048, description="The header value.")]
+    name: Annotated[str, Field(min_length=1, max_length=128, description="The header name: letters, digits and `-`.")]
+    value: Annotated[str, Field(min_length=1, max_length=2048, description="The header value: printable ASCII on one line.")]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_header_name(value)
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str) -> str:
+        if not HEADER_VALUE_RE.match(value):
+            raise ValueError("a header value must be printable ASCII on one line")  # never echoed: may be a token
+        return value
+
+
+def check_header_name(value: str) -> str:
+    if not HEADER_NAME_RE.match(value):
+        raise ValueError(f"invalid header name `{value}`: letters, digits and `-`, starting with a letter or digit")
+    return value
+
+
+def check_url_path(value: str, what: str) -> str:
+    if not URL_PATH_RE.match(value):
+        raise ValueError(f"invalid {what} `{value}`: an absolute path (`/...`) of {URL_PATH_CHARACTERS}")
+    return value
 
 
 class ProbeSpec(Spec):
@@ -178,16 +211,14 @@ class ProbeSpec(Spec):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        # The URL is rendered into the gateway's health-check config (gateway/templates).
+        # The gateway's prober requests it as is (gateway/prober.py).
         if value is None:
             return value
         if not value.startswith("/"):
             raise ValueError("the probe URL must be a path starting with `/`")
         if len(value) > MAX_PROBE_URL_LENGTH:
             raise ValueError(f"the probe URL cannot be longer than {MAX_PROBE_URL_LENGTH} characters")
-        if not value.isprintable() or any(c.isspace() for c in value):
-            raise ValueError("the probe URL cannot contain spaces or non-printable characters")
-        return value
+        return check_url_path(value, "probe URL")
 
     @model_validator(mode="after")
     def _body_needs_method(self) -> "ProbeSpec":
@@ -209,9 +240,11 @@ class HeaderKeySpec(Spec):
     type: Annotated[Literal["header"], Field(description="Partition by a request header.")] = "header"
     header: Annotated[
         str,
-        # rendered into the gateway's rate_limit key (gateway/templates): a bare token only
-        Field(pattern=r"^[a-zA-Z0-9-_]+$", max_length=500, description="The header to partition by."),
+        # rendered into the gateway's rate_limit key (gateway/templates/service.caddy.j2)
+        Field(max_length=128, description="The header to partition by: letters, digits and `-`."),
     ]
+
+    _header = field_validator("header")(classmethod(lambda cls, value: check_header_name(value)))
 
 
 def _key_type(value: Any) -> str | None:
@@ -227,8 +260,6 @@ class RateLimitSpec(Spec):
         str,
         Field(
             max_length=4094,
-            # rendered into the gateway's path matcher (gateway/templates): no spaces, braces or `\`
-            pattern=r"^/[^\s\\{}]*$",
             description="The path prefix the limit applies to; the longest matching prefix wins. Defaults to `/`.",
         ),
     ] = "/"
@@ -242,3 +273,11 @@ class RateLimitSpec(Spec):
         Field(ge=1 / 60, le=MAX_INT64 // 60, description="The maximum requests per second (at least 1 per minute)."),
     ]
     burst: Annotated[int, Field(ge=0, le=MAX_INT64, description="Requests allowed ahead of the rate. Defaults to `0`.")] = 0
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        # rendered into the gateway's path matcher (gateway/templates/service.caddy.j2)
+        if "?" in value:
+            raise ValueError(f"invalid prefix `{value}`: a path without a query")
+        return check_url_path(value, "prefix")

@@ -59,6 +59,7 @@ BACKEND_TYPES = (
 # the Caddyfile's site address), so it must be a valid label: dstack's run-name rule
 # `^[a-z][a-z0-9-]{1,40}$`, plus no trailing `-` (RFC 1123), checked here rather than at deploy time.
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}[a-z0-9]$"
+RESERVED_NAME = "gateway"  # gateway.<domain> is the OpenAI-compatible endpoint (dstack's too)
 _TRUE_STRINGS = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE_STRINGS = frozenset({"0", "off", "f", "false", "n", "no"})
 
@@ -259,6 +260,8 @@ class ServiceSpec(Spec):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
+        if value == RESERVED_NAME:
+            raise ValueError(f"`{RESERVED_NAME}` is reserved: the gateway serves its OpenAI-compatible endpoint at `{RESERVED_NAME}.<domain>`")
         if value is not None and not re.fullmatch(NAME_PATTERN, value):
             raise ValueError(
                 f"invalid name `{value}`: the name is the DNS label of `<name>.<domain>`: "

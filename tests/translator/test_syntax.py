@@ -346,6 +346,14 @@ def test_rate_limits() -> None:
         ("probes: [{type: http, method: get, body: x}]\n", "probes[0].body"),
         ("probes: [{type: http}, {type: http}]\n", "probes[1]"),
         ("probes: [{type: http, timeout: 0}]\n", "probes[0].timeout"),
+        # what the gateway could not render or send (gateway/routes.py refuses it at deploy time)
+        ("probes: [{type: http, url: '/health\"x'}]\n", "probes[0].url"),
+        ("probes: [{type: http, url: '/h{x}'}]\n", "probes[0].url"),
+        ("probes: [{type: http, headers: [{name: X_Key, value: v}]}]\n", "probes[0].headers[0].name"),
+        ("probes: [{type: http, headers: [{name: X-Key, value: \"a\\nb\"}]}]\n", "probes[0].headers[0].value"),
+        ("rate_limits: [{rps: 1, prefix: '/v1?x=1'}]\n", "rate_limits[0].prefix"),
+        ("rate_limits: [{rps: 1, prefix: '/v1*'}]\n", "rate_limits[0].prefix"),
+        ("rate_limits: [{rps: 1, key: {type: header, header: X_Api_Key}}]\n", "rate_limits[0].key.header"),
     ],
 )
 def test_probe_and_rate_limit_errors(extra: str, field: str) -> None:
@@ -362,7 +370,7 @@ def test_name_is_a_dns_label(name: str) -> None:
     assert compile_text(f"type: service\nname: {name}\ncommands: [x]\nport: 80\n").plan.route.subdomain == name
 
 
-@pytest.mark.parametrize("name", ["a", "My-Service", "1abc", "ab-", "a" * 42, "my_service", "my.service"])
+@pytest.mark.parametrize("name", ["a", "My-Service", "1abc", "ab-", "a" * 42, "my_service", "my.service", "gateway"])
 def test_name_rejects_what_is_not_a_dns_label(name: str) -> None:
     with pytest.raises(TranslatorError) as caught:
         compile_text(f"type: service\nname: {name}\ncommands: [x]\nport: 80\n")
@@ -372,6 +380,7 @@ def test_name_rejects_what_is_not_a_dns_label(name: str) -> None:
 def test_name_defaults_to_the_file_name() -> None:
     result = compile_text("type: service\ncommands: [x]\nport: 80\n", "deploy/My_Chat.dstack.yml")
     assert result.plan.name == "my-chat"
+    assert compile_text("type: service\ncommands: [x]\nport: 80\n", "api/gateway.dstack.yml").plan.name == "api", "`gateway` is reserved"
     assert any("named `my-chat`" in w.message for w in result.warnings)
 
 
