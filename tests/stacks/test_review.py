@@ -130,3 +130,15 @@ def test_bad_base_is_an_error(repo):
     result = _plan(repo, "--base", "no-such-ref")
     assert result.returncode == 1
     assert "no-such-ref" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("stack,cloud", [("aws", "aws"), ("gcp", "gcp"), ("azure", "azure")])
+def test_environment_stacks_render_offline(stack, cloud):
+    """The repository's own environment stacks compile and wire under the mock runtime."""
+    from serveform.stacks.review import render_graph
+
+    graph = render_graph(ROOT, stack)
+    types = {r["type"] for r in graph["resources"]}
+    assert {f"serveform:{cloud}:Gateway", f"serveform:{cloud}:GpuInstanceGroup"} <= types
+    names = {r["name"] for r in graph["resources"]}
+    assert {"gateway", "chat", "gateway-dns"} <= names
