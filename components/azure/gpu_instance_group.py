@@ -173,7 +173,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
             sku={"name": cap.instance_types[0], "tier": "Standard", "capacity": args.desired},
             orchestration_mode="Uniform",
             overprovision=False,
-            upgrade_policy={"mode": "Rolling", "rolling_upgrade_policy": {"max_batch_instance_percent": 50}},
+            # Rolling upgrades need a health probe the replicas do not expose to Azure; a changed
+            # model (image, boot document) reaches every instance at once, as a fresh boot.
+            upgrade_policy={"mode": "Automatic"},
             identity={"type": "UserAssigned", "user_assigned_identities": [identity.id]},
             virtual_machine_profile={
                 **spot,
