@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -68,6 +69,7 @@ BASE_IMAGE_UBUNTU = "24.04"
 DIND_IMAGE = "dstackai/dind"
 # dstack takes the server's Python; a plan must not depend on who compiles it, so we fix one.
 DEFAULT_PYTHON_VERSION = "3.12"
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 DEFAULT_RETRY_DURATION_SECONDS = 3600  # dstack's default when `retry: true`
 RETRY_EVENTS = ("no-capacity", "interruption", "error")
 OPENAI_MODEL_PROBE_TIMEOUT_SECONDS = 30  # dstack 0.22's default probe of a model service
@@ -93,6 +95,14 @@ class CompileContext:
     """A gpuhunt offers CSV to use instead of the shipped snapshot."""
     require_env: bool = True
     """False for `validate`/`compile` previews: a missing env value is a warning, not an error."""
+
+    def __post_init__(self) -> None:
+        # A context is built by code (stack settings, the CLI), not by users: a wrong one is a bug.
+        if self.backend not in BACKENDS:
+            raise ValueError(f"CompileContext.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if isinstance(self.regions, str):
+            raise ValueError("CompileContext.regions is a sequence of region names, not a string")
+        object.__setattr__(self, "regions", tuple(self.regions))
 
 
 @dataclass(frozen=True)

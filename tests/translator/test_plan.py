@@ -222,3 +222,11 @@ def test_unknown_or_contradictory_gpus_are_warned_about() -> None:
     assert (warning.field, warning.hint) == ("resources.gpu.name[0]", "did you mean `A100`?")
     (warning,) = _gpu("amd:A100").warnings
     assert warning.field == "resources.gpu" and "nvidia, not amd" in warning.message
+
+
+def test_a_wrong_context_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        CompileContext(backend="digitalocean")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="regions"):
+        CompileContext(regions="us-east-1")  # type: ignore[arg-type]
+    assert CompileContext(regions=["us-east-1"]).regions == ("us-east-1",)  # type: ignore[arg-type]
