@@ -1,0 +1,55 @@
+"""Golden files: the rendered boot documents of the hostile example, byte for byte.
+
+A template change shows up here as a reviewable diff. To accept a change on purpose:
+``SERVEFORM_UPDATE_GOLDEN=1 python -m pytest tests/components/test_golden.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cloud_examples import hostile_plan  # noqa: E402
+
+from serveform.components._vm import DiscoveryTarget, GatewayBoot, ReplicaBoot, SecretRef, gateway_user_data, replica_user_data  # noqa: E402
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+_REFS = {
+    "aws": SecretRef(cloud="aws", ref="arn:aws:secretsmanager:us-east-1:123456789012:secret:hostile-AbCdEf", region="us-east-1"),
+    "gcp": SecretRef(cloud="gcp", ref="projects/acme/secrets/serveform-dev-hostile"),
+    "azure": SecretRef(cloud="azure", ref="https://sfdev.vault.azure.net/secrets/svc-hostile"),
+}
+
+
+def _check(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("SERVEFORM_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run with SERVEFORM_UPDATE_GOLDEN=1 once and review it"
+    assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_replica_cloud_init_golden(cloud):
+    plan = hostile_plan(cloud, instance_dir="/mnt/it's here")
+    identity = "00000000-0000-0000-0000-0000000000aa" if cloud == "azure" else None
+    _check(f"replica-{cloud}.yaml", replica_user_data(ReplicaBoot(plan=plan, cloud=cloud, stack="dev", secret=_REFS[cloud], identity=identity)))
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_gateway_cloud_init_golden(cloud):
+    # A fixed gateway.json: its layout belongs to the gateway package and is tested there.
+    document = {"settings": {"domain": "example.com", "note": "it's \"$HOME\" `x`\nline"}, "plans": [], "tokens_file": "secrets/tokens.json"}
+    boot = GatewayBoot(
+        cloud=cloud, stack="dev", domain="example.com",
+        gateway_document=document,
+        targets=(DiscoveryTarget(service="hostile", port=8080, cloud=cloud, group="serveform-dev-hostile", region="us-east-1"),),
+        tokens_secret=_REFS[cloud], identity="00000000-0000-0000-0000-0000000000bb" if cloud == "azure" else None,
+    )
+    _check(f"gateway-{cloud}.yaml", gateway_user_data(boot))
