@@ -69,6 +69,8 @@ class DaemonInputs(BaseModel):
     ready_address: str | None = None
     ready_timeout_seconds: float = 60.0
     reload_signal: str | None = None
+    extra_logs: list[str] = []
+    """Logs of the daemon's children (relative to `state_dir`) quoted too when it fails to start."""
     cleanup_root: str | None = None
 
 
@@ -140,10 +142,14 @@ def _start(inputs: DaemonInputs, port: int | None) -> ProcessRef:
     died = not ref.alive()
     stop(ref)
     why = "exited" if died else f"did not accept connections within {inputs.ready_timeout_seconds:g}s"
-    tail = _redact(log_tail(inputs.log_path), {**inputs.secret_files, **inputs.secret_env})
-    raise ProcessStartError(
-        f"{inputs.name} {why} before listening on {address}.\nLast lines of {inputs.log_path}:\n{tail}"
-    )
+    # The state directory goes with a failed create, so the logs are quoted here, redacted.
+    secrets = {**inputs.secret_files, **inputs.secret_env}
+    quoted = []
+    for log in (inputs.log_path, *(str(Path(inputs.state_dir) / extra) for extra in inputs.extra_logs)):
+        tail = _redact(log_tail(log), secrets)
+        if tail:
+            quoted.append(f"Last lines of {log}:\n{tail}")
+    raise ProcessStartError(f"{inputs.name} {why} before listening on {address}.\n" + "\n".join(quoted))
 
 
 class DaemonProvider(dynamic.ResourceProvider):
@@ -156,7 +162,7 @@ class DaemonProvider(dynamic.ResourceProvider):
             return olds.get(key, default) != news.get(key, default)
 
         replaces = [k for k in _REPLACE_KEYS if differs(k)]
-        updates = (*_FILE_KEYS, "provider_version", "ready_timeout_seconds", "reload_signal", "cleanup_root")
+        updates = (*_FILE_KEYS, "provider_version", "ready_timeout_seconds", "reload_signal", "cleanup_root", "extra_logs")
         changed = replaces or [k for k in updates if differs(k)]
         # Two copies of one daemon would fight over its state directory and address.
         return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)

@@ -100,6 +100,7 @@ class Gateway(pulumi.ComponentResource):
                 "ready_address": f"127.0.0.1:{port}",
                 "ready_timeout_seconds": args.ready_timeout_seconds,
                 "reload_signal": "SIGHUP",
+                "extra_logs": ["caddy.log"],
                 "cleanup_root": args.cleanup_root,
             },
             pulumi.ResourceOptions(parent=self),

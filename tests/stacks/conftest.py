@@ -17,6 +17,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -278,9 +279,14 @@ def make_project(base: Path, stack: str) -> LocalProject:
 
 
 @pytest.fixture(scope="module")
-def local_project(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalProject]:
-    """A fresh project; whatever a test module leaves deployed is destroyed at the end."""
-    project = make_project(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), "itest")
+def local_project() -> Iterator[LocalProject]:
+    """A fresh project; whatever a test module leaves deployed is destroyed at the end.
+
+    It lives in a short /tmp path rather than pytest's deep one: the gateway keeps unix sockets
+    in its state directory, and a socket path may not exceed 107 bytes.
+    """
+    base = Path(tempfile.mkdtemp(prefix="sf-"))
+    project = make_project(base, "itest")
     yield project
     if project.state_dir.exists() or processes_mentioning(str(project.root)):
         project.pulumi("destroy", "--yes")
@@ -289,3 +295,4 @@ def local_project(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+    shutil.rmtree(base, ignore_errors=True)

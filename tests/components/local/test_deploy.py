@@ -7,6 +7,8 @@ at the recorded registrations (type, logical name, parent chain, inputs, secret-
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pulumi
@@ -59,6 +61,14 @@ class _Mocks(pulumi.runtime.Mocks):
     def named(self, name: str) -> pulumi.runtime.MockResourceArgs:
         (found,) = [r for r in self.registered if r.name == name]
         return found
+
+
+@pytest.fixture
+def tmp_path():
+    """A short project directory: the gateway's sockets must fit a unix socket path (107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="sf-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -244,9 +254,8 @@ async def test_a_volume_named_by_two_services_is_one_directory(tmp_path, mocks):
 async def test_a_service_the_gateway_cannot_serve_fails_before_any_resource(tmp_path, mocks):
     from serveform.components.local import deploy
     from serveform.components.local import deploy
-    from serveform.gateway.errors import GatewayConfigError
 
-    with pytest.raises(GatewayConfigError, match="gateway"):
+    with pytest.raises(pulumi.RunError, match="chat.dstack.yml|gateway.dstack.yml: error: name: .*reserved"):
         deploy(_settings(tmp_path), [_plan("gateway")])  # `gateway.<domain>` is the router's host
     assert mocks.registered == []
 
@@ -269,3 +278,12 @@ async def test_no_scaler_without_a_range(tmp_path, mocks):
     await _deploy(_settings(tmp_path), [_plan(replicas=(2, 2, 2))])
     assert [r.name for r in mocks.of_type(DAEMON)] == ["gateway-process"]
     assert "scaler" not in _exports()
+
+
+async def test_a_state_dir_too_deep_for_unix_sockets_fails_before_any_resource(tmp_path, mocks):
+    from serveform.components.local import deploy
+
+    deep = tmp_path / ("d" * 100)
+    with pytest.raises(pulumi.RunError, match=r"serveform:local.state_dir: .*longer than 107 bytes"):
+        deploy(_settings(tmp_path, **{"serveform:local": json.dumps({"state_dir": str(deep)})}), [_plan()])
+    assert mocks.registered == []
