@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pulumi
@@ -29,7 +29,11 @@ __all__ = [
     "gateway_caddyfile",
     "gateway_document",
     "gateway_settings",
+    "model_endpoint",
+    "package_spec",
+    "project_files",
     "require",
+    "scaler_unit",
     "service_url",
     "tokens_secret",
 ]

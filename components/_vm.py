@@ -311,7 +311,6 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         cloud=boot.cloud,
         run_sh=run_sh,
         unit=unit,
-        needs_python=boot.secret is not None,
     )
 
 

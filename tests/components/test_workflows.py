@@ -43,7 +43,7 @@ def test_actionlint_is_the_pinned_version(actionlint):
 
 
 def test_workflows_pass_actionlint(actionlint):
-    assert [p.name for p in WORKFLOWS] == ["preview.yml", "up.yml"]
+    assert {"preview.yml", "up.yml"} <= {p.name for p in WORKFLOWS}
     result = _lint(actionlint, *WORKFLOWS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == ""
