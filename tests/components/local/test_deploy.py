@@ -287,3 +287,12 @@ async def test_a_state_dir_too_deep_for_unix_sockets_fails_before_any_resource(t
     with pytest.raises(pulumi.RunError, match=r"serveform:local.state_dir: .*longer than 107 bytes"):
         deploy(_settings(tmp_path, **{"serveform:local": json.dumps({"state_dir": str(deep)})}), [_plan()])
     assert mocks.registered == []
+
+
+async def test_a_service_scaled_to_zero_keeps_its_route_with_no_addresses(tmp_path, mocks):
+    await _deploy(_settings(tmp_path, **{"serveform:replicas": json.dumps({"chat": 0})}), [_plan(replicas=(0, 2, 1))])
+    assert mocks.of_type(REPLICA) == []
+    (publication,) = mocks.of_type(PUBLICATION)
+    assert publication.inputs["addresses"] == []
+    services, _ = await _resolve(_exports()["services"])
+    assert services[0]["replicas"]["count"] == 0 and services[0]["addresses"] == []
