@@ -47,6 +47,8 @@ class PortMapping(Spec):
                 return {"local_port": 80, "container_port": int(match.group(1))}
             return {"local_port": int(match.group(1)), "container_port": int(match.group(2))}
         if isinstance(value, float):
+            if value.is_integer():  # pydantic's lax int, as dstack 0.22 reads `!!float 8000`
+                return {"local_port": 80, "container_port": int(value)}
             raise ValueError(f"expected a port number, got `{value}`")
         return value
 

@@ -66,8 +66,10 @@ class Duration(int):
             raise ValueError(f"expected a duration such as `5m`, got the boolean {str(value).lower()}")
         if isinstance(value, int):
             return cls(value)
-        if isinstance(value, float) and value.is_integer():
-            return cls(int(value))
+        if isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"invalid duration `{value}`")
+            return cls(int(value))  # dstack 0.22 truncates fractional seconds
         if isinstance(value, str):
             text = value.strip()
             if text.lstrip("-").isdigit():

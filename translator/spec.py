@@ -318,6 +318,9 @@ class ServiceSpec(Spec):
     @field_validator("gateway", mode="before", json_schema_input_type=bool | Annotated[str, Field(pattern=r"^[^/]+(/[^/]+)?$")] | int | GatewayRef | None)
     @classmethod
     def _gateway(cls, value: Any) -> Any:
+        # dstack 0.22 tries `bool` first, with pydantic's lax booleans: `gateway: "no"` is false.
+        if isinstance(value, str) and value.lower() in _TRUE_STRINGS | _FALSE_STRINGS:
+            return value.lower() in _TRUE_STRINGS
         if isinstance(value, str):
             parts = value.split("/")
             if any(not p for p in parts) or len(parts) > 2:

@@ -144,6 +144,8 @@ def test_schema_agrees_with_the_translator_on_the_dstack_cases(capsys: pytest.Ca
             compile_file(path)
         except TranslatorError:
             continue
+        if case.get("lax"):
+            continue
         # every file the translator accepts is valid under the schema editors use
         errors = [e.message for e in validator.iter_errors(yaml.safe_load(case["yaml"]))]
         assert not errors, (case["yaml"], errors)

@@ -69,7 +69,11 @@ def test_duration_parse(text: object, seconds: int) -> None:
     assert Duration.parse(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["1y", "5 minutes", "m", True, None, 1.5])
+def test_fractional_durations_are_truncated_as_dstack_does() -> None:
+    assert Duration.parse(3.9) == 3
+
+
+@pytest.mark.parametrize("text", ["1y", "5 minutes", "m", True, None, float("nan")])
 def test_duration_parse_rejects(text: object) -> None:
     with pytest.raises(ValueError):
         Duration.parse(text)
