@@ -14,7 +14,7 @@ PULUMI_VERSION=v3.259.0
 CADDY_VERSION=v2.11.9
 VENV=$ROOT/.venv
 PY=${PYTHON:-python3}
-EXTRAS=${SERVEFORM_EXTRAS:-test,k8s}
+EXTRAS=${SERVEFORM_EXTRAS:-test,k8s,cloud}
 
 mkdir -p "$CACHE"
 log() { printf '[setup] %s\n' "$*" >&2; }
