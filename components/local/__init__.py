@@ -163,6 +163,9 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
                 project_dir=project_dir,
                 state_dir=str(state_dir / "scaler"),
                 gateway_state_dir=str(state_dir / "gateway"),
+                environment_names=tuple(
+                    name for plan in plans for name, env in plan.replica_group.env.items() if env.source == "environment"
+                ),
                 cleanup_root=cleanup_root,
             ),
             pulumi.ResourceOptions(depends_on=[gateway]),

@@ -7,9 +7,11 @@ writing `serveform:replicas.<service>` and running `up` on this same stack. Its 
 `/healthz` listen on a loopback port chosen when it starts (output `address`); its decisions
 survive restarts in `<state_dir>/scaler-state.json`.
 
-The Pulumi backend URL, passphrase and home it needs for that `up` are passed from the deploying
-environment when it starts, never stored in the state: the same stack deployed from another
-shell does not see a change, and the scaler's own `up` never replaces the scaler.
+The Pulumi backend URL, passphrase and home it needs for that `up`, and the env values services
+take from the deploying environment (bare `- NAME` entries, which its `up` compiles again), are
+passed from the deploying environment when it starts, never stored in the state: the same stack
+deployed from another shell does not see a change, and the scaler's own `up` neither replaces
+the scaler nor changes a replica's environment.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class ScalerArgs:
     """The scaler's own directory (its saved decisions and log)."""
     gateway_state_dir: str
     """The gateway's state directory, whose `status.json` names the metrics endpoint."""
+    environment_names: tuple[str, ...] = ()
+    """Env names the services take from the deploying environment (bare `- NAME` entries): the
+    scaler's `up` compiles the same service files, so it gets the same values when it starts."""
     ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
     """How long `up` waits for the scaler's `/healthz` listener."""
     cleanup_root: str | None = None
@@ -81,7 +86,7 @@ class Scaler(pulumi.ComponentResource):
                 "argv": [*argv, "--project-dir", args.project_dir],
                 "cwd": args.project_dir,
                 "env": {"SERVEFORM_PROJECT_DIR": args.project_dir},
-                "inherit_env": list(_PULUMI_ENV),
+                "inherit_env": [*_PULUMI_ENV, *sorted(set(args.environment_names))],
                 "state_dir": str(state_dir),
                 "log_path": str(state_dir / "scaler.log"),
                 "ready_address": f"127.0.0.1:{_daemon.PORT}",

@@ -262,7 +262,11 @@ async def test_a_service_the_gateway_cannot_serve_fails_before_any_resource(tmp_
 
 async def test_the_scaler_runs_for_a_range_with_a_policy_and_gets_pulumi_env_at_start(tmp_path, mocks):
     settings = _settings(tmp_path)
-    await _deploy(settings, [_plan()])
+    env = {
+        "FROM_SHELL": EnvValue(value=SecretStr("shell-value"), secret=True, source="environment"),
+        "HF_TOKEN": EnvValue(value=SecretStr("hf-secret-value"), secret=True, source="stack"),
+    }
+    await _deploy(settings, [_plan(env=env)])
     inputs = mocks.named("scaler-process").inputs
     argv = inputs["argv"]
     assert argv[1:6] == ["-m", "serveform.scaler", "run", "--stack", "dev"]
@@ -271,6 +275,8 @@ async def test_the_scaler_runs_for_a_range_with_a_policy_and_gets_pulumi_env_at_
     assert argv[argv.index("--listen") + 1] == "127.0.0.1:{port}" and inputs["ready_address"] == "127.0.0.1:{port}"
     # The backend URL and passphrase come from the environment at start, never from the state.
     assert "PULUMI_CONFIG_PASSPHRASE" in inputs["inherit_env"] and "PULUMI_CONFIG_PASSPHRASE" not in inputs["env"]
+    # So do values the services take from the deploying environment: the scaler's `up` compiles them again.
+    assert "FROM_SHELL" in inputs["inherit_env"] and "HF_TOKEN" not in inputs["inherit_env"]
     assert await _resolve(_exports()["scaler"]) == ({"address": "127.0.0.1:19465"}, False)
 
 
