@@ -64,6 +64,8 @@ PULUMI_VERSION = "3.259.0"
 SCALER_PROJECT_DIR = "/opt/serveform/project"
 SCALER_STATE_DIR = "/var/lib/serveform-scaler"
 
+# AWS Graviton (arm64) instance families: a letter prefix, a generation, then a `g` among the suffixes.
+_AWS_ARM = re.compile(r"^(a1|[a-z]+\d+[a-z]*g[a-z]*)\.")
 # Env names reach `export NAME=...` and `docker run -e NAME`: identifiers only.
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -102,6 +104,9 @@ def capacity(plan: ServicePlan, cloud: Cloud, *, region: str | None = None, zone
     is spot — the nearest an auto scaling group comes to "spot, else on-demand".
     """
     offers = [o for o in plan.offers if o.backend == cloud and (region is None or not o.region or o.region == region)]
+    # The GPU machine images are x86-64: Graviton types (m6g, g5g, t4g, a1, ...) cannot boot them.
+    if cloud == "aws":
+        offers = [o for o in offers if not _AWS_ARM.match(o.instance_type)]
     # Zonal offers (GCP) count only in the group's zone.
     offers = [o for o in offers if zone is None or getattr(o, "zone", None) in (None, zone)]
     if plan.spot_policy == "spot":
