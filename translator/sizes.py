@@ -121,6 +121,6 @@ MemoryGB = Annotated[
 DurationSeconds = Annotated[
     int,
     BeforeValidator(_parse_duration),
-    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^\s*\d+ *[smhdw]?\s*$"}]}, mode="validation"),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\s*\d+ *[smhdw]?\s*$"}]}, mode="validation"),
 ]
 """A duration field: written as `90`/`30s`/`5m`/`2h`/`1d`/`1w`, stored as seconds."""

@@ -365,7 +365,7 @@ class ServiceSpec(Spec):
                 seen.append(probe)
         return value
 
-    @field_validator("max_duration", "stop_duration", mode="before", json_schema_input_type=int | str | bool | None)
+    @field_validator("max_duration", "stop_duration", mode="before", json_schema_input_type=float | str | bool | None)
     @classmethod
     def _off_duration(cls, value: Any) -> Any:
         return parse_off_duration(value)
