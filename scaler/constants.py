@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ACCESS_LOG_READ_LIMIT_BYTES",
+    "AT_ZERO_INTERVAL_SECONDS",
     "APPLY_BACKOFF_INITIAL_SECONDS",
     "APPLY_BACKOFF_JITTER_RATIO",
     "APPLY_BACKOFF_MAX_SECONDS",
@@ -68,6 +69,9 @@ ACCESS_LOG_READ_LIMIT_BYTES = 64 * 1024 * 1024
 
 # --- daemon -----------------------------------------------------------------------------------
 DEFAULT_INTERVAL_SECONDS = 5.0
+# While a watched service is at zero replicas the daemon looks this often: a request held by the
+# gateway waits for the scaler's next look plus an `up`, so this bounds the first part.
+AT_ZERO_INTERVAL_SECONDS = 1.0
 # Loopback only: the scaler's endpoints carry no auth.
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9465"
 # /healthz fails when no tick succeeded within this many intervals.

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .applier import Applier, ApplyWorker
 from .constants import (
+    AT_ZERO_INTERVAL_SECONDS,
     DEFAULT_HOST_LABEL,
     DEFAULT_IN_FLIGHT_SELECTOR,
     DEFAULT_INTERVAL_SECONDS,
@@ -187,6 +188,11 @@ class Scaler:
         if pending and self._worker is not None and not self.dry_run:
             log.info("resuming decisions not yet applied: %s", ", ".join(f"{s}={n}" for s, n in sorted(pending.items())))
             self._worker.submit(pending, reasons={s: self._state.services[s].reason for s in pending})
+
+    def any_at_zero(self) -> bool:
+        """Whether some watched service has no replica (its first request must be noticed fast)."""
+        with self._lock:
+            return any(self.scale_state(name).replicas == 0 for name in self._services)
 
     def scale_state(self, name: str) -> ScaleState:
         record = self._state.get(name)
@@ -493,8 +499,11 @@ async def run(
                     scaler.observe(now, requests, in_flight)
                     scaler.evaluate(now)
                 elapsed = time.monotonic() - started
+                interval = config.interval_seconds
+                if scaler.any_at_zero():
+                    interval = min(interval, AT_ZERO_INTERVAL_SECONDS)
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, config.interval_seconds - elapsed))
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, interval - elapsed))
                 except asyncio.TimeoutError:
                     pass
     finally:

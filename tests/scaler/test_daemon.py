@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -292,3 +293,29 @@ def test_run_refuses_bad_selector(tmp_path, capsys):
 @pytest.fixture(autouse=True)
 def _quiet_aiohttp(caplog):
     caplog.set_level("ERROR", logger="aiohttp.access")
+
+
+async def test_a_service_at_zero_is_watched_more_often(tmp_path):
+    from serveform.scaler.constants import AT_ZERO_INTERVAL_SECONDS
+
+    caddy, stack, clock = FakeCaddy(), FakeStack(), Clock()
+    config = ScalerConfig(
+        stack="test",
+        project_dir=tmp_path,
+        metrics_url=None,
+        interval_seconds=30,
+        listen=None,
+        state_path=tmp_path / "state.json",
+        services=[_service(min_replicas=0)],
+    )
+    async with caddy as url:
+        config = dataclasses.replace(config, metrics_url=url)
+        async with Daemon(config, stack, clock):
+            started = time.monotonic()
+            await _until(lambda: caddy.scrapes >= 3, timeout=3 * AT_ZERO_INTERVAL_SECONDS + 5, what="fast scrapes at zero")
+            assert time.monotonic() - started < 30  # not the 30 s interval
+            caddy.in_flight = 1
+            await _until(lambda: stack.ups == [{"chat": 1}], timeout=AT_ZERO_INTERVAL_SECONDS + 5, what="scale from zero")
+            seen = caddy.scrapes
+            await asyncio.sleep(3 * AT_ZERO_INTERVAL_SECONDS)
+            assert caddy.scrapes <= seen + 1  # at one replica, back to the normal interval
