@@ -360,11 +360,11 @@ class _PlanBuilder:
                 elif value.key in self.context.environ:
                     out[key] = EnvValue(value=SecretStr(self.context.environ[value.key]), secret=True, source="environment")
                 else:
-                    self._at(
-                        path,
-                        f"`{key}` has no value in the file: set it in the deploying environment or add it to the stack's `serveform:secrets`",
-                        warning=not self.context.require_env,
-                    )
+                    if self.context.require_env:
+                        message = f"`{key}` has no value: set it in the deploying environment or add it to the stack's `serveform:secrets`"
+                    else:
+                        message = f"`{key}` has no value in the file: deploying needs it in the environment or in the stack's `serveform:secrets`"
+                    self._at(path, message, warning=not self.context.require_env)
                     out[key] = EnvValue(value=None, secret=True, source="environment")
                 continue
             resolved, secret = self._interpolate(path, value)
