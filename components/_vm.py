@@ -149,6 +149,7 @@ class SecretRef:
     """Where a boot script finds a secret document; the ID only, never the value."""
 
     cloud: Cloud
+    """Which cloud."""
     ref: str
     """AWS: the secret's ARN; GCP: `projects/<p>/secrets/<id>`; Azure: the secret's URL in Key Vault."""
     region: str | None = None
@@ -244,13 +245,19 @@ class ReplicaBoot:
     """Everything a replica's cloud-init needs, resolved to plain values."""
 
     plan: ServicePlan
+    """The compiled service."""
     cloud: Cloud
+    """Which cloud."""
     stack: str
+    """The stack name, for tags and names."""
     secret: SecretRef | None = None
+    """Where the boot script fetches the service's secrets, if it has any."""
     volumes: tuple[VolumeMount, ...] = ()
+    """Network volumes to attach and mount."""
     identity: str | None = None
     """Azure: client ID of the scale set's user-assigned identity (reads Key Vault, attaches disks)."""
     extra_env: dict[str, str] = field(default_factory=dict)
+    """More environment variables for the container (plain values only)."""
 
 
 def _docker_script(plan: ServicePlan) -> list[str]:
@@ -324,8 +331,11 @@ class DiscoveryTarget:
     """One service's group, as the gateway's discovery step looks it up."""
 
     service: str
+    """The service name."""
     port: int
+    """The service port on each replica."""
     cloud: Cloud
+    """Which cloud."""
     group: str
     """AWS: auto scaling group name; GCP: managed instance group name; Azure: scale set name."""
     region: str | None = None
@@ -344,17 +354,23 @@ class GatewayBoot:
     """Everything the gateway VM's cloud-init needs, resolved to plain values."""
 
     cloud: Cloud
+    """Which cloud."""
     stack: str
+    """The stack name, for tags and names."""
     domain: str
+    """Services answer at `<service>.<domain>`."""
     gateway_document: dict[str, object]
     """`<state_dir>/gateway.json` (settings and plans, no secrets) in the gateway package's layout."""
     targets: tuple[DiscoveryTarget, ...]
+    """One discovery target per service."""
     tokens_secret: SecretRef | None
     """Where the bearer tokens live; fetched at boot into a root-only environment file."""
     identity: str | None = None
     """Azure: client ID of the gateway's user-assigned identity."""
     dns_provider: str | None = None
+    """The ACME DNS provider (`serveform:gateway.dns_provider`)."""
     package_spec: str = "serveform"
+    """What the gateway host installs with pip."""
     scaler_unit: str | None = None
     """The scaler's systemd unit (`serveform.scaler.render_unit`), when a service autoscales."""
     project_files: dict[str, str] = field(default_factory=dict)

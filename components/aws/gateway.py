@@ -51,6 +51,7 @@ class GatewayArgs:
     ami: pulumi.Input[str]
     """The gateway's machine image (Ubuntu LTS)."""
     vpc_id: pulumi.Input[str]
+    """The VPC of the security groups."""
     subnet_id: pulumi.Input[str]
     """A public subnet for the gateway VM."""
     gateway_document: dict[str, object]
@@ -60,6 +61,7 @@ class GatewayArgs:
     tokens: pulumi.Input[str] | None = None
     """The bearer tokens as a JSON list: a Pulumi secret, stored in Secrets Manager."""
     instance_type: str = DEFAULT_INSTANCE_TYPE
+    """The gateway VM's instance type (`serveform:gateway.instance_type`)."""
     zone_id: str | None = None
     """Route 53 hosted zone of the domain: when set, `*.<domain>` is created there."""
     dns_provider: str | None = None
@@ -71,6 +73,7 @@ class GatewayArgs:
     project_files: dict[str, str] = field(default_factory=dict)
     """Project files the scaler on the host needs (`_cloud.project_files`)."""
     tags: dict[str, str] = field(default_factory=dict)
+    """Extra tags for every child."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -79,12 +82,15 @@ class Gateway(pulumi.ComponentResource):
     address: pulumi.Output[str]
     """The static public IPv4 address; point `*.<domain>` here when no zone is configured."""
     instance_id: pulumi.Output[str]
+    """The gateway VM's instance ID."""
     security_group_id: pulumi.Output[str]
     """Replicas admit their service port from this group only."""
     role_arn: pulumi.Output[str]
+    """The instance role's ARN."""
     dns_name: pulumi.Output[str | None]
     """`*.<domain>` when the record was created."""
     user_data: pulumi.Output[str]
+    """The rendered cloud-init (names secrets, never holds their values)."""
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(GATEWAY_TYPE, name, None, opts)

@@ -40,7 +40,9 @@ class AwsVolumeRef:
     """A `Volume` as the group needs it."""
 
     volume_id: pulumi.Input[str]
+    """The EBS volume ID."""
     arn: pulumi.Input[str]
+    """The volume's ARN (the replicas' role may attach it)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,8 +83,11 @@ class GpuInstanceGroup(pulumi.ComponentResource):
     group_arn: pulumi.Output[str]
     """The auto scaling group's ARN; the gateway's role may set its desired capacity."""
     security_group_id: pulumi.Output[str]
+    """The replicas' security group."""
     launch_template_id: pulumi.Output[str]
+    """The launch template the group launches from."""
     role_arn: pulumi.Output[str]
+    """The instance role's ARN."""
     user_data: pulumi.Output[str]
     """The rendered cloud-init (plain text: it names the secret, never holds its value)."""
 

@@ -36,6 +36,7 @@ class Volume(pulumi.ComponentResource):
     arn: pulumi.Output[str]
     """The volume's ARN, for the replicas' attach permission."""
     availability_zone: pulumi.Output[str]
+    """The volume's zone."""
 
     def __init__(self, name: str, args: VolumeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(VOLUME_TYPE, name, None, opts)

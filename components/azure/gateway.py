@@ -46,7 +46,9 @@ class GatewayGroupRef:
     """One service's scale set as the gateway discovers and scales it."""
 
     group_name: str
+    """The group's (fixed) name."""
     port: int
+    """The service port on each replica."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,29 +56,41 @@ class GatewayArgs:
     """Inputs of a `Gateway`."""
 
     stack: str
+    """The stack name, for tags and names."""
     domain: str
     """Services answer at `<service>.<domain>`; the DNS record is `*.<domain>`."""
     subscription_id: pulumi.Input[str]
+    """The Azure subscription (from the provider's client config)."""
     tenant_id: pulumi.Input[str]
+    """The Azure AD tenant, for Key Vault access."""
     resource_group: pulumi.Input[str]
+    """The stack's resource group."""
     resource_group_name: str
     """The resource group's name (plain), for role scopes and discovery."""
     location: str
+    """The Azure location."""
     vault_name: str
     """The stack's Key Vault (globally unique, 24 characters at most)."""
     ssh_public_key: str
+    """The admin SSH key Azure requires (`serveform:azure.ssh_public_key`); no SSH port is opened."""
     gateway_document: dict[str, object]
     """`gateway.json` of the gateway host (settings and plans, no secrets), from `_cloud.gateway_document`."""
     groups: Mapping[str, GatewayGroupRef]
+    """Service name → its group."""
     tokens: pulumi.Input[str] | None = None
     """The bearer tokens as a JSON list: a Pulumi secret, stored in Key Vault."""
     vm_size: str = DEFAULT_VM_SIZE
+    """The gateway VM's size (`serveform:gateway.instance_type`)."""
     dns_zone: str | None = None
     """Azure DNS zone of the domain: when set, `*.<domain>` is created there."""
     dns_resource_group: str | None = None
+    """The DNS zone's resource group (default: the stack's)."""
     dns_provider: str | None = None
+    """The ACME DNS provider (`serveform:gateway.dns_provider`)."""
     package_spec: str = "serveform"
+    """What the gateway host installs with pip."""
     scaler_unit: str | None = None
+    """The scaler's systemd unit, when a service autoscales."""
     project_files: dict[str, str] = field(default_factory=dict)
     """Project files the scaler on the host needs (`_cloud.project_files`)."""
 
@@ -85,12 +99,17 @@ class Gateway(pulumi.ComponentResource):
     """VNet + Key Vault + gateway VM with a static IP, NSG (80/443), identity, optional DNS record."""
 
     address: pulumi.Output[str]
+    """The static public IPv4 address; point `*.<domain>` here when no zone is configured."""
     replica_subnet_id: pulumi.Output[str]
     """The subnet the scale sets join."""
     vault_id: pulumi.Output[str]
+    """The stack's Key Vault."""
     vault_name: pulumi.Output[str]
+    """The stack's Key Vault name."""
     dns_name: pulumi.Output[str | None]
+    """`*.<domain>` when the record was created."""
     user_data: pulumi.Output[str]
+    """The rendered cloud-init (names secrets, never holds their values)."""
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(GATEWAY_TYPE, name, None, opts)

@@ -50,10 +50,15 @@ class GpuInstanceGroupArgs:
     capacity: Capacity
     """Instance size and Spot choice, from `serveform.components._vm.capacity`."""
     stack: str
+    """The stack name, for tags and names."""
     subscription_id: pulumi.Input[str]
+    """The Azure subscription (from the provider's client config)."""
     resource_group: pulumi.Input[str]
+    """The stack's resource group."""
     resource_group_name: str
+    """The resource group's name (plain), for role scopes and discovery."""
     location: str
+    """The Azure location."""
     group_name: str
     """The scale set's name (fixed, so the gateway knows it before the set exists)."""
     desired: int
@@ -65,6 +70,7 @@ class GpuInstanceGroupArgs:
     vault_host: str
     """`<vault>.vault.azure.net`, for the secret's URL in the boot script."""
     ssh_public_key: str
+    """The admin SSH key Azure requires (`serveform:azure.ssh_public_key`); no SSH port is opened."""
     image: Mapping[str, str] | None = None
     """Image reference; the Data Science VM image unless the stack names one."""
     volumes: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
@@ -77,6 +83,7 @@ class GpuInstanceGroup(pulumi.ComponentResource):
     group_name: pulumi.Output[str]
     """The scale set's name; the gateway's discovery lists its instances."""
     identity_client_id: pulumi.Output[str]
+    """Client ID of the replicas' user-assigned identity."""
     user_data: pulumi.Output[str]
     """The rendered cloud-init (names the secret, never holds its value)."""
 

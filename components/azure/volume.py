@@ -21,10 +21,13 @@ class VolumeArgs:
     size_gb: int
     """Size of a new disk in GB."""
     resource_group: pulumi.Input[str]
+    """The stack's resource group."""
     location: str
+    """The Azure location."""
     retain: bool = True
     """Keep the disk in Azure when it leaves the program (`serveform:retainVolumes`)."""
     tags: dict[str, str] | None = None
+    """Extra tags for every child."""
 
 
 class Volume(pulumi.ComponentResource):

@@ -33,7 +33,9 @@ class GatewayGroupRef:
     """One service's group as the gateway discovers and scales it."""
 
     group_name: str
+    """The group's (fixed) name."""
     port: int
+    """The service port on each replica."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,23 +43,33 @@ class GatewayArgs:
     """Inputs of a `Gateway`."""
 
     stack: str
+    """The stack name, for tags and names."""
     domain: str
     """Services answer at `<service>.<domain>`; the DNS record is `*.<domain>`."""
     project: str
+    """The GCP project."""
     region: str
+    """The GCP region (of the static address)."""
     zone: str
+    """The GCP zone of the VMs."""
     network: str
+    """The VPC network."""
     gateway_document: dict[str, object]
     """`gateway.json` of the gateway host (settings and plans, no secrets), from `_cloud.gateway_document`."""
     groups: Mapping[str, GatewayGroupRef]
+    """Service name → its group."""
     tokens: pulumi.Input[str] | None = None
     """The bearer tokens as a JSON list: a Pulumi secret, stored in Secret Manager."""
     machine_type: str = DEFAULT_MACHINE_TYPE
+    """The gateway VM's machine type (`serveform:gateway.instance_type`)."""
     dns_zone: str | None = None
     """Cloud DNS managed zone of the domain: when set, `*.<domain>` is created there."""
     dns_provider: str | None = None
+    """The ACME DNS provider (`serveform:gateway.dns_provider`)."""
     package_spec: str = "serveform"
+    """What the gateway host installs with pip."""
     scaler_unit: str | None = None
+    """The scaler's systemd unit, when a service autoscales."""
     project_files: dict[str, str] = field(default_factory=dict)
     """Project files the scaler on the host needs (`_cloud.project_files`)."""
 
@@ -70,8 +82,11 @@ class Gateway(pulumi.ComponentResource):
     service_account: pulumi.Output[str]
     """The gateway's service account e-mail; replicas admit their port from it only."""
     instance_name: pulumi.Output[str]
+    """The gateway VM's name."""
     dns_name: pulumi.Output[str | None]
+    """`*.<domain>` when the record was created."""
     user_data: pulumi.Output[str]
+    """The rendered cloud-init (names secrets, never holds their values)."""
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(GATEWAY_TYPE, name, None, opts)

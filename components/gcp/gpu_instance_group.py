@@ -70,7 +70,9 @@ class GpuInstanceGroupArgs:
     capacity: Capacity
     """Machine type and spot choice, from `serveform.components._vm.capacity`."""
     stack: str
+    """The stack name, for tags and names."""
     project: str
+    """The GCP project."""
     zone: str
     """The group's zone (and its disks')."""
     group_name: str
@@ -80,6 +82,7 @@ class GpuInstanceGroupArgs:
     image: str
     """Boot image (a Deep Learning VM image with NVIDIA drivers and Docker unless the stack names one)."""
     network: str
+    """The VPC network."""
     gateway_service_account: pulumi.Input[str]
     """The gateway's service account e-mail: the only source admitted to the service port."""
     volumes: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
@@ -92,7 +95,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
     group_name: pulumi.Output[str]
     """The managed instance group's name; the gateway's discovery lists its instances."""
     instance_template: pulumi.Output[str]
+    """The instance template the group runs."""
     service_account: pulumi.Output[str]
+    """The replicas' service account e-mail."""
     user_data: pulumi.Output[str]
     """The rendered cloud-init (names the secret, never holds its value)."""
 

@@ -25,6 +25,7 @@ class VolumeArgs:
     retain: bool = True
     """Keep the disk in GCP when it leaves the program (`serveform:retainVolumes`)."""
     labels: dict[str, str] | None = None
+    """Extra labels."""
 
 
 class Volume(pulumi.ComponentResource):
@@ -33,6 +34,7 @@ class Volume(pulumi.ComponentResource):
     self_link: pulumi.Output[str]
     """The disk's URL; the replica's boot script attaches it by this link."""
     disk_name: pulumi.Output[str]
+    """The disk's name."""
 
     def __init__(self, name: str, args: VolumeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(VOLUME_TYPE, name, None, opts)
