@@ -54,7 +54,7 @@ probes:
     url: /health
     interval: {probe_interval}
 replicas: {replicas}
-{scaling}"""
+{scaling}{volumes}"""
 
 # A replica range needs a scaling policy (dstack refuses one without). A high target and long
 # delays and window (the scaler never scales down before its window is full): the scaler runs
@@ -105,10 +105,14 @@ class LocalProject:
     def state_dir(self) -> Path:
         return self.root / ".serveform" / "local" / self.stack
 
-    def write_service(self, *, replicas: str | int = 2, probe_interval: str = "1s", text: str | None = None) -> None:
+    def write_service(
+        self, *, replicas: str | int = 2, probe_interval: str = "1s", volume: str | None = None, text: str | None = None
+    ) -> None:
+        """Write `chat.dstack.yml`: the template, or `text` as is. `volume` mounts that network volume at /data."""
         scaling = SCALING_BLOCK if ".." in str(replicas) else ""
+        volumes = f"volumes:\n  - name: {volume}\n    path: /data\n" if volume else ""
         body = text if text is not None else SERVICE_TEMPLATE.format(
-            chat_server=CHAT_SERVER, replicas=replicas, probe_interval=probe_interval, scaling=scaling
+            chat_server=CHAT_SERVER, replicas=replicas, probe_interval=probe_interval, scaling=scaling, volumes=volumes
         )
         (self.root / "chat.dstack.yml").write_text(body)
 

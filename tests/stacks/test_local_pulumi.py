@@ -41,7 +41,10 @@ def test_pulumi_up_serves_and_a_second_up_changes_nothing(project):
     endpoints = project.endpoints()
     with project.client("chat.localhost", token=endpoints["token"], ca_cert=endpoints["gateway"]["ca_cert"]) as client:
         project.wait_for(lambda: client.get("/health").status_code == 200, SERVING_TIMEOUT_SECONDS, "chat to serve")
-        assert project.serving_replicas(client) == {"chat/0", "chat/1"}
+        # Each replica serves once the gateway's probe has passed on it.
+        project.wait_for(
+            lambda: project.serving_replicas(client, 20) == {"chat/0", "chat/1"}, SERVING_TIMEOUT_SECONDS, "both replicas to serve"
+        )
     with project.client("chat.localhost", token=None, ca_cert=endpoints["gateway"]["ca_cert"]) as anonymous:
         assert anonymous.get("/health").status_code == 401
     # The service has a replica range, so the stack runs its scaler in the background.

@@ -1,8 +1,9 @@
 """The local stack through `serveform preview|up|refresh|destroy` (the Automation API), for real.
 
 One project for the whole module; the tests run in order, each building on the stack the
-previous one left: preview → up and serve → no-change up → heal a killed replica → scale through
-the service file → a bad service file changes nothing → destroy leaves nothing behind.
+previous one left: preview → up and serve → secrets → no-change up (the volume's data stays) →
+heal a killed replica → heal a killed gateway → scale through the service file → a bad service
+file changes nothing → destroy leaves nothing behind. The service mounts a network volume.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ def _summary(output: str) -> dict[str, int]:
     return json.loads(line[line.index("{") :])
 
 
+VOLUME = "chat-data"
+
+
 def test_preview_shows_the_planned_resources_and_starts_nothing(local_project):
+    local_project.write_service(replicas=2, volume=VOLUME)
     result = local_project.ok(local_project.serveform("preview"))
-    for name in ("gateway-process", "gateway-token", "chat-replica-0", "chat-replica-1", "chat-route"):
+    names = ("gateway-process", "gateway-token", "chat-replica-0", "chat-replica-1", "chat-route", f"volume-{VOLUME}-directory")
+    for name in names:
         assert name in result.stdout, result.stdout
     assert "chat-replica-2" not in result.stdout
     assert not local_project.state_dir.exists()
@@ -50,7 +56,10 @@ def test_up_serves_through_the_gateway_with_auth_and_tls(local_project):
         local_project.wait_for(lambda: client.get("/health").status_code == 200, SERVING_TIMEOUT_SECONDS, "chat to serve")
         reply = client.post("/v1/chat/completions", json={"model": "chat-small", "messages": [{"role": "user", "content": "hi there"}]})
         assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "Echo: hi there"
-        assert local_project.serving_replicas(client) == {"chat/0", "chat/1"}
+        # Each replica serves once the gateway's probe has passed on it.
+        local_project.wait_for(
+            lambda: local_project.serving_replicas(client, 20) == {"chat/0", "chat/1"}, SERVING_TIMEOUT_SECONDS, "both replicas to serve"
+        )
     with local_project.client("chat.localhost", token=None, ca_cert=ca_cert) as anonymous:
         assert anonymous.get("/health").status_code == 401
     with local_project.client("chat.localhost", token="not-the-token", ca_cert=ca_cert) as wrong:
@@ -80,11 +89,17 @@ def test_secrets_stay_out_of_the_state_and_of_files_others_can_read(local_projec
                 assert path.stat().st_mode & 0o077 == 0, f"{path} holds a secret and others can read it"
 
 
-def test_a_second_up_changes_nothing(local_project):
+def test_a_second_up_changes_nothing_and_keeps_the_volumes_data(local_project):
+    volume = local_project.state_dir / "volumes" / VOLUME
+    for replica in local_project.replicas().values():
+        environ = Path(f"/proc/{replica['pid']}/environ").read_bytes().split(b"\0")
+        assert f"SERVEFORM_VOLUME_DATA={volume}".encode() in environ  # where /data is, locally
+    (volume / "kept.txt").write_text("data")
     before = local_project.replicas()
     summary = _summary(local_project.ok(local_project.serveform("up", "--yes")).stdout)
     assert set(summary) == {"same"}, summary
     assert local_project.replicas() == before  # same processes, same ports
+    assert (volume / "kept.txt").read_text() == "data"
 
 
 def test_refresh_notices_a_killed_replica_and_up_heals_it(local_project, tmp_path):
@@ -124,7 +139,7 @@ def test_refresh_and_up_heal_a_killed_gateway_with_its_routes(local_project):
 
 def test_changing_replicas_in_the_service_file_changes_the_serving_replicas(local_project):
     before = local_project.replicas()
-    local_project.write_service(replicas=3)
+    local_project.write_service(replicas=3, volume=VOLUME)
     local_project.ok(local_project.serveform("up", "--yes"))
     after = local_project.replicas()
     assert set(after) == {"chat-replica-0", "chat-replica-1", "chat-replica-2"}
@@ -136,7 +151,7 @@ def test_changing_replicas_in_the_service_file_changes_the_serving_replicas(loca
             SERVING_TIMEOUT_SECONDS,
             "three replicas to serve",
         )
-        local_project.write_service(replicas=1)
+        local_project.write_service(replicas=1, volume=VOLUME)
         local_project.ok(local_project.serveform("up", "--yes"))
         assert set(local_project.replicas()) == {"chat-replica-0"}
         assert local_project.serving_replicas(client, 20) == {"chat/0"}
@@ -152,7 +167,7 @@ def test_a_bad_service_file_stops_preview_and_up_before_any_change(local_project
         assert result.returncode == 2, result.stdout + result.stderr
         assert "chat.dstack.yml:5" in result.stderr and "replicas" in result.stderr, result.stderr
     assert local_project.snapshot() == before
-    local_project.write_service(replicas=1)
+    local_project.write_service(replicas=1, volume=VOLUME)
 
 
 def test_destroy_leaves_no_process_port_or_file_behind(local_project):
