@@ -375,6 +375,8 @@ class GatewayBoot:
     """The scaler's systemd unit (`serveform.scaler.render_unit`), when a service autoscales."""
     project_files: dict[str, str] = field(default_factory=dict)
     """Project-relative path → text: what the scaler's `pulumi up` on the host needs."""
+    dns_options: dict[str, str] = field(default_factory=dict)
+    """Options of Caddy's DNS module (IDs only: the instance identity is the credential)."""
 
 
 def gateway_user_data(boot: GatewayBoot) -> str:
@@ -401,6 +403,7 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         caddy_version=CADDY_VERSION,
         tokens_secret=boot.tokens_secret,
         identity=boot.identity or "",
+        dns_options=boot.dns_options,
         config_dir=GATEWAY_CONFIG_DIR,
         state_dir=GATEWAY_STATE_DIR,
         scaler=boot.scaler_unit is not None,

@@ -161,6 +161,8 @@ class Gateway(pulumi.ComponentResource):
                     package_spec=args.package_spec,
                     scaler_unit=args.scaler_unit,
                     project_files=args.project_files,
+                    # Route 53 is global, but the AWS SDK inside Caddy wants a region.
+                    dns_options={"region": args.region} if args.dns_provider == "route53" else {},
                 )
             )
         )

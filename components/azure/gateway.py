@@ -234,8 +234,8 @@ class Gateway(pulumi.ComponentResource):
             DiscoveryTarget(service=s, port=g.port, cloud="azure", group=g.group_name, resource_group=args.resource_group_name)
             for s, g in sorted(args.groups.items())
         )
-        user_data = identity.client_id.apply(
-            lambda client_id: gateway_user_data(
+        user_data = pulumi.Output.all(identity.client_id, args.subscription_id, args.tenant_id).apply(
+            lambda ids: gateway_user_data(
                 GatewayBoot(
                     cloud="azure",
                     stack=args.stack,
@@ -243,11 +243,22 @@ class Gateway(pulumi.ComponentResource):
                     gateway_document=args.gateway_document,
                     targets=targets,
                     tokens_secret=SecretRef(cloud="azure", ref=secret_url) if secret_url else None,
-                    identity=client_id,
+                    identity=ids[0],
                     dns_provider=args.dns_provider,
                     package_spec=args.package_spec,
                     scaler_unit=args.scaler_unit,
                     project_files=args.project_files,
+                    # The managed identity is the credential: the DNS module gets IDs only.
+                    dns_options=(
+                        {
+                            "client_id": ids[0],
+                            "subscription_id": ids[1],
+                            "tenant_id": ids[2],
+                            "resource_group_name": args.dns_resource_group or args.resource_group_name,
+                        }
+                        if args.dns_provider == "azure"
+                        else {}
+                    ),
                 )
             )
         )

@@ -170,6 +170,7 @@ class Gateway(pulumi.ComponentResource):
                     package_spec=args.package_spec,
                     scaler_unit=args.scaler_unit,
                     project_files=args.project_files,
+                    dns_options={"gcp_project": args.project} if args.dns_provider == "googleclouddns" else {},
                 )
             )
         )

@@ -64,3 +64,14 @@ def test_gateway_role_is_narrow(recording):
     role = recording.one("gcp:projects/iAMCustomRole:IAMCustomRole", "gateway-role").inputs
     assert all(p.startswith(("compute.instances.", "compute.instanceGroupManagers.", "compute.instanceGroups.", "compute.zoneOperations."))
                for p in role["permissions"])
+
+
+def test_acme_dns_challenge_gets_the_project_and_the_dns_permissions():
+    config = {**CONFIG, "serveform:gateway": {"tls": "acme_dns", "dns_provider": "googleclouddns", "acme_email": "ops@example.com"}}
+    rec = deploy("gcp", make_settings("gcp", config), [example_plans("gcp")["http-server-service"]])
+    from _cloud_contract import user_data_of  # noqa: PLC0415
+
+    install = user_data_of(rec, "gateway")
+    assert "printf '%s' '{\"gcp_project\": \"acme-ml\"}'" in install
+    role = rec.one("gcp:projects/iAMCustomRole:IAMCustomRole", "gateway-role").inputs
+    assert "dns.resourceRecordSets.create" in role["permissions"]
