@@ -122,6 +122,91 @@ def _walk(
             _walk(item, child, constructor, doc, problems, file, seen, depth + 1)
 
 
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Builder:
+    """Builds the data and records positions in one pass over the node tree.
+
+    Plain mappings and sequences (the whole of a service file, in practice) are built here;
+    scalars, and collections with merge keys or explicit tags, go through PyYAML's own
+    constructor, so every value is what ``safe_load`` would give.
+    """
+
+    def __init__(self, loader: Any, doc: Document, problems: list[Diagnostic], file: str) -> None:
+        self.loader = loader
+        self.doc = doc
+        self.problems = problems
+        self.file = file
+        self.built: dict[int, Any] = {}  # node id → object: an alias yields the anchor's object
+        self.walked: set[int] = set()
+
+    def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
+        known = self.built.get(id(node), _MISSING)
+        if known is not _MISSING:
+            return known
+        if depth > _MAX_DEPTH:
+            line, column = _mark(node)
+            self.problems.append(Diagnostic(self.file, line, column, "", f"nesting deeper than {_MAX_DEPTH} levels"))
+            raise _TooDeep
+        if isinstance(node, yaml.ScalarNode):
+            value = self.loader.construct_object(node)
+        elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+            value = []
+            self.built[id(node)] = value
+            for index, item in enumerate(node.value):
+                child = (*path, index)
+                line, column = _mark(item)
+                self.doc.positions[child] = Position(line, column, line, column)
+                value.append(self.build(item, child, depth + 1))
+        elif isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG and not any(k.tag == _MERGE_TAG for k, _ in node.value):
+            value = {}
+            self.built[id(node)] = value
+            first: dict[Any, yaml.Node] = {}
+            for key_node, value_node in node.value:
+                key = self.loader.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+                    ) from None
+                key_line, key_column = _mark(key_node)
+                if key in first:
+                    first_line, _ = _mark(first[key])
+                    self.problems.append(
+                        Diagnostic(
+                            self.file,
+                            key_line,
+                            key_column,
+                            _join(path, key),
+                            f"duplicate key `{key}` (first defined on line {first_line}); a YAML loader would silently keep only the last one",
+                        )
+                    )
+                else:
+                    first[key] = key_node
+                child = (*path, key if isinstance(key, (str, int)) else str(key))
+                line, column = _mark(value_node)
+                self.doc.positions.setdefault(child, Position(key_line, key_column, line, column))
+                value[key] = self.build(value_node, child, depth + 1)
+        else:
+            # merge keys, `!!set`, `!!omap`...: PyYAML's semantics, our positions and duplicate check.
+            # Walk first: constructing a mapping with `<<` rewrites its node (flatten_mapping).
+            _walk(node, path, self.loader, self.doc, self.problems, self.file, self.walked, depth)
+            value = self.loader.construct_object(node, deep=True)
+        self.built[id(node)] = value
+        return value
+
+
+class _TooDeep(Exception):
+    pass
+
+
+_MISSING = object()
+
+
 def _join(path: Path, key: Any) -> str:
     from .diagnostics import format_path
 
@@ -164,21 +249,15 @@ def _load(text: str, file: str, loader_class: type) -> tuple[Document | None, li
             return doc, problems
         doc.positions[()] = Position(*_mark(node), *_mark(node))
         try:
-            _walk(node, (), loader, doc, problems, file, set(), 0)
-        except RecursionError:
-            problems.append(Diagnostic(file, 0, 0, "", "YAML nesting is too deep"))
-        if any(p.message.startswith("nesting") or p.message.startswith("YAML") for p in problems):
+            doc.data = _Builder(loader, doc, problems, file).build(node, (), 0)
+        except _TooDeep:
             return None, problems
-        loader.constructed_objects = {}
-        loader.recursive_objects = {}
-        try:
-            doc.data = loader.construct_document(node)
+        except RecursionError:
+            return None, [Diagnostic(file, 0, 0, "", "YAML nesting is too deep")]
         except yaml.MarkedYAMLError as exc:
             return None, [_syntax_error(exc, file)]
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
             return None, [Diagnostic(file, 0, 0, "", f"YAML error: {exc}")]
-        except RecursionError:
-            return None, [Diagnostic(file, 0, 0, "", "YAML nesting is too deep")]
         return doc, problems
     finally:
         loader.dispose()
