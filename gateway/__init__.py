@@ -6,6 +6,8 @@ Public surface::
     GatewayRuntime                       where one running gateway's parts meet (ports, sockets)
     render_caddyfile(settings, plans, runtime=None) -> str
     write_config(state_dir, settings, plans)          gateway.json + 0600 secrets files
+    config_files(settings, plans) -> (files, secret_files)   the same as path -> text, for a
+                                                      caller that writes files itself (Pulumi)
     read_config(state_dir) -> GatewayConfig
     publish_replicas(state_dir, service, ["IP:PORT", ...], wait=True)
     read_status(state_dir) -> dict | None             status.json of a running gateway
@@ -42,13 +44,14 @@ Metrics contract for the scaler (Caddy's Prometheus endpoint, loopback only; its
 from .errors import CaddyError, GatewayConfigError, Problem
 from .render import render_caddyfile
 from .settings import GatewayRuntime, GatewaySettings
-from .state import GatewayConfig, publish_replicas, read_config, read_status, write_config
+from .state import GatewayConfig, config_files, publish_replicas, read_config, read_status, write_config
 
 __all__ = [
     "CaddyError",
     "GatewayConfig",
     "GatewayConfigError",
     "GatewayRuntime",
+    "config_files",
     "GatewaySettings",
     "Problem",
     "publish_replicas",

@@ -5,6 +5,7 @@ Layout of ``DIR`` (created 0700)::
     gateway.json            written by the caller: {"settings": ..., "plans": [...], "tokens_file": ...}
     secrets/tokens.json     the bearer tokens, a JSON list (0600); path given by "tokens_file"
     secrets/dns.json        optional DNS-provider options, a JSON object (0600); "dns_options_file"
+    secrets/probe_headers.json  optional secret probe header values (0600); "probe_headers_file"
     replicas/<svc>.json     written by publish_replicas: {"addresses": [...], "generation": n}
     status.json             written by the gateway: ports, metrics URL, published/ready replicas
     Caddyfile               the rendered config (no secrets: tokens are placeholders)
@@ -36,6 +37,7 @@ __all__ = [
     "CONFIG_FILE",
     "DNS_OPTIONS_FILE",
     "GatewayConfig",
+    "config_files",
     "REPLICA_DRAIN_SECONDS",
     "TOKENS_FILE",
     "parse_address",
@@ -50,6 +52,7 @@ __all__ = [
 CONFIG_FILE = "gateway.json"
 TOKENS_FILE = "secrets/tokens.json"
 DNS_OPTIONS_FILE = "secrets/dns.json"
+PROBE_HEADERS_FILE = "secrets/probe_headers.json"
 STATUS_FILE = "status.json"
 REPLICAS_DIR = "replicas"
 
@@ -76,19 +79,46 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_config(state_dir: str | os.PathLike[str], settings: GatewaySettings, plans: Sequence[ServicePlan]) -> None:
-    """Write ``gateway.json`` and the secrets files a gateway in ``state_dir`` reads."""
-    root = Path(state_dir)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+def config_files(settings: GatewaySettings, plans: Sequence[ServicePlan]) -> tuple[dict[str, str], dict[str, str]]:
+    """The files a gateway's state directory needs: ``(plain files, secret files)``, path -> text.
+
+    The plain files hold no secret (secret values serialise as ``**********``); the secret files
+    hold the tokens, DNS-provider options and secret probe headers, to be written 0600 (and, in a
+    Pulumi program, kept as secrets).
+    """
+    probe_headers: dict[str, dict[str, dict[str, str]]] = {}
+    for plan in plans:
+        for index, probe in enumerate(plan.route.probes):
+            hidden = {k: v.get_secret_value() for k, v in probe.headers.items() if isinstance(v, SecretStr)}
+            if hidden:
+                probe_headers.setdefault(plan.name, {})[str(index)] = hidden
     document = {
         "settings": settings.model_dump(mode="json", exclude={"tokens", "dns_options"}),
         "plans": [json.loads(plan.model_dump_json()) for plan in plans],
         "tokens_file": TOKENS_FILE,
         "dns_options_file": DNS_OPTIONS_FILE,
+        "probe_headers_file": PROBE_HEADERS_FILE,
     }
-    write_private(root / TOKENS_FILE, json.dumps([t.get_secret_value() for t in settings.tokens]))
-    write_private(root / DNS_OPTIONS_FILE, json.dumps({k: v.get_secret_value() for k, v in settings.dns_options.items()}))
-    write_private(root / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    secrets = {
+        TOKENS_FILE: json.dumps([t.get_secret_value() for t in settings.tokens]),
+        DNS_OPTIONS_FILE: json.dumps({k: v.get_secret_value() for k, v in settings.dns_options.items()}),
+        PROBE_HEADERS_FILE: json.dumps(probe_headers),
+    }
+    return {CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True) + "\n"}, secrets
+
+
+def write_config(state_dir: str | os.PathLike[str], settings: GatewaySettings, plans: Sequence[ServicePlan]) -> None:
+    """Write ``gateway.json`` and the secrets files a gateway in ``state_dir`` reads (all 0600).
+
+    A running gateway picks the change up by itself (or at once on SIGHUP).
+    """
+    root = Path(state_dir)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    plain, secret = config_files(settings, plans)
+    for name, text in secret.items():
+        write_private(root / name, text)
+    for name, text in plain.items():
+        write_private(root / name, text)
 
 
 def _secret_file(root: Path, name: str | None, default: Any, problems: list[Problem], field: str) -> Any:
@@ -134,10 +164,15 @@ def read_config(state_dir: str | os.PathLike[str]) -> GatewayConfig:
         for error in exc.errors(include_input=False):
             loc = ".".join(str(p) for p in error["loc"])
             problems.append(Problem(str(path), f"settings.{loc}" if loc else "settings", error["msg"]))
+    probe_headers = _secret_file(root, document.get("probe_headers_file"), {}, problems, "probe_headers_file")
+    if not isinstance(probe_headers, dict):
+        problems.append(Problem(str(root / str(document.get("probe_headers_file"))), "probe_headers", "expected a JSON object"))
+        probe_headers = {}
     plans: list[ServicePlan] = []
     for index, raw_plan in enumerate(document.get("plans") or []):
         try:
-            plans.append(ServicePlan.model_validate(raw_plan))
+            plan = ServicePlan.model_validate(raw_plan)
+            plans.append(_with_probe_headers(plan, probe_headers.get(plan.name) or {}))
         except ValidationError as exc:
             for error in exc.errors(include_input=False):
                 loc = ".".join(str(p) for p in error["loc"])
@@ -145,6 +180,18 @@ def read_config(state_dir: str | os.PathLike[str]) -> GatewayConfig:
     if problems or settings is None:
         raise GatewayConfigError(problems)
     return GatewayConfig(settings=settings, plans=tuple(plans))
+
+
+def _with_probe_headers(plan: ServicePlan, hidden: dict[str, Any]) -> ServicePlan:
+    """Put secret probe header values (kept out of gateway.json) back into the plan."""
+    if not hidden:
+        return plan
+    probes = []
+    for index, probe in enumerate(plan.route.probes):
+        values = hidden.get(str(index)) or {}
+        headers = {**probe.headers, **{k: SecretStr(str(v)) for k, v in values.items()}}
+        probes.append(probe.model_copy(update={"headers": headers}))
+    return plan.model_copy(update={"route": plan.route.model_copy(update={"probes": tuple(probes)})})
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -39,7 +39,16 @@ from .render import DNS_ENV_PREFIX, TOKEN_ENV_PREFIX, render_routes
 from .router import Router, router_config
 from .routes import ServiceRoute, routes_from_plans
 from .settings import GatewayRuntime, GatewaySettings
-from .state import CONFIG_FILE, STATUS_FILE, read_config, read_published, write_private
+from .state import (
+    CONFIG_FILE,
+    DNS_OPTIONS_FILE,
+    PROBE_HEADERS_FILE,
+    STATUS_FILE,
+    TOKENS_FILE,
+    read_config,
+    read_published,
+    write_private,
+)
 
 __all__ = ["run"]
 
@@ -89,7 +98,7 @@ class _Gateway:
 
     def _stamp(self) -> tuple[Any, ...]:
         stamp = []
-        for name in (CONFIG_FILE, "secrets/tokens.json", "secrets/dns.json"):
+        for name in (CONFIG_FILE, TOKENS_FILE, DNS_OPTIONS_FILE, PROBE_HEADERS_FILE):
             try:
                 st = (self.state_dir / name).stat()
                 stamp.append((name, st.st_mtime_ns, st.st_size))

@@ -166,3 +166,13 @@ def test_read_config_names_file_and_field(tmp_path):
     with pytest.raises(GatewayConfigError) as caught:
         read_config(tmp_path)
     assert "tokens_file" in str(caught.value) and "leaky-secret" not in str(caught.value)
+
+
+def test_secret_probe_headers_stay_out_of_gateway_json(tmp_path):
+    from serveform.translator.plan import ProbePlan
+
+    plan = make_plan("chat", probes=(ProbePlan(url="/health", headers={"X-Key": SecretStr("hidden-value"), "X-Plain": "v"}),))
+    write_config(tmp_path, GatewaySettings(), [plan])
+    assert "hidden-value" not in (tmp_path / "gateway.json").read_text()
+    headers = read_config(tmp_path).plans[0].route.probes[0].headers
+    assert headers["X-Key"].get_secret_value() == "hidden-value" and headers["X-Plain"] == "v"
