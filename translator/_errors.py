@@ -7,6 +7,7 @@ are dropped by walking the location against the loaded data. Messages are rewrit
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -92,6 +93,33 @@ def _fields_at(root: type[BaseModel], loc: tuple[Any, ...]) -> set[str]:
     return {name for model in candidates for name in model.model_fields}
 
 
+@functools.cache
+def _field_paths(root: type[BaseModel]) -> dict[str, tuple[str, ...]]:
+    """Every field name of the model tree → the dotted paths it has (`gpu` → `resources.gpu`)."""
+    paths: dict[str, list[str]] = {}
+
+    def visit(model: type[BaseModel], prefix: str, depth: int) -> None:
+        if depth > 4:
+            return
+        for name, info in model.model_fields.items():
+            dotted = f"{prefix}{name}"
+            paths.setdefault(name, []).append(dotted)
+            for inner in _models_in(info.annotation):
+                visit(inner, dotted + ".", depth + 1)
+
+    visit(root, "", 0)
+    return {name: tuple(dict.fromkeys(found)) for name, found in paths.items()}
+
+
+def _elsewhere(root: type[BaseModel], name: str, field: str) -> str | None:
+    """A hint when a known field sits at the wrong level (`gpu` not indented under `resources`)."""
+    others = [p for p in _field_paths(root).get(name, ()) if p != field]
+    if not others:
+        return None
+    listed = " or ".join(f"`{p}`" for p in others[:2])
+    return f"did you mean {listed}? check the indentation"
+
+
 def _clean(loc: tuple[Any, ...], data: Any) -> tuple[tuple[Any, ...], tuple[str, ...]]:
     """Split a pydantic location into the YAML path (present in the data) and the remaining
     model field names (reached only after a short syntax was expanded). Union tags that
@@ -158,7 +186,9 @@ def diagnostics_from_validation_error(
         if kind == "extra_forbidden":
             name = loc[-1]
             field = format_path((*path[:-1], name) if path and path[-1] == name else (*path, name))
-            hint = did_you_mean(str(name), _fields_at(root, tuple(p for p in loc[:-1] if isinstance(p, str))))
+            hint = _elsewhere(root, str(name), field) or did_you_mean(
+                str(name), _fields_at(root, tuple(p for p in loc[:-1] if isinstance(p, str)))
+            )
             message = f"unknown field `{name}`"
         elif kind == "missing":
             name = loc[-1]

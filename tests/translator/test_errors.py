@@ -193,3 +193,16 @@ def test_diagnostics_are_sorted_and_json_ready() -> None:
 def test_misspelt_choices_get_did_you_mean(text: str, field: str, hint: str) -> None:
     (diagnostic,) = problems(text)
     assert (diagnostic.field, diagnostic.hint) == (field, hint)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        ("resources:\n  cpu: 2\ngpu: 24GB\n", "gpu", "did you mean `resources.gpu`? check the indentation"),
+        ("target: 10\n", "target", "did you mean `scaling.target`? check the indentation"),
+        ("resources:\n  replicas: 2\n", "resources.replicas", "did you mean `replicas`? check the indentation"),
+    ],
+)
+def test_fields_at_the_wrong_level_get_a_hint(text: str, field: str, hint: str) -> None:
+    found = [d for d in problems("type: service\nport: 80\ncommands: [x]\n" + text) if d.message.startswith("unknown field")]
+    assert [(d.field, d.hint) for d in found] == [(field, hint)]
