@@ -44,7 +44,9 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="*", metavar="FILE", help="service files (default with --stack: the stack's serveform:services)")
+    parser.add_argument(
+        "files", nargs="*", metavar="FILE", help="service files, `-` for standard input (default with --stack: the stack's serveform:services)"
+    )
     parser.add_argument("--stack", metavar="ENV", help="take backend, domain and regions from stacks/Pulumi.<ENV>.yaml")
     parser.add_argument("--backend", choices=("local", "aws", "gcp", "azure", "k8s"), help="the backend to compile for (default: the stack's, else local)")
     parser.add_argument("--project-dir", type=Path, default=None, help="the project root (default: the nearest folder with Pulumi.yaml)")
@@ -123,7 +125,7 @@ class _StackError(Exception):
 
 def _run(args: argparse.Namespace) -> tuple[list[Any], bool]:
     """Compile every file; print diagnostics to stderr; return (results, any_error)."""
-    from . import CompileContext, TranslatorError, compile_file
+    from . import CompileContext, TranslatorError, compile_file, compile_text
 
     project = _project_dir(args.project_dir)
     kwargs: dict[str, Any] = {}
@@ -151,7 +153,7 @@ def _run(args: argparse.Namespace) -> tuple[list[Any], bool]:
     failed = False
     for file in files:
         try:
-            result = compile_file(file, context)
+            result = compile_text(sys.stdin.read(), "<stdin>", context) if file == "-" else compile_file(file, context)
         except TranslatorError as exc:
             print(exc.report(), file=sys.stderr)
             failed = True

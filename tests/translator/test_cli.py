@@ -160,3 +160,12 @@ def test_checked_in_schema_is_current() -> None:
 
     checked_in = json.loads((HERE.parents[1] / "translator" / "service.schema.json").read_text())
     assert checked_in == service_json_schema(), "regenerate: serveform schema > translator/service.schema.json"
+
+
+def test_standard_input(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("type: service\nname: piped\nport: 80\ncommands: [x]\n"))
+    status, out, err = run(capsys, "compile", "--json", "-")
+    assert status == 0, err
+    assert [(s["file"], s["name"]) for s in json.loads(out)] == [("<stdin>", "piped")]
