@@ -202,9 +202,12 @@ class Router:
                         response.headers.add(key, value)
                 response.headers.update(_CORS)
                 await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                    await response.write_eof()
+                except ConnectionResetError:
+                    pass  # the client left mid-stream; leaving the block closes the upstream request too
                 return response
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if request.transport is None or request.transport.is_closing():
@@ -237,7 +240,10 @@ class Router:
                     answer = json.loads(await upstream.read())
                     prefill = len((answer.get("details") or {}).get("prefill") or [])
                     return web.json_response(tgi.openai_response(kind, model.name, answer, model.eos_token, prefill), headers=_CORS)
-                return await self._tgi_stream(request, upstream, kind, model, body)
+                try:
+                    return await self._tgi_stream(request, upstream, kind, model, body)
+                except ConnectionResetError:
+                    raise asyncio.CancelledError from None  # the client left mid-stream
         except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
             if request.transport is None or request.transport.is_closing():
                 raise asyncio.CancelledError from exc

@@ -123,6 +123,7 @@ class _Gateway:
             "https_port": self.settings.https_port,
             "http_port": self.settings.http_port,
             "hosts": {r.name: r.host for r in self.routes},
+            "ca_cert": str(self.runtime.caddy_storage / "pki" / "authorities" / "local" / "root.crt") if self.settings.tls == "internal" else None,
             "services": services,
         }
         write_private(self.state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
@@ -200,7 +201,7 @@ class _Gateway:
         port = self.runtime.metrics_port
         while time.monotonic() < deadline:
             if self.caddy is not None and self.caddy.poll() is not None:
-                raise CaddyError(f"caddy exited with {self.caddy.returncode}; see {self.state_dir / 'caddy.log'}")
+                raise CaddyError(f"caddy exited with {self.caddy.returncode}; see {self.state_dir / 'caddy.log'}", self._caddy_errors())
             try:
                 _reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.close()
@@ -208,6 +209,13 @@ class _Gateway:
             except OSError:
                 await asyncio.sleep(0.05)
         raise CaddyError(f"caddy did not start listening within {START_TIMEOUT_SECONDS:g} s")
+
+    def _caddy_errors(self) -> str:
+        try:
+            lines = (self.state_dir / "caddy.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join([line for line in lines if '"level":"error"' in line or line.startswith("Error")][-3:])
 
     async def _wait_certificates(self, settings: GatewaySettings, routes: tuple[ServiceRoute, ...]) -> None:
         """With the internal CA, certificates are issued in the background right after a load:

@@ -342,3 +342,29 @@ def test_on_demand_tls_asks_only_for_known_hosts(gateway_factory):
     assert httpx.get(f"{internal}/_serveform/ask", params={"domain": "gateway.example.com"}).status_code == 200
     assert httpx.get(f"{internal}/_serveform/ask", params={"domain": "evil.example.com"}).status_code == 404
     assert httpx.get(f"{internal}/_serveform/ask").status_code == 404
+
+
+def test_port_in_use_fails_with_caddys_reason(tmp_path, caddy):
+    import subprocess
+    import sys
+
+    from gateway_helpers import free_port, start_gateway  # type: ignore[import-not-found]
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(AssertionError) as caught:
+            start_gateway(tmp_path / "gw", [make_plan("chat")], tls="off", http_port=port, https_port=free_port())
+    assert "address already in use" in str(caught.value)
+
+
+def test_render_command_prints_the_caddyfile(tmp_path):
+    import subprocess
+    import sys
+
+    from serveform.gateway import GatewaySettings, write_config
+
+    write_config(tmp_path, GatewaySettings(tls="off"), [make_plan("chat")])
+    result = subprocess.run([sys.executable, "-m", "serveform.gateway", "render", "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "http://chat.localhost:80 {" in result.stdout

@@ -138,3 +138,16 @@ def test_unknown_fields_pass_through_and_cors(stack, replicas):
             assert stream.headers["content-type"].startswith("text/event-stream")
             events = json_lines("".join(stream.iter_text()))
         assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "Echo: x"
+
+
+def test_client_leaving_mid_stream_harms_nothing(stack):
+    body = {"model": "chat-small", "messages": [{"role": "user", "content": " ".join(["w"] * 200)}], "stream": True}
+    with httpx.Client(transport=LoopbackTransport(verify=stack.ssl_context()), timeout=30) as http:
+        for model in ("chat-small", "llama-tgi"):
+            with http.stream("POST", stack.url("gateway", "/v1/chat/completions"), json={**body, "model": model}, headers=stack.auth()) as stream:
+                first = next(stream.iter_lines())
+                assert first.startswith("data:")
+            # closed after one event; the next request is served normally
+            again = http.post(stack.url("gateway", "/v1/chat/completions"), json={**body, "model": model, "stream": False, "max_tokens": 2}, headers=stack.auth())
+            assert again.status_code == 200
+    assert "Traceback" not in stack.log()
