@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +71,7 @@ DEFAULT_PYTHON_VERSION = "3.12"
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 DEFAULT_RETRY_DURATION_SECONDS = 3600  # dstack's default when `retry: true`
 RETRY_EVENTS = ("no-capacity", "interruption", "error")
+MAX_HOSTNAME_LENGTH = 253
 OPENAI_MODEL_PROBE_TIMEOUT_SECONDS = 30  # dstack 0.22's default probe of a model service
 _SECRET_REF_RE = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _SECRET_HEADER_RE = re.compile(r"authorization|cookie|token|key|secret|password", re.IGNORECASE)
@@ -216,6 +216,10 @@ class _PlanBuilder:
         if name is None:
             name = default_name(self.file)
             self._warn((), f"`name` is not set: the service is named `{name}` after its file (dstack would pick a random name)")
+        host = f"{name}.{self.context.domain}"
+        if len(host) > MAX_HOSTNAME_LENGTH:
+            # the gateway's certificate and Caddy site address need a valid DNS name
+            self._at(("name",) if spec.name else (), f"`{host}` is longer than a DNS name may be ({MAX_HOSTNAME_LENGTH} characters)")
         self._unsupported_fields()
         group = self._replica_group()
         replicas = self._replicas()
@@ -514,6 +518,3 @@ class _PlanBuilder:
             self._warn(path, message)
         return offers
 
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    raise RuntimeError("serveform needs Python 3.11+")

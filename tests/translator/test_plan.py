@@ -230,3 +230,11 @@ def test_a_wrong_context_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="regions"):
         CompileContext(regions="us-east-1")  # type: ignore[arg-type]
     assert CompileContext(regions=["us-east-1"]).regions == ("us-east-1",)  # type: ignore[arg-type]
+
+
+def test_the_service_host_must_be_a_dns_name() -> None:
+    domain = ".".join(["d" * 60] * 4)  # 243 characters
+    with pytest.raises(TranslatorError) as caught:
+        compile_text("type: service\nname: my-long-service\nport: 80\ncommands: [x]\n", context=CompileContext(domain=domain))
+    assert caught.value.diagnostics[0].field == "name" and "longer than a DNS name" in caught.value.diagnostics[0].message
+    assert compile_text("type: service\nname: ab\nport: 80\ncommands: [x]\n", context=CompileContext(domain=domain)).plan.name == "ab"
