@@ -67,6 +67,9 @@ _UPDATE_KEYS = ("provider_version", "ready_timeout_seconds", "cleanup_root")
 # passphrases, cloud credentials) is none of a replica's business.
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "TERM")
 _REDACTED = "[secret]"
+_PORT_ATTEMPTS = 3
+_LOG_SCAN_BYTES = 64 * 1024
+_ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE|\[Errno 98\]", re.IGNORECASE)
 
 
 class ReplicaInputs(BaseModel):
@@ -143,6 +146,17 @@ def _redact(text: str, secrets: dict[str, str]) -> str:
     return text
 
 
+def _lost_port_race(log_path: Path, offset: int) -> bool:
+    """True when what the replica logged since ``offset`` says its port was taken."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            text = log.read(_LOG_SCAN_BYTES).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return False
+    return _ADDRESS_IN_USE.search(text) is not None
+
+
 def _previous_log(log_path: Path) -> Path:
     return log_path.with_name(log_path.name.removesuffix(".log") + ".previous.log")
 
@@ -170,13 +184,20 @@ class ReplicaProvider(dynamic.ResourceProvider):
         cwd = Path(inputs.project_dir) / (inputs.working_dir or "")
         if not cwd.is_dir():
             raise ProcessStartError(f"{label}: working directory {cwd} does not exist")
-        port = free_port()
-        script = replica_script(inputs.setup, inputs.commands, inputs.container_port, port)
-        ref = spawn(["bash", "--noprofile", "--norc", "-c", script], cwd=cwd, env=_replica_env(inputs, port), log_path=log_path)
-        ready = wait_until(lambda: not ref.alive() or port_accepts(LOOPBACK_HOST, port), inputs.ready_timeout_seconds)
-        if not (ready and ref.alive()):
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            port = free_port()
+            script = replica_script(inputs.setup, inputs.commands, inputs.container_port, port)
+            logged = log_path.stat().st_size if log_path.exists() else 0
+            ref = spawn(["bash", "--noprofile", "--norc", "-c", script], cwd=cwd, env=_replica_env(inputs, port), log_path=log_path)
+            ready = wait_until(lambda: not ref.alive() or port_accepts(LOOPBACK_HOST, port), inputs.ready_timeout_seconds)
+            if ready and ref.alive():
+                break
             died = not ref.alive()
             stop(ref)
+            # Another process may take the free port between our probe and the replica's bind
+            # (a busy machine, parallel tests): that alone is worth another port.
+            if died and attempt < _PORT_ATTEMPTS and _lost_port_race(log_path, logged):
+                continue
             why = "exited" if died else f"did not accept connections within {inputs.ready_timeout_seconds:g}s"
             hint = (
                 f" Locally every replica listens on its own port, given in $PORT (the service's port "

@@ -330,3 +330,15 @@ def test_daemon_port_placeholder_and_inherited_env(tmp_path, monkeypatch):
     finally:
         provider.delete("d", outs)
     assert not (tmp_path / "state").exists()
+
+
+def test_a_replica_that_lost_its_port_to_another_process_gets_another_one(tmp_path, replicas):
+    _, create = replicas
+    marker = tmp_path / "first-attempt"
+    commands = [
+        f'if [ ! -e {marker} ]; then touch {marker}; echo "OSError: [Errno 98] Address already in use" >&2; exit 1; fi',
+        f"{sys.executable} {ENVSERVER} --port $PORT",
+    ]
+    _, outs = create(_replica_props(tmp_path, commands=commands))
+    assert marker.exists() and _get_json(outs["address"])["pid"]
+    assert "Address already in use" in Path(outs["log_path"]).read_text()  # the first attempt stays in the log
