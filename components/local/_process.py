@@ -152,11 +152,14 @@ def stop(ref: ProcessRef, *, grace_seconds: float = STOP_GRACE_SECONDS, clock: C
         _reap()
         return
     _signal_group(ref.pid, signal.SIGTERM)
-    if not wait_until(lambda: (_reap(), not ref.group_alive())[1], grace_seconds, clock=clock):
+    def gone() -> bool:
+        _reap()  # our own dead children would otherwise linger as zombies of this group
+        return not ref.group_alive()
+
+    if not wait_until(gone, grace_seconds, clock=clock):
         _signal_group(ref.pid, signal.SIGKILL)
-        if not wait_until(lambda: (_reap(), not ref.group_alive())[1], KILL_WAIT_SECONDS, clock=clock):
+        if not wait_until(gone, KILL_WAIT_SECONDS, clock=clock):
             raise RuntimeError(f"process group {ref.pid} survived SIGKILL")
-    _reap()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
