@@ -296,11 +296,10 @@ class _PlanBuilder:
         for index, name in enumerate(gpu.name or ()):
             vendor = known.get(name.lower())
             if vendor is None:
-                names = {n: n for n in _known_accelerator_names()}
                 self._warn(
                     ("resources", "gpu", "name", index),
                     f"`{name}` is not an accelerator gpuhunt knows: no catalog offer will match it",
-                    hint=did_you_mean(name, names),
+                    hint=did_you_mean(name, _known_accelerator_names()),
                 )
             else:
                 vendors.add(vendor)
@@ -324,7 +323,7 @@ class _PlanBuilder:
             gpu_vendor=self._gpu_vendor(),
             gpu_names=tuple(gpu.name or ()) if gpu else (),
             gpu_count_min=(gpu.count.min or 0) if gpu else 0,
-            gpu_count_max=gpu.count.max if gpu else 0,
+            gpu_count_max=gpu.count.max if gpu else None,  # `gpu: null`: no requirement either way
             gpu_memory_min_gb=gpu.memory.min if gpu and gpu.memory else None,
             gpu_memory_max_gb=gpu.memory.max if gpu and gpu.memory else None,
             gpu_total_memory_min_gb=gpu.total_memory.min if gpu and gpu.total_memory else None,
