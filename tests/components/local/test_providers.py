@@ -342,3 +342,19 @@ def test_a_replica_that_lost_its_port_to_another_process_gets_another_one(tmp_pa
     _, outs = create(_replica_props(tmp_path, commands=commands))
     assert marker.exists() and _get_json(outs["address"])["pid"]
     assert "Address already in use" in Path(outs["log_path"]).read_text()  # the first attempt stays in the log
+
+
+def test_stop_kills_what_ignores_sigterm_after_the_grace(tmp_path):
+    from serveform.components.local._process import spawn, stop
+
+    ref = spawn(["bash", "-c", "trap '' TERM; sleep 60 & wait"], cwd=tmp_path, env={"PATH": os.environ["PATH"]}, log_path=tmp_path / "x.log")
+    assert wait_until(lambda: len([p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == ref.pid]) >= 2, 5)
+    stop(ref, grace_seconds=0.3)
+    assert not ref.group_alive()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
