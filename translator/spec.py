@@ -269,6 +269,15 @@ class ServiceSpec(Spec):
             )
         return value
 
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        # The image reaches `docker run` in the replica templates (components/templates/replica):
+        # a reference is one word; Docker itself refuses anything with spaces or control characters.
+        if value is not None and (not value or not value.isprintable() or any(c.isspace() for c in value)):
+            raise ValueError(f"invalid image reference {value!r}: one word such as `ghcr.io/org/app:1.0`, without spaces")
+        return value
+
     @field_validator("port", mode="before")
     @classmethod
     def _port(cls, value: Any) -> Any:

@@ -440,3 +440,10 @@ def test_older_spellings_stay_accepted_with_warnings() -> None:
     assert result.plan.replica_group.setup == ("pip install x",)
     warned = {w.field for w in result.warnings}
     assert {"retry_policy", "pool_name", "termination_policy", "termination_idle_time", "home_dir", "setup"} <= warned
+
+
+@pytest.mark.parametrize("image", ["'nginx latest'", "''", "\"nginx\\n\""])
+def test_image_is_one_reference(image: str) -> None:
+    with pytest.raises(TranslatorError) as caught:
+        compile_text(f"type: service\nname: ab\nport: 80\nimage: {image}\n")
+    assert [d.field for d in caught.value.diagnostics] == ["image"]
