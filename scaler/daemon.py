@@ -138,6 +138,7 @@ class Scaler:
         self._windows = ServiceWindows()
         self._last: dict[str, Decision] = {}
         self._logged: dict[str, tuple[object, ...]] = {}
+        self._resumed: set[str] = set()
         self.decisions_total: dict[tuple[str, str], int] = {}
         self.last_tick_at: float | None = None
 
@@ -184,7 +185,10 @@ class Scaler:
                 )
         if state is not self._state:
             self._save(state)
-        pending = {s: n for s, n in self._state.pending().items() if s in self._services}
+        # Decisions saved but not applied before a restart are handed to the worker once; later
+        # re-reads of the stack file must not re-announce what the worker already holds.
+        pending = {s: n for s, n in self._state.pending().items() if s in self._services and s not in self._resumed}
+        self._resumed.update(self._services)
         if pending and self._worker is not None and not self.dry_run:
             log.info("resuming decisions not yet applied: %s", ", ".join(f"{s}={n}" for s, n in sorted(pending.items())))
             self._worker.submit(pending, reasons={s: self._state.services[s].reason for s in pending})

@@ -319,3 +319,24 @@ async def test_a_service_at_zero_is_watched_more_often(tmp_path):
             seen = caddy.scrapes
             await asyncio.sleep(3 * AT_ZERO_INTERVAL_SECONDS)
             assert caddy.scrapes <= seen + 1  # at one replica, back to the normal interval
+
+
+def test_pending_decisions_are_resumed_once(tmp_path):
+    from serveform.scaler.applier import ApplyWorker
+
+    store = StateStore(tmp_path / "state.json")
+    first = Scaler(store=store, worker=None, clock=Clock())
+    first.set_services([_service()])
+    first.observe(1000, {"chat": {}}, {"chat": 1})
+    assert first.evaluate(1000)[0].target == 1
+    assert store.load().pending() == {"chat": 1}
+
+    stack = FakeStack()
+    worker = ApplyWorker(stack)
+    second = Scaler(store=store, worker=worker, clock=Clock())
+    second.set_services([_service()])
+    assert worker.pending() == {"chat": 1}
+    assert worker.run_once() is None
+    second.mark_applied({"chat": 1})
+    second.set_services([_service()])  # the periodic re-read of the stack file
+    assert worker.pending() == {} and stack.ups == [{"chat": 1}]
