@@ -76,6 +76,11 @@ def check_backend(spec: ServiceSpec, plan: ServicePlan, backend: str) -> list[tu
         for index, volume in enumerate(plan.volumes):
             if volume.kind == "instance" and backend == "local":
                 notes.append((("volumes", index), "the `local` backend passes the instance path to replicas in an environment variable instead of mounting it"))
+    for index, volume in enumerate(plan.volumes):
+        if len(volume.names) > 1:
+            # every backend's components mount `names[0]`; dstack picks the first that exists in the
+            # replica's backend/region, which serveform settles at deploy time by creating the first
+            notes.append((("volumes", index, "name"), f"serveform mounts the first volume, `{volume.names[0]}`; the other names are not used"))
     if "gateway" in written and spec.gateway is False:
         notes.append((("gateway",), "serveform always routes services through the stack's gateway"))
     elif "gateway" in written and spec.gateway not in (None, True):

@@ -238,3 +238,9 @@ def test_the_service_host_must_be_a_dns_name() -> None:
         compile_text("type: service\nname: my-long-service\nport: 80\ncommands: [x]\n", context=CompileContext(domain=domain))
     assert caught.value.diagnostics[0].field == "name" and "longer than a DNS name" in caught.value.diagnostics[0].message
     assert compile_text("type: service\nname: ab\nport: 80\ncommands: [x]\n", context=CompileContext(domain=domain)).plan.name == "ab"
+
+
+def test_volume_name_lists_use_the_first_name() -> None:
+    result = compile_text(GPU_SERVICE + "volumes:\n  - name: [vol-a, vol-b]\n    path: /data\n", context=CompileContext(backend="gcp"))
+    assert result.plan.volumes[0].names == ("vol-a", "vol-b")
+    assert [(w.field, w.line) for w in result.warnings] == [("volumes[0].name", 8)]
