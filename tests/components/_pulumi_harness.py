@@ -183,11 +183,16 @@ def run_program(program, *, stack: str = "dev", recording: Recording | None = No
     monitor = _Monitor(recording)
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
-    pulumi.runtime.set_mocks(_Mocks(), project="serveform", stack=stack, preview=False, monitor=monitor)
-    _sync_await(run_pulumi_func(program))
-    # Stack outputs are registered when the root stack finishes; mocks keep them in the stack object.
-    root = pulumi.runtime.settings.get_root_resource()
-    if root is not None and hasattr(root, "outputs"):
-        for key, value in root.outputs.items():
-            recording.outputs.setdefault(key, _sync_await(pulumi.Output.from_input(value).future()))
+    try:
+        pulumi.runtime.settings.ROOT.set(None)  # a fresh root stack for this program
+        pulumi.runtime.set_mocks(_Mocks(), project="serveform", stack=stack, preview=False, monitor=monitor)
+        _sync_await(run_pulumi_func(program))
+        # Stack outputs are registered when the root stack finishes; mocks keep them in the stack object.
+        root = pulumi.runtime.settings.get_root_resource()
+        if root is not None and hasattr(root, "outputs"):
+            for key, value in root.outputs.items():
+                recording.outputs.setdefault(key, _sync_await(pulumi.Output.from_input(value).future()))
+    finally:
+        # Leave no root stack behind: later tests (in this context or tasks copied from it) start clean.
+        pulumi.runtime.settings.ROOT.set(None)
     return recording
