@@ -66,6 +66,8 @@ BASE_IMAGE = "dstackai/base"
 BASE_IMAGE_VERSION = "0.16"
 BASE_IMAGE_UBUNTU = "24.04"
 DIND_IMAGE = "dstackai/dind"
+DSTACK_VENV_DIR = "/dstack/venv"
+UV_PYTHON_DIR = "/opt/uv/python"
 # dstack takes the server's Python; a plan must not depend on who compiles it, so we fix one.
 DEFAULT_PYTHON_VERSION = "3.12"
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
@@ -261,6 +263,21 @@ class _PlanBuilder:
         image = f"{BASE_IMAGE}:{BASE_IMAGE_VERSION}-{variant}-ubuntu{BASE_IMAGE_UBUNTU}"
         return image, "python", spec.python or DEFAULT_PYTHON_VERSION, []
 
+    def _python_setup(self, python: str | None) -> tuple[str, ...]:
+        """Commands that give the replica dstack's Python: a venv of `python` on the base image.
+
+        dstack's runner does this before a service's commands; serveform's replicas run the image
+        directly, so the plan carries it (not for `local`, whose replicas use this machine's Python).
+        """
+        if python is None or self.context.backend == "local":
+            return ()
+        return (
+            f"export DSTACK_VENV_DIR={DSTACK_VENV_DIR}",
+            # the base image keeps Python builds under /opt/uv/python; uv fetches others
+            f'UV_PYTHON_INSTALL_DIR={UV_PYTHON_DIR} uv venv --quiet --seed --python {python} "$DSTACK_VENV_DIR"',
+            '. "$DSTACK_VENV_DIR/bin/activate"',
+        )
+
     def _replica_group(self) -> ReplicaGroupPlan:
         spec = self.spec
         image, image_from, python, prefix = self._image()
@@ -272,7 +289,7 @@ class _PlanBuilder:
             nvcc=bool(spec.nvcc),
             registry_auth=self._registry_auth(),
             entrypoint=spec.entrypoint,
-            setup=tuple(spec.setup),
+            setup=(*self._python_setup(python), *spec.setup),
             commands=(*prefix, *spec.commands),
             working_dir=spec.working_dir,
             home_dir=spec.home_dir,

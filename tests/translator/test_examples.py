@@ -63,6 +63,11 @@ def test_python_example_uses_dstacks_base_image() -> None:
     assert plan.replica_group.image == "dstackai/base:0.16-base-ubuntu24.04"
     assert plan.replica_group.image_from == "python"
     assert plan.replica_group.python == "3.10"
+    # as dstack's runner does, the replica gets a venv of that Python before its commands
+    setup = plan.replica_group.setup
+    assert any("uv venv" in c and "--python 3.10" in c for c in setup) and setup[-1].endswith('/bin/activate"')
+    assert _compile("002-python-version.dstack.yml", backend="local").plan.replica_group.setup == ()
+    assert _compile("002-docker.dstack.yml").plan.replica_group.setup == ()
 
 
 def test_nvcc_example_uses_the_devel_variant() -> None:
