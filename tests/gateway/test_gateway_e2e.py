@@ -248,6 +248,17 @@ def test_replica_changes_under_load_fail_no_request(gateway_factory, replicas):
             await loop.run_in_executor(None, first.stop)
             await loop.run_in_executor(None, second.stop)
             await asyncio.sleep(1)
+            # A route change (a new service) is a Caddy config reload: requests in flight finish.
+            config_path = gateway.state_dir / "gateway.json"
+            document = json.loads(config_path.read_text())
+            extra = json.loads(json.dumps(document["plans"][0]))
+            extra["name"] = extra["route"]["subdomain"] = "extra"
+            extra["route"]["model"]["name"] = "extra-model"
+            document["plans"].append(extra)
+            config_path.write_text(json.dumps(document))
+            gateway.process.send_signal(signal.SIGHUP)
+            await loop.run_in_executor(None, lambda: wait_for(lambda: "extra" in gateway.status["hosts"], what="the reload"))
+            await asyncio.sleep(1)
             stop.set()
             await asyncio.gather(*tasks)
 
