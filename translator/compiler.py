@@ -48,7 +48,7 @@ from .serving import (
     OpenAIModelSpec,
     TGIModelSpec,
 )
-from .spec import NAME_PATTERN, RESERVED_NAME, UNSUPPORTED_FIELDS, GatewayRef, RetrySpec, ServiceSpec
+from .spec import DEPRECATED_FIELDS, NAME_PATTERN, RESERVED_NAME, UNSUPPORTED_FIELDS, GatewayRef, RetrySpec, ServiceSpec
 from .volumes import InstanceMountSpec
 
 __all__ = [
@@ -250,8 +250,9 @@ class _PlanBuilder:
         for name, reason in UNSUPPORTED_FIELDS.items():
             if name in self.spec.model_fields_set and name in self.doc.data:
                 self._warn((name,), f"not supported by serveform and ignored: {reason}")
-        if self.spec.retry_policy is not None:
-            self._warn(("retry_policy",), "deprecated spelling: use `retry` (dstack 0.22 rejects `retry_policy`)")
+        for name, reason in DEPRECATED_FIELDS.items():
+            if name in self.spec.model_fields_set and name in self.doc.data:
+                self._warn((name,), reason)
 
     def _image(self) -> tuple[str, str, str | None, list[str]]:
         spec = self.spec

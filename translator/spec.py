@@ -45,6 +45,7 @@ __all__ = [
     "RetryPolicySpec",
     "RetrySpec",
     "ServiceSpec",
+    "DEPRECATED_FIELDS",
     "UNSUPPORTED_FIELDS",
     "UtilizationPolicySpec",
 ]
@@ -90,8 +91,13 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
     "instance_name": "removed from dstack (pools became fleets)",
     "termination_policy": "removed from dstack (pools became fleets)",
     "termination_idle_time": "removed from dstack (pools became fleets)",
-    "home_dir": "deprecated by dstack 0.18.31 and without effect",
-    "setup": "deprecated by dstack 0.18.31 and without effect for services; put the commands in `commands`",
+}
+
+DEPRECATED_FIELDS: dict[str, str] = {
+    # Honoured by serveform, but files that rely on them behave differently under dstack 0.22.
+    "home_dir": "deprecated since dstack 0.18.31, where it has no effect; serveform still sets HOME from it",
+    "setup": "deprecated since dstack 0.18.31, where it has no effect for services; serveform runs it before `commands` (move it there)",
+    "retry_policy": "the older spelling of `retry` (dstack 0.22 rejects it)",
 }
 
 
