@@ -11,8 +11,7 @@
 #
 # Everything lives in $K8S_LOCAL_DIR (default <checkout>/.serveform/k8s-local): certificates,
 # the admin token (mode 0600), logs, pid files, etcd's data and `kubeconfig` (context k8s-local).
-# All ports are free loopback ports picked at start. Nothing here needs root except installing
-# etcd-server with apt-get the first time.
+# All ports are free loopback ports picked at start. Nothing here needs root.
 #
 # Timings: `start` prints "[k8s-local] ready in N s (build M s)" on stderr.
 set -euo pipefail
@@ -35,10 +34,17 @@ free_port() {
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+running() { # running PID: the process exists and is not a zombie waiting for its reaper
+  kill -0 "$1" 2>/dev/null || return 1
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ "$state" != Z ]
+}
+
 alive() { # alive NAME: its recorded process is running
   local pid
   pid=$(cat "$DIR/pids/$1.pid" 2>/dev/null) || return 1
-  kill -0 "$pid" 2>/dev/null
+  running "$pid"
 }
 
 spawn() { # spawn NAME CMD...: start detached (own session), log to logs/NAME.log
@@ -214,11 +220,11 @@ stop_all() {
   # Reverse start order: clients first, etcd last.
   for name in loadbalancer kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     pid=$(cat "$DIR/pids/$name.pid" 2>/dev/null) || continue
-    if kill -0 "$pid" 2>/dev/null; then
+    if running "$pid"; then
       kill -TERM "$pid" 2>/dev/null || true
       deadline=$((SECONDS + STOP_TIMEOUT_SECONDS))
-      while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+      while running "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
+      running "$pid" && kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$DIR/pids/$name.pid"
   done
