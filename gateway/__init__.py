@@ -3,7 +3,8 @@
 Public surface::
 
     GatewaySettings                      stack-wide settings (domain, tls, ports, limits, tokens)
-    GatewayRuntime                       where one running gateway's parts meet (ports, sockets)
+    GatewayRuntime, SrvLookup            where one running gateway's parts meet (ports, sockets,
+                                         where replicas are looked up, metrics listener)
     render_caddyfile(settings, plans, runtime=None) -> str
     write_config(state_dir, settings, plans)          gateway.json + 0600 secrets files
     config_files(settings, plans) -> (files, secret_files)   the same as path -> text, for a
@@ -43,7 +44,7 @@ Metrics contract for the scaler (Caddy's Prometheus endpoint, loopback only; its
 
 from .errors import CaddyError, GatewayConfigError, Problem
 from .render import render_caddyfile
-from .settings import GatewayRuntime, GatewaySettings
+from .settings import GatewayRuntime, GatewaySettings, SrvLookup
 from .state import GatewayConfig, config_files, publish_replicas, read_config, read_status, write_config
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "config_files",
     "GatewaySettings",
     "Problem",
+    "SrvLookup",
     "publish_replicas",
     "read_config",
     "read_status",

@@ -20,6 +20,7 @@ __all__ = [
     "DnsProvider",
     "GatewayRuntime",
     "GatewaySettings",
+    "SrvLookup",
     "TlsMode",
 ]
 
@@ -150,8 +151,23 @@ class GatewaySettings(_Frozen):
         return f"{service}.{self.domain}"
 
 
+class SrvLookup(_Frozen):
+    """Where Caddy looks a service's replicas up: the SRV name `_<service>._<proto>.<name>`."""
+
+    # proxy.caddy.j2: bare DNS labels and names.
+    service: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="The SRV service label, e.g. a Kubernetes port name.")]
+    proto: Literal["tcp"] = "tcp"
+    name: Annotated[str, Field(pattern=DOMAIN_PATTERN, max_length=253, description="The domain, e.g. `chat.ns.svc.cluster.local`.")]
+
+
 class GatewayRuntime(_Frozen):
-    """Where the parts of one running gateway meet; chosen by the supervisor at start."""
+    """Where the parts of one running gateway meet; chosen by the supervisor at start.
+
+    The defaults describe `python -m serveform.gateway run`: replicas come from its own DNS
+    responder on loopback and metrics are served on loopback only. A deployment that runs Caddy
+    elsewhere (a Kubernetes pod) can point the lookups at another DNS (`replica_dns="system"`
+    with `srv_lookups` per service) and open the metrics listener to its network.
+    """
 
     state_dir: Annotated[Path, Field(description="The gateway's state directory (Caddy storage, sockets, replica files).")] = Path(
         "/var/lib/serveform-gateway"
@@ -162,6 +178,18 @@ class GatewayRuntime(_Frozen):
     ] = 8079
     metrics_port: Annotated[int, Field(ge=1, le=65535, description="Loopback port serving Caddy's /metrics to the scaler.")] = 9180
     router_socket: Annotated[Path | None, Field(description="Unix socket of the OpenAI router; default <state_dir>/router.sock.")] = None
+    replica_dns: Annotated[
+        Literal["responder", "system"],
+        Field(description="responder: the gateway's DNS responder on 127.0.0.1:dns_port; system: the host's resolver."),
+    ] = "responder"
+    srv_lookups: Annotated[
+        dict[str, SrvLookup],
+        Field(description="Per service, the SRV name of its replicas; default `_<service>._tcp.replicas.serveform.internal`."),
+    ] = {}
+    metrics_address: Annotated[
+        Literal["127.0.0.1", "0.0.0.0"],
+        Field(description="Address of the metrics listener: loopback, or every address (the scaler runs elsewhere)."),
+    ] = "127.0.0.1"
 
     @property
     def router_socket_path(self) -> Path:

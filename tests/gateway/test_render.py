@@ -184,3 +184,33 @@ def test_hostile_inputs_cannot_change_the_config_shape(caddy, tmp_path, path, pr
         return
     config = _adapt(caddy, text, tmp_path)
     assert _hosts(config) == {"chat.localhost", f"{name or 'x'}.localhost", "gateway.localhost", "127.0.0.1"}
+
+
+def test_runtime_for_a_cluster(caddy, tmp_path):
+    """Kubernetes: replicas from the cluster's DNS (headless Services), metrics open to the pod network."""
+    from serveform.gateway import SrvLookup
+
+    runtime = RUNTIME.model_copy(update={
+        "replica_dns": "system",
+        "srv_lookups": {"chat": SrvLookup(service="http", name="chat.serveform.svc.cluster.local"), "web": SrvLookup(service="http", name="web.serveform.svc.cluster.local")},
+        "metrics_address": "0.0.0.0",
+    })
+    config = _adapt(caddy, render_caddyfile(_settings("internal"), _plans(), runtime), tmp_path)
+    text = json.dumps(config)
+    assert "127.0.0.1:5353" not in text and "replicas.serveform.internal" not in text
+    servers = config["apps"]["http"]["servers"]
+    assert servers["metrics"]["listen"] == ["0.0.0.0:9180"]
+    proxies = [h for h in _walk(config) if isinstance(h, dict) and h.get("handler") == "reverse_proxy" and "dynamic_upstreams" in h]
+    assert {(p["dynamic_upstreams"]["service"], p["dynamic_upstreams"]["name"]) for p in proxies} == {
+        ("http", "chat.serveform.svc.cluster.local"), ("http", "web.serveform.svc.cluster.local"),
+    }
+
+
+def _walk(node):
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
