@@ -58,7 +58,7 @@ REPLICAS_DIR = "replicas"
 
 REPLICA_DRAIN_SECONDS = SRV_REFRESH_MS / 1000 + 0.25
 """After the gateway acknowledges a removal, Caddy may use its cached replica list this long."""
-PUBLISH_ACK_TIMEOUT_SECONDS = 10.0
+PUBLISH_ACK_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)

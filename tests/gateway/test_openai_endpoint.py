@@ -54,6 +54,15 @@ def _client(gateway, token: str = TOKENS[0]) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url("gateway", "/v1"), api_key=token, http_client=http, max_retries=0)
 
 
+def test_default_probe_is_a_one_token_chat_completion(stack):
+    # `custom` names no probe: like dstack, the gateway checks a format: openai model with a
+    # one-token chat completion, sent straight to the replica.
+    stats = stack.replicas["custom"].stats()
+    assert stats["requests"].get("/v1/chat/completions", 0) >= 1
+    probe = json.loads(stats["last_body"])
+    assert probe["model"] == "custom-model" and probe["max_tokens"] == 1 and probe["messages"][0]["role"] == "user"
+
+
 def test_openai_client_plain_and_streaming(stack):
     client = _client(stack)
     assert sorted(m.id for m in client.models.list().data) == ["chat-small", "custom-model", "llama-tgi"]
