@@ -214,3 +214,22 @@ def _walk(node):
     elif isinstance(node, list):
         for value in node:
             yield from _walk(value)
+
+
+@pytest.mark.parametrize(
+    "provider, options",
+    [
+        ("route53", {}),
+        ("cloudflare", {"api_token": "t"}),
+        ("googleclouddns", {"gcp_project": "p"}),
+        ("azure", {"tenant_id": "t", "client_id": "c", "client_secret": "s", "subscription_id": "x", "resource_group_name": "g"}),
+    ],
+)
+def test_every_dns_provider_module_parses(caddy, tmp_path, provider, options):
+    settings = _settings("acme_dns", dns_provider=provider, dns_options={k: SecretStr(v) for k, v in options.items()})
+    config = _adapt(caddy, render_caddyfile(settings, _plans(), RUNTIME), tmp_path)
+    dns = [p for p in config["apps"]["tls"]["automation"]["policies"] if p.get("subjects") == ["*.example.com"]][0]
+    provider_config = dns["issuers"][0]["challenges"]["dns"]["provider"]
+    assert provider_config["name"] == provider
+    for name in options:
+        assert provider_config[name] == "{env.SERVEFORM_DNS_" + name.upper() + "}"
