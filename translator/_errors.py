@@ -243,6 +243,8 @@ def _message(err: dict[str, Any], secret: bool) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         relation = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than", "less_than_equal": "at most"}[kind]
         bound = next(iter(ctx.values()), "?")
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
         return f"must be {relation} {bound}{found}"
     if kind == "string_pattern_mismatch":
         return f"invalid value{found}: must match the pattern `{ctx.get('pattern')}`"

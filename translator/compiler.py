@@ -48,7 +48,16 @@ from .serving import (
     OpenAIModelSpec,
     TGIModelSpec,
 )
-from .spec import DEPRECATED_FIELDS, NAME_PATTERN, RESERVED_NAME, UNSUPPORTED_FIELDS, GatewayRef, RetrySpec, ServiceSpec
+from .spec import (
+    DEPRECATED_FIELDS,
+    NAME_PATTERN,
+    RESERVED_NAME,
+    UNSUPPORTED_FIELDS,
+    GatewayRef,
+    RetrySpec,
+    ServiceSpec,
+    cross_field_problems,
+)
 from .volumes import InstanceMountSpec
 
 __all__ = [
@@ -151,7 +160,8 @@ def compile_text(text: str, file: str = "<string>", context: CompileContext = Co
     try:
         spec = ServiceSpec.model_validate(doc.data)
     except ValidationError as exc:
-        raise TranslatorError([*problems, *diagnostics_from_validation_error(exc, doc, file, ServiceSpec)]) from None
+        found = [*problems, *diagnostics_from_validation_error(exc, doc, file, ServiceSpec)]
+        raise TranslatorError([*found, *_cross_field_diagnostics(doc, file, found)]) from None
     except RecursionError:
         raise TranslatorError([*problems, Diagnostic(file, 0, 0, "", "the document is nested too deeply")]) from None
     if problems:
@@ -177,6 +187,22 @@ def _known_accelerator_names() -> tuple[str, ...]:
     import gpuhunt
 
     return tuple(sorted({a.name for a in gpuhunt.KNOWN_ACCELERATORS}))
+
+
+def _cross_field_diagnostics(doc: _yaml.Document, file: str, found: list[Diagnostic]) -> list[Diagnostic]:
+    """The rules between fields, checked on the raw mapping when some field is invalid (pydantic
+    skips them then), minus what was already reported."""
+    if not isinstance(doc.data, dict) or doc.data.get("type") != "service":
+        return []
+    reported = {(d.field, d.message) for d in found}
+    out = []
+    for problem in cross_field_problems(doc.data):
+        field_path = format_path(problem.path)
+        if (field_path, problem.message) in reported or any(d.field == field_path for d in found):
+            continue  # the field's own error says enough
+        line, column = doc.position(problem.path)
+        out.append(Diagnostic(file, line, column, field_path, problem.message, problem.hint))
+    return out
 
 
 def default_name(file: str) -> str:

@@ -79,10 +79,12 @@ class _Range(BaseModel):
             raise ValueError(f"invalid range order `{self}`: the minimum is greater than the maximum")
         return self
 
+    _unit: ClassVar[str] = ""
+
     def __str__(self) -> str:
         low, high = self.min, self.max  # type: ignore[attr-defined]
-        low_s = "" if low is None else _fmt(low)
-        high_s = "" if high is None else _fmt(high)
+        low_s = "" if low is None else _fmt(low) + self._unit
+        high_s = "" if high is None else _fmt(high) + self._unit
         return low_s if low == high else f"{low_s}..{high_s}"
 
 
@@ -117,6 +119,7 @@ class MemoryRange(_Range):
     min: Annotated[float | None, WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}, mode="validation")] = None
     max: Annotated[float | None, WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}, mode="validation")] = None
     _what: ClassVar[str] = "size"
+    _unit: ClassVar[str] = "GB"
     _example: ClassVar[str] = "24GB..80GB"
     _short_forms: ClassVar[list[JsonSchemaValue]] = [
         {"type": "number", "minimum": 0},

@@ -56,6 +56,7 @@ MAX_INT64 = 2**63 - 1
 # backslashes, backticks, whitespace or `*`.
 URL_PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()+,;=:@%/?]*$")
 URL_PATH_CHARACTERS = "letters, digits and -._~!$&'()+,;=:@%/?"
+MODEL_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
 HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e\t]*$")
 
@@ -73,11 +74,18 @@ class OpenAIModelSpec(_ChatModelSpec):
         str,
         Field(
             description="The `base_url` prefix (after the host) of the service's OpenAI API. Defaults to `/v1`.",
-            # rendered into the gateway's Caddyfile route (gateway/templates): a plain path only
-            pattern=r"^/[A-Za-z0-9._~/-]*$",
             max_length=256,
+            json_schema_extra={"pattern": MODEL_PREFIX_RE.pattern},
         ),
     ] = "/v1"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        # the router joins it to the replica's address (gateway/router.py): a plain path only
+        if not MODEL_PREFIX_RE.match(value):
+            raise ValueError(f"invalid prefix `{value}`: a path starting with `/`, of letters, digits and `._~/-`")
+        return value
 
 
 class TGIModelSpec(_ChatModelSpec):
@@ -135,7 +143,9 @@ class ScalingSpec(Spec):
 class HTTPHeaderSpec(Spec):
     """One HTTP header of a probe request."""
 
-    name: Annotated[str, Field(min_length=1, max_length=128, description="The header name: letters, digits and `-`.")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=128, description="The header name: letters, digits and `-`.", json_schema_extra={"pattern": HEADER_NAME_RE.pattern})
+    ]
     value: Annotated[str, Field(min_length=1, max_length=2048, description="The header value: printable ASCII on one line.")]
 
     @field_validator("name")
@@ -241,7 +251,7 @@ class HeaderKeySpec(Spec):
     header: Annotated[
         str,
         # rendered into the gateway's rate_limit key (gateway/templates/service.caddy.j2)
-        Field(max_length=128, description="The header to partition by: letters, digits and `-`."),
+        Field(max_length=128, description="The header to partition by: letters, digits and `-`.", json_schema_extra={"pattern": HEADER_NAME_RE.pattern}),
     ]
 
     _header = field_validator("header")(classmethod(lambda cls, value: check_header_name(value)))
@@ -261,6 +271,7 @@ class RateLimitSpec(Spec):
         Field(
             max_length=4094,
             description="The path prefix the limit applies to; the longest matching prefix wins. Defaults to `/`.",
+            json_schema_extra={"pattern": r"^/[A-Za-z0-9\-._~!$&'()+,;=:@%/]*$"},
         ),
     ] = "/"
     key: Annotated[

@@ -48,6 +48,7 @@ __all__ = [
     "DEPRECATED_FIELDS",
     "UNSUPPORTED_FIELDS",
     "UtilizationPolicySpec",
+    "cross_field_problems",
 ]
 
 PYTHON_VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15")
@@ -460,29 +461,8 @@ class ServiceSpec(Spec):
         return value
 
     @model_validator(mode="after")
-    def _rules(self) -> "ServiceSpec":
-        problems: list[FieldError] = []
-        if self.image is not None and self.python is not None:
-            problems.append(FieldError(("python",), "`image` and `python` are mutually exclusive"))
-        if self.image is not None and self.nvcc:
-            problems.append(FieldError(("nvcc",), "`image` and `nvcc` are mutually exclusive: `nvcc` selects a variant of dstack's base image"))
-        if self.docker:
-            for other in ("image", "python", "nvcc"):
-                if getattr(self, other):
-                    problems.append(FieldError(("docker",), f"`{other}` and `docker` are mutually exclusive"))
-        if not self.commands and self.image is None:
-            problems.append(FieldError(("commands",), "either `commands` or `image` must be set"))
-        replicas = self.replicas
-        if replicas is not None:
-            if replicas.min != replicas.max and self.scaling is None:
-                problems.append(FieldError(("replicas",), f"`replicas` is a range (`{replicas}`), so `scaling` is required"))
-            if replicas.min == replicas.max and self.scaling is not None:
-                problems.append(FieldError(("scaling",), f"`scaling` needs `replicas` to be a range (e.g. `1..4`), got `{replicas}`"))
-        elif self.scaling is not None:
-            problems.append(FieldError(("scaling",), "`scaling` needs `replicas` to be a range (e.g. `1..4`); `replicas` defaults to 1"))
-        if self.retry is not None and self.retry_policy is not None:
-            problems.append(FieldError(("retry_policy",), "`retry` and its older spelling `retry_policy` cannot both be set"))
-        raise_all(problems)
+    def _rules(self) -> ServiceSpec:
+        raise_all(cross_field_problems({name: getattr(self, name) for name in _CROSS_FIELDS}))
         return self
 
     @field_serializer("registry_auth")
@@ -491,3 +471,49 @@ class ServiceSpec(Spec):
         if value is None:
             return None
         return {"username": value.username, "password": "**********"}
+
+
+# Fields the rules between fields look at (also on a file whose other fields are invalid).
+_CROSS_FIELDS = {"image", "python", "nvcc", "docker", "commands", "replicas", "scaling", "retry", "retry_policy"}
+
+
+def cross_field_problems(values: dict[str, Any]) -> list[FieldError]:
+    """The rules between fields, on validated values or on a file's raw mapping.
+
+    pydantic runs an after-validator only when every field is valid; the compiler calls this on
+    the raw mapping too, so a file with field errors also learns that `image` excludes `python`.
+    Raw values are only read where their meaning is unambiguous (a range that does not parse is
+    left to its own error).
+    """
+    problems: list[FieldError] = []
+    image, python, nvcc, docker = (values.get(k) for k in ("image", "python", "nvcc", "docker"))
+    if image is not None and python is not None:
+        problems.append(FieldError(("python",), "`image` and `python` are mutually exclusive"))
+    if image is not None and nvcc is True:
+        problems.append(FieldError(("nvcc",), "`image` and `nvcc` are mutually exclusive: `nvcc` selects a variant of dstack's base image"))
+    if docker is True:
+        for other in ("image", "python", "nvcc"):
+            if values.get(other) not in (None, False):
+                problems.append(FieldError(("docker",), f"`{other}` and `docker` are mutually exclusive"))
+    if not values.get("commands") and image is None:
+        problems.append(FieldError(("commands",), "either `commands` or `image` must be set"))
+    replicas, scaling = values.get("replicas"), values.get("scaling")
+    if replicas is not None and not isinstance(replicas, IntRange):
+        try:
+            replicas = IntRange.model_validate(replicas)
+        except (ValueError, TypeError):
+            replicas = _UNKNOWN
+    if replicas is None:
+        if scaling is not None:
+            problems.append(FieldError(("scaling",), "`scaling` needs `replicas` to be a range (e.g. `1..4`); `replicas` defaults to 1"))
+    elif isinstance(replicas, IntRange):
+        if replicas.min != replicas.max and scaling is None:
+            problems.append(FieldError(("replicas",), f"`replicas` is a range (`{replicas}`), so `scaling` is required"))
+        if replicas.min == replicas.max and scaling is not None:
+            problems.append(FieldError(("scaling",), f"`scaling` needs `replicas` to be a range (e.g. `1..4`), got `{replicas}`"))
+    if values.get("retry") is not None and values.get("retry_policy") is not None:
+        problems.append(FieldError(("retry_policy",), "`retry` and its older spelling `retry_policy` cannot both be set"))
+    return problems
+
+
+_UNKNOWN = object()

@@ -206,3 +206,12 @@ def test_misspelt_choices_get_did_you_mean(text: str, field: str, hint: str) -> 
 def test_fields_at_the_wrong_level_get_a_hint(text: str, field: str, hint: str) -> None:
     found = [d for d in problems("type: service\nport: 80\ncommands: [x]\n" + text) if d.message.startswith("unknown field")]
     assert [(d.field, d.hint) for d in found] == [(field, hint)]
+
+
+def test_rules_between_fields_are_reported_with_the_fields_own_errors() -> None:
+    found = problems('type: service\nname: Bad_Name\nport: 80\nimage: x\npython: "3.10"\nreplicas: 1..3\n')
+    assert [(d.line, d.field) for d in found] == [(2, "name"), (5, "python"), (6, "replicas")]
+    assert "mutually exclusive" in found[1].message and "`scaling` is required" in found[2].message
+    # a field with its own error is not reported twice
+    found = problems("type: service\nport: 80\nimage: x\npython: 3.8\n")
+    assert [d.field for d in found] == ["python"] and "unsupported" in found[0].message
