@@ -1,9 +1,10 @@
 """Scaler benchmarks, measured in one run and printed as numbers and ratios.
 
-1. Cost of the daemon (`python -m serveform.scaler run --dry-run`, default 5 s interval, real
-   process, real HTTP on loopback): CPU and resident memory while idle (one service, no
-   traffic) and while watching 100 services whose Caddy-shaped counters grow every scrape
-   (a synthetic metrics endpoint with 100 hosts x 4 status codes, plus in-flight gauges).
+1. Cost of the daemon (`python -m serveform.scaler run --dry-run`, default intervals, real
+   process, real HTTP on loopback): CPU and resident memory while idle (one `0..4` service, no
+   traffic: it sits at zero, so the daemon looks every second) and while watching 100 services
+   whose Caddy-shaped counters grow every scrape (a synthetic metrics endpoint with 100 hosts x
+   4 status codes with histogram buckets, plus in-flight gauges).
 2. Reaction on the local stack (real Pulumi, Caddy, gateway, replicas; locust for load): the
    time from a load step to the new replica serving, split into the time to the decision and
    the time of the `up` that starts the replica, and the time a first request waits at zero
@@ -87,6 +88,10 @@ class _SyntheticCaddy:
         self.server.shutdown()
 
 
+def _decisions(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("serveform_scaler_decisions_total{"))
+
+
 def _project(base: Path, services: int) -> Path:
     (base / "stacks").mkdir(parents=True)
     files = []
@@ -127,16 +132,15 @@ def _measure_daemon(services: int, seconds: float, rps_per_host: float) -> dict[
                 assert time.monotonic() < deadline, "the scaler never became healthy"
                 time.sleep(0.2)
             startup_cpu = _cpu_seconds(proc.pid)
+            decisions0 = _decisions(httpx.get(f"http://{listen}/metrics", timeout=5).text)
             t0, c0 = time.monotonic(), _cpu_seconds(proc.pid)
             peak = _rss_mb(proc.pid)
             while time.monotonic() - t0 < seconds:
                 time.sleep(0.5)
                 peak = max(peak, _rss_mb(proc.pid))
             elapsed, cpu = time.monotonic() - t0, _cpu_seconds(proc.pid) - c0
-            metrics = httpx.get(f"http://{listen}/metrics", timeout=5).text
-            decisions = sum(
-                float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("serveform_scaler_decisions_total{")
-            )
+            decisions = _decisions(httpx.get(f"http://{listen}/metrics", timeout=5).text) - decisions0
+            ticks = max(1.0, decisions / services)
             return {
                 "services": services,
                 "cpu_percent": 100 * cpu / elapsed,
@@ -145,7 +149,8 @@ def _measure_daemon(services: int, seconds: float, rps_per_host: float) -> dict[
                 "startup_cpu_s": startup_cpu,
                 "scrape_kb": len(caddy.text()) / 1024,
                 "decisions": decisions,
-                "cpu_ms_per_tick": 1000 * cpu / max(1.0, elapsed / 5.0),
+                "cpu_ms_per_tick": 1000 * cpu / ticks,
+                "ticks": ticks,
             }
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -223,8 +228,8 @@ def main() -> int:
     for label, r in (("idle, 1 service", idle), ("100 services", busy)):
         print(
             f"scaler {label:>16}: cpu {r['cpu_percent']:.2f}% of a core, rss {r['rss_mb']:.1f} MB (peak {r['peak_rss_mb']:.1f}), "
-            f"~{r['cpu_ms_per_tick']:.1f} ms cpu per 5 s tick, startup cpu {r['startup_cpu_s']:.2f}s, "
-            f"scrape {r['scrape_kb']:.0f} KiB, {r['decisions']:.0f} decisions"
+            f"{r['cpu_ms_per_tick']:.1f} ms cpu per tick ({r['ticks']:.0f} ticks), startup cpu {r['startup_cpu_s']:.2f}s, "
+            f"scrape {r['scrape_kb']:.0f} KiB"
         )
     print(
         f"ratio 100 services / idle: cpu x{busy['cpu_percent'] / max(idle['cpu_percent'], 1e-6):.1f}, "

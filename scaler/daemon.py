@@ -249,7 +249,7 @@ class Scaler:
     def _log(self, decision: Decision) -> None:
         # Every change is logged; a held or steady decision only when its gist changes, so a
         # quiet service does not write a line per tick.
-        gist = (decision.operator, decision.current, decision.target, decision.wanted, decision.reason.split(";")[0])
+        gist = (decision.operator, decision.current, decision.target, decision.wanted, decision.reason.split(" (")[0])
         if decision.changes:
             log.info(
                 "%s %s: %d -> %d: %s%s",
@@ -307,6 +307,14 @@ class Scaler:
         if rss is not None:
             family("process_resident_memory_bytes", "gauge", "Resident memory of the scaler process.", [("", rss)])
         return "\n".join(lines) + "\n"
+
+
+def _summary(services: Iterable[WatchedService], limit: int = 10) -> str:
+    items = [f"{s.name} ({s.host}, {s.policy.min_replicas}..{s.policy.max_replicas})" for s in services]
+    if not items:
+        return "none"
+    more = f", and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def _applied(record: ServiceRecord | None) -> int:
@@ -419,8 +427,7 @@ async def run(
         "watching %d service(s) of stack %s: %s%s",
         len(scaler.services),
         config.stack,
-        ", ".join(f"{s.name} ({s.host}, {s.policy.min_replicas}..{s.policy.max_replicas})" for s in scaler.services.values())
-        or "none",
+        _summary(scaler.services.values()),
         " [dry run]" if config.dry_run else "",
     )
     if worker is not None:
@@ -474,11 +481,7 @@ async def run(
                     url = endpoint.url()
                     per_host = False
                     if url:
-                        async with http.get(url) as resp:
-                            resp.raise_for_status()
-                            body = await resp.content.read(METRICS_BODY_LIMIT_BYTES + 1)
-                        if len(body) > METRICS_BODY_LIMIT_BYTES:
-                            raise ValueError(f"{url}: metrics larger than {METRICS_BODY_LIMIT_BYTES} bytes")
+                        body = await _fetch(http, url)
                         scrape = read_scrape(
                             body.decode("utf-8", "replace"),
                             hosts,
@@ -517,6 +520,20 @@ async def run(
             # An `up` in flight finishes (never interrupted); anything still pending is in the state file.
             await asyncio.to_thread(worker.stop, 600)
     return 0
+
+
+async def _fetch(http, url: str) -> bytes:
+    """The whole body of `url`, refused beyond METRICS_BODY_LIMIT_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    async with http.get(url) as resp:
+        resp.raise_for_status()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > METRICS_BODY_LIMIT_BYTES:
+                raise ValueError(f"{url}: metrics larger than {METRICS_BODY_LIMIT_BYTES} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _pulumi_log(line: str) -> None:

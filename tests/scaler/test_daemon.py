@@ -72,10 +72,13 @@ class FakeCaddy:
         self.refused = 0
         self.in_flight = 0
         self.scrapes = 0
+        self.padding = 0
 
     def text(self) -> str:
+        filler = [f'caddy_http_request_size_bytes_bucket{{host="h{i}.localhost",le="+Inf"}} {i}' for i in range(self.padding)]
         return "\n".join(
-            [
+            filler
+            + [
                 "# TYPE caddy_http_request_duration_seconds histogram",
                 f'caddy_http_request_duration_seconds_count{{code="200",handler="subroute",host="{HOST}",method="GET",server="public"}} {self.ok}',
                 f'caddy_http_request_duration_seconds_count{{code="401",handler="subroute",host="{HOST}",method="GET",server="public"}} {self.refused}',
@@ -187,6 +190,18 @@ async def test_from_zero_up_and_back_down_through_the_daemon(tmp_path):
         await _until(lambda: stack.ups[-1] == {"chat": 0}, what="scale to zero")
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["services"]["chat"]["desired"] == 0 and state["services"]["chat"]["applied"] == 0
+
+
+async def test_a_large_scrape_is_read_whole(tmp_path):
+    # Several MB arrive in many chunks; the counted series come last.
+    caddy, stack, clock = FakeCaddy(), FakeStack(), Clock()
+    caddy.padding = 60_000
+    assert len(caddy.text()) > 3_000_000
+    async with caddy as url, Daemon(_config(tmp_path, url), stack, clock) as d:
+        await _until(lambda: caddy.scrapes >= 2, what="scrapes")
+        caddy.in_flight = 1
+        await _until(lambda: stack.ups == [{"chat": 1}], what="scale from zero")
+        assert "serveform_scaler_scrape_errors_total 0\n" in (await d.get("/metrics")).text
 
 
 async def test_restart_resumes_an_unapplied_decision_and_keeps_delays(tmp_path):
