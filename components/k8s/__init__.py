@@ -20,6 +20,7 @@ Exports: `services` (per service: url, model endpoint, group name, replica bound
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +52,8 @@ __all__ = [
     "deploy",
 ]
 
+_NAMESPACE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
 
 def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     """Register the stack's Kubernetes objects for ``plans`` and export its endpoints."""
@@ -61,6 +64,9 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     cfg = settings.k8s
     problems: list[tuple[str, str]] = []
     _cloud.check_plans(settings, plans, "k8s", problems)
+    # The namespace names every object and, in the gateway's Caddyfile, every upstream host.
+    if not _NAMESPACE.match(cfg.namespace):
+        problems.append(("serveform:k8s.namespace", f"{cfg.namespace!r} is not a Kubernetes namespace name (RFC 1123 label: a-z, 0-9, '-', at most 63)"))
     if problems:
         raise pulumi.RunError(str(StackConfigError(settings.stack, problems)))
     try:

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
-__all__ = ["CLUSTER_DOMAIN", "METRICS_PORT", "cluster_upstreams", "gateway_caddyfile", "gateway_settings", "metrics_on_pod"]
+__all__ = ["CLUSTER_DOMAIN", "METRICS_PORT", "CaddyfileShapeError", "cluster_upstreams", "gateway_caddyfile", "gateway_settings", "metrics_on_pod"]
 
 CLUSTER_DOMAIN = "cluster.local"
 # The gateway's metrics listener (Caddy's /metrics for the scaler) inside the gateway pod.

@@ -87,7 +87,9 @@ def clean_environ():
     os.environ.update(saved)
 
 
-def _project(root: Path, stack: str, k8s_local: K8sLocal, namespace: str, services: dict[str, str]) -> Path:
+def _project(
+    root: Path, stack: str, k8s_local: K8sLocal, namespace: str, services: dict[str, str], **k8s_settings: object
+) -> Path:
     (root / "services").mkdir(parents=True)
     (root / "stacks").mkdir()
     (root / "state").mkdir()
@@ -107,6 +109,7 @@ def _project(root: Path, stack: str, k8s_local: K8sLocal, namespace: str, servic
             "volume_host_path": str(root / "volumes"),
             "volume_size_gb": 1,
             "rollout_timeout_seconds": 120,
+            **k8s_settings,
         },
     }
     (root / "stacks" / f"Pulumi.{stack}.yaml").write_text(json.dumps({"config": config}, indent=2))
@@ -145,6 +148,11 @@ def _state_text(project: Path) -> str:
 def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, kube, clean_environ) -> None:
     from pulumi import automation as auto
 
+    marks = [("start", time.monotonic())]
+
+    def mark(step: str) -> None:
+        marks.append((step, time.monotonic()))
+
     namespace = f"sf-{os.getpid()}"
     project = _project(tmp_path, "k8s", k8s_local, namespace, {"chat": CHAT, "llm": LLM})
     engine = _engine(project, "k8s")
@@ -160,13 +168,13 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
 
     # preview: the plan, and nothing in the cluster.
     preview = engine.preview()
+    mark("preview")
     assert preview.change_summary.get("create", 0) >= 10, preview.change_summary
     assert not _namespace_exists(core, namespace)
 
     # up
-    t0 = time.monotonic()
     up = engine.up()
-    up_seconds = time.monotonic() - t0
+    mark("up")
     assert up.summary.result == "succeeded"
     outputs = engine.outputs()
     assert outputs["gateway_address"] == "127.0.0.1"
@@ -221,11 +229,13 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
 
     # A second `up` with nothing changed changes nothing.
     again = engine.up()
+    mark("no-change up")
     assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
 
     # The scaler's move: serveform:replicas.chat = 3, then `up`.
     engine.set_replicas({"chat": 3})
     scaled = engine.up()
+    mark("scale-up up")
     assert scaled.summary.resource_changes.get("update") == 1, scaled.summary.resource_changes
     assert apps.read_namespaced_deployment("chat", namespace).spec.replicas == 3
     running = poll(
@@ -237,6 +247,7 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     # ...and back down to 1.
     engine.set_replicas({"chat": 1})
     engine.up()
+    mark("scale-down up")
     poll(
         lambda: len(_running_pods(core, namespace, "chat")) == 1,
         timeout_seconds=SETTLE_TIMEOUT_SECONDS,
@@ -246,12 +257,13 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
 
     # destroy: nothing of the stack remains.
     engine.destroy()
+    mark("destroy")
     poll(lambda: not _namespace_exists(core, namespace), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="namespace deleted")
     selector = "app.kubernetes.io/part-of=serveform,serveform.dev/stack=k8s"
     assert not core.list_persistent_volume(label_selector=selector).items
     assert not core.list_pod_for_all_namespaces(label_selector=selector).items
     assert not apps.list_deployment_for_all_namespaces(label_selector=selector).items
-    print(f"k8s-local up of 2 services + gateway + scaler: {up_seconds:.1f} s")
+    print(", ".join(f"{step} {t - prev:.1f} s" for (_, prev), (step, t) in zip(marks, marks[1:])))
 
 
 def test_more_gpus_than_any_node_fails_up_fast(tmp_path: Path, k8s_local: K8sLocal, kube, clean_environ) -> None:
@@ -270,3 +282,35 @@ def test_more_gpus_than_any_node_fails_up_fast(tmp_path: Path, k8s_local: K8sLoc
     # Refused before any object was created, long before the rollout timeout (120 s here).
     assert elapsed < 60, elapsed
     assert not _namespace_exists(k8s_client.CoreV1Api(kube), namespace)
+
+
+def test_without_the_pre_flight_a_bounded_rollout_timeout_still_ends_up(
+    tmp_path: Path, k8s_local: K8sLocal, kube, clean_environ
+) -> None:
+    """For clusters that skip the node check (autoscaled GPU pools), `up` fails after the
+    rollout timeout with the scheduler's reason, and `destroy` cleans up what it created."""
+    from pulumi import automation as auto
+
+    namespace = f"sf-timeout-{os.getpid()}"
+    project = _project(
+        tmp_path, "k8s-timeout", k8s_local, namespace, {"greedy": GREEDY},
+        check_capacity=False, rollout_timeout_seconds=15,
+    )
+    engine = _engine(project, "k8s-timeout")
+    core = k8s_client.CoreV1Api(kube)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(auto.CommandError) as err:
+            engine.up()
+        elapsed = time.monotonic() - t0
+        message = str(err.value)
+        assert "greedy-deployment" in message and "Minimum number of live Pods was not attained" in message
+        assert elapsed < 120, elapsed
+        # The reason is on the pod, where `kubectl describe` shows it.
+        (pod,) = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=greedy").items
+        assert pod.status.phase == "Pending"
+        (scheduled,) = [c for c in pod.status.conditions if c.type == "PodScheduled"]
+        assert scheduled.reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in scheduled.message
+    finally:
+        engine.destroy()
+    poll(lambda: not _namespace_exists(core, namespace), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="namespace deleted")
