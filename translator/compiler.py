@@ -376,26 +376,42 @@ class _PlanBuilder:
         )
 
     def _interpolate(self, path: tuple[Any, ...], value: str) -> tuple[str | None, bool]:
-        """Resolve `${{ secrets.NAME }}` references; (value, is_secret). `$$` is a literal `$`."""
-        if "${{" not in value:
+        """Resolve `${{ secrets.NAME }}` as dstack's server does for env values and registry
+        credentials; `$$` is a literal `$`. Returns (value, uses a secret)."""
+        if "$" not in value:
             return value, False
+        out: list[str] = []
         missing: list[str] = []
-
-        def replace(match: re.Match[str]) -> str:
-            secret = self.context.stack_secrets.get(match.group(1))
-            if secret is None:
-                missing.append(match.group(1))
-                return ""
-            return secret
-
-        resolved = _SECRET_REF_RE.sub(replace, value)
-        if "${{" in resolved:
-            self._at(path, "invalid reference: expected `${{ secrets.NAME }}`")
-            return None, True
+        secret = False
+        index = 0
+        while index < len(value):
+            dollar = value.find("$", index)
+            if dollar < 0:
+                out.append(value[index:])
+                break
+            out.append(value[index:dollar])
+            if value.startswith("$$", dollar):
+                out.append("$")
+                index = dollar + 2
+            elif value.startswith("${{", dollar):
+                closing = value.find("}}", dollar)
+                match = _SECRET_REF_RE.fullmatch(value, dollar, closing + 2) if closing >= 0 else None
+                if match is None:
+                    self._at(path, "invalid reference: expected `${{ secrets.NAME }}` (write `$$` for a literal `$`)")
+                    return None, True
+                secret = True
+                if match.group(1) in self.context.stack_secrets:
+                    out.append(self.context.stack_secrets[match.group(1)])
+                else:
+                    missing.append(match.group(1))
+                index = closing + 2
+            else:
+                out.append("$")
+                index = dollar + 1
         for name in missing:
             message = f"`${{{{ secrets.{name} }}}}` has no value: add `{name}` to the stack's `serveform:secrets`"
             self._at(path, message, warning=not self.context.require_env)
-        return (None if missing else resolved), True
+        return (None if missing else "".join(out)), secret
 
     def _env(self) -> dict[str, EnvValue]:
         out: dict[str, EnvValue] = {}
@@ -418,7 +434,7 @@ class _PlanBuilder:
             if secret:
                 out[key] = EnvValue(value=SecretStr(resolved) if resolved is not None else None, secret=True, source="stack")
             else:
-                out[key] = EnvValue(value=value, secret=False, source="file")
+                out[key] = EnvValue(value=resolved, secret=False, source="file")
         return out
 
     def _registry_auth(self) -> RegistryAuthPlan | None:

@@ -447,3 +447,18 @@ def test_image_is_one_reference(image: str) -> None:
     with pytest.raises(TranslatorError) as caught:
         compile_text(f"type: service\nname: ab\nport: 80\nimage: {image}\n")
     assert [d.field for d in caught.value.diagnostics] == ["image"]
+
+
+def test_dollar_escapes_and_references_as_dstack_interpolates_them() -> None:
+    env = plan_of(
+        "env:\n  - PRICE=5$$\n  - SHELL_VAR=$HOME\n  - LITERAL=$${{ secrets.X }}\n  - MIXED=a-${{ secrets.X }}-$$-b\n",
+        stack_secrets={"X": "sx"},
+    ).replica_group.env
+    assert env["PRICE"].value == "5$" and not env["PRICE"].secret
+    assert env["SHELL_VAR"].value == "$HOME"
+    assert env["LITERAL"].value == "${{ secrets.X }}" and not env["LITERAL"].secret
+    assert env["MIXED"].secret and env["MIXED"].value.get_secret_value() == "a-sx-$-b"
+    for bad in ("${{ env.HOME }}", "${{ secrets.X", "${{secrets.1X}}"):
+        with pytest.raises(TranslatorError) as caught:
+            plan_of(f"env:\n  - A={bad}\n", stack_secrets={"X": "sx"})
+        assert caught.value.diagnostics[0].field == "env.A" and "invalid reference" in caught.value.diagnostics[0].message
