@@ -4,7 +4,8 @@ dstack reads `.dstack.yml` with PyYAML's ``safe_load`` (YAML 1.1), so we do too:
 resolver decides that ``yes`` is a boolean, that ``python: 3.10`` is the float 3.1 and
 that ``8080:50`` is a sexagesimal integer. A YAML 1.2 loader (ruamel's default) would read
 those differently and let files through that dstack rejects. libyaml's parser is used when
-PyYAML was built with it (it yields the same nodes and marks, several times faster).
+PyYAML was built with it (the same nodes and marks, several times faster); a file it refuses is
+read again with PyYAML's own parser, so the verdict on odd files is dstack's.
 
 Two things ``safe_load`` does silently are errors here: a key repeated in one mapping
 (the last one would win) and several documents in one file.
