@@ -187,6 +187,14 @@ class LocalProject:
     processes_mentioning = staticmethod(lambda *a, **k: processes_mentioning(*a, **k))
     port_accepts = staticmethod(port_accepts)
 
+    def holds_port(self, port: int) -> bool:
+        """True while a process of this project listens on `port`.
+
+        Not "the port accepts connections": on a busy machine another program may take a freed
+        port within moments, and that one is not ours to answer for.
+        """
+        return bool(listening_pids(port) & set(processes_mentioning(str(self.root))))
+
 
 def _is_secret(value: Any) -> bool:
     return isinstance(value, dict) and "ciphertext" in value
@@ -244,6 +252,32 @@ def processes_mentioning(text: str) -> list[int]:
         if state != "Z" and (text in cmdline or cwd.startswith(text)):
             found.append(int(entry.name))
     return found
+
+
+def listening_pids(port: int) -> set[int]:
+    """Pids of the processes holding a listening TCP socket on `port` (any address)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    pids = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in os.scandir(f"{entry.path}/fd"):
+                link = os.readlink(fd.path)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    pids.add(int(entry.name))
+        except (FileNotFoundError, PermissionError, ProcessLookupError, NotADirectoryError):
+            continue
+    return pids
 
 
 def make_project(base: Path, stack: str) -> LocalProject:

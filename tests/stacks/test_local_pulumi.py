@@ -60,7 +60,7 @@ def test_pulumi_up_serves_and_a_second_up_changes_nothing(project):
 def test_pulumi_refresh_and_up_heal_a_killed_replica(project):
     victim = project.replicas()["chat-replica-1"]
     os.killpg(victim["pid"], signal.SIGKILL)
-    project.wait_for(lambda: not project.port_accepts("127.0.0.1", victim["port"]), 10, "the replica to die")
+    project.wait_for(lambda: not project.holds_port(victim["port"]), 10, "the replica to die")
     project.ok(project.pulumi("refresh", "--yes"))
     assert "chat-replica-1" not in project.replicas()
     project.ok(project.pulumi("up", "--yes"))
@@ -91,7 +91,7 @@ def test_a_new_gateway_port_replaces_the_gateway_and_keeps_the_routes(project):
     project.ok(project.pulumi("config", "set", "--path", "serveform:gateway.https_port", str(project.https_port)))
     project.ok(project.pulumi("up", "--yes"))
     assert project.daemons()["gateway-process"]["pid"] != old_pid
-    assert not project.port_accepts("127.0.0.1", old_port)
+    assert not project.holds_port(old_port)
     endpoints = project.endpoints()
     assert endpoints["gateway"]["address"] == f"127.0.0.1:{project.https_port}"
     with project.client("chat.localhost", token=endpoints["token"], ca_cert=endpoints["gateway"]["ca_cert"]) as client:
@@ -116,5 +116,5 @@ def test_pulumi_destroy_leaves_nothing_behind(project):
     project.ok(project.pulumi("destroy", "--yes"))
     assert project.processes_mentioning(str(project.root)) == []
     for port in (project.http_port, project.https_port, *(r["port"] for r in replicas.values())):
-        assert not project.port_accepts("127.0.0.1", port), port
+        assert not project.holds_port(port), port
     assert not (project.root / ".serveform").exists()

@@ -48,6 +48,7 @@ def test_up_serves_through_the_gateway_with_auth_and_tls(local_project):
     ca_cert, token = endpoints["gateway"]["ca_cert"], endpoints["token"]
     assert token not in up.stdout + up.stderr
     assert endpoints["gateway"]["address"] == f"127.0.0.1:{local_project.https_port}"
+    assert local_project.holds_port(local_project.https_port) and local_project.holds_port(local_project.http_port)
     assert Path(ca_cert).is_file() and token
     (chat,) = endpoints["services"]
     assert chat["url"] == f"https://chat.localhost:{local_project.https_port}" and chat["model"] == "chat-small"
@@ -106,7 +107,7 @@ def test_refresh_notices_a_killed_replica_and_up_heals_it(local_project, tmp_pat
     replicas = local_project.replicas()
     victim, survivor = replicas["chat-replica-0"], replicas["chat-replica-1"]
     os.killpg(victim["pid"], signal.SIGKILL)
-    local_project.wait_for(lambda: not local_project.port_accepts("127.0.0.1", victim["port"]), 10, "the replica to die")
+    local_project.wait_for(lambda: not local_project.holds_port(victim["port"]), 10, "the replica to die")
 
     local_project.ok(local_project.serveform("refresh", "--yes"))
     assert set(local_project.replicas()) == {"chat-replica-1"}
@@ -125,7 +126,7 @@ def test_refresh_notices_a_killed_replica_and_up_heals_it(local_project, tmp_pat
 def test_refresh_and_up_heal_a_killed_gateway_with_its_routes(local_project):
     gateway = local_project.daemons()["gateway-process"]
     os.killpg(gateway["pid"], signal.SIGKILL)
-    local_project.wait_for(lambda: not local_project.port_accepts("127.0.0.1", local_project.https_port), 15, "the gateway to die")
+    local_project.wait_for(lambda: not local_project.holds_port(local_project.https_port), 15, "the gateway to die")
     local_project.ok(local_project.serveform("refresh", "--yes"))
     assert "gateway-process" not in local_project.daemons()
     local_project.ok(local_project.serveform("up", "--yes"))
@@ -156,7 +157,7 @@ def test_changing_replicas_in_the_service_file_changes_the_serving_replicas(loca
         assert set(local_project.replicas()) == {"chat-replica-0"}
         assert local_project.serving_replicas(client, 20) == {"chat/0"}
     for name in ("chat-replica-1", "chat-replica-2"):
-        assert not local_project.port_accepts("127.0.0.1", after[name]["port"])
+        assert not local_project.holds_port(after[name]["port"])
 
 
 def test_a_bad_service_file_stops_preview_and_up_before_any_change(local_project):
@@ -175,7 +176,7 @@ def test_destroy_leaves_no_process_port_or_file_behind(local_project):
     local_project.ok(local_project.serveform("destroy", "--yes"))
     assert local_project.processes_mentioning(str(local_project.root)) == []
     for port in (local_project.http_port, local_project.https_port, *(r["port"] for r in replicas.values())):
-        assert not local_project.port_accepts("127.0.0.1", port), port
+        assert not local_project.holds_port(port), port
     assert not local_project.state_dir.exists()
     leftovers = [p for p in (local_project.root / ".serveform").rglob("*")] if (local_project.root / ".serveform").exists() else []
     assert leftovers == []
