@@ -165,6 +165,13 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
 
     _cloud.export_services(settings, plans, {name: group.deployment_name for name, group in groups.items()})
     pulumi.export("gateway_address", gateway.address)
+    https = settings.gateway.tls != "off"
+    port = (settings.gateway.https_port or 443) if https else (settings.gateway.http_port or 80)
+    # The shape `serveform endpoints` reads (as the local backend exports it).
+    pulumi.export(
+        "gateway",
+        {"address": gateway.address.apply(lambda a: f"{a}:{port}" if a else None), "ca_cert": None, "domain": settings.domain},
+    )
     pulumi.export("namespace", namespace)
 
 

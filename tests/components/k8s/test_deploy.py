@@ -19,7 +19,7 @@ from serveform.stacks.settings import StackSettings
 from serveform.translator import CompileContext, compile_text
 
 HF_TOKEN = "hf_k8s_SECRET_never_plain_42"
-REGISTRY_PASSWORD = "reg-pa$$-'\"-k8s"
+REGISTRY_PASSWORD = "reg-pa%%-'\"-k8s"
 GATEWAY_TOKEN = "gw-token-SECRET-77"
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -259,6 +259,7 @@ def test_gateway_is_a_deployment_behind_a_load_balancer_with_tokens_as_secret(no
     container = _container(gateway)
     assert container["envFrom"] == [{"secretRef": {"name": "gateway-tokens-a1b2c3"}}]
     assert rec.outputs["gateway_address"] == LB_ADDRESS
+    assert rec.outputs["gateway"] == {"address": f"{LB_ADDRESS}:443", "ca_cert": None, "domain": "example.com"}
     assert rec.outputs["domain"] == "example.com"
     assert rec.outputs["services"]["llm"]["url"] == "https://llm.example.com"
     assert rec.outputs["services"]["llm"]["model_endpoint"] == "https://gateway.example.com/v1"
