@@ -316,6 +316,26 @@ def make_project(base: Path, stack: str) -> LocalProject:
     return project
 
 
+def make_dev_project(base: Path) -> LocalProject:
+    """A copy of the repository's `dev` stack (its config and example services), on free ports.
+
+    Only the gateway's ports change (the real ones, 8080/8443, may be in use by `make up`);
+    everything else is the reviewed `stacks/Pulumi.dev.yaml` as `make up` deploys it.
+    """
+    import yaml
+
+    project = make_project(base, "dev")
+    (project.root / "chat.dstack.yml").unlink()
+    shutil.copytree(ROOT / "stacks" / "examples", project.root / "stacks" / "examples")
+    config = yaml.safe_load((ROOT / "stacks" / "Pulumi.dev.yaml").read_text())
+    config.pop("encryptionsalt", None)  # the copy gets its own, from its own passphrase
+    gateway = dict(config["config"].get("serveform:gateway") or {})
+    gateway.update(http_port=project.http_port, https_port=project.https_port)
+    config["config"]["serveform:gateway"] = gateway
+    (project.root / "stacks" / "Pulumi.dev.yaml").write_text(yaml.safe_dump(config))
+    return project
+
+
 @pytest.fixture(scope="module")
 def local_project() -> Iterator[LocalProject]:
     """A fresh project; whatever a test module leaves deployed is destroyed at the end.
@@ -326,6 +346,10 @@ def local_project() -> Iterator[LocalProject]:
     base = Path(tempfile.mkdtemp(prefix="sf-"))
     project = make_project(base, "itest")
     yield project
+    _clean_up(base, project)
+
+
+def _clean_up(base: Path, project: LocalProject) -> None:
     if project.state_dir.exists() or processes_mentioning(str(project.root)):
         project.pulumi("destroy", "--yes")
     for pid in processes_mentioning(str(project.root)):  # last resort, so CI never keeps strays
@@ -334,3 +358,19 @@ def local_project() -> Iterator[LocalProject]:
         except ProcessLookupError:
             pass
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_project_factory() -> Iterator:
+    """Makes projects (`dev=True`: a copy of the repository's dev stack); cleans them all up."""
+    made: list[tuple[Path, LocalProject]] = []
+
+    def make(*, dev: bool = False, stack: str = "itest") -> LocalProject:
+        base = Path(tempfile.mkdtemp(prefix="sf-"))
+        project = make_dev_project(base) if dev else make_project(base, stack)
+        made.append((base, project))
+        return project
+
+    yield make
+    for base, project in made:
+        _clean_up(base, project)
