@@ -12,7 +12,7 @@ context, namespace):
 - one `GpuInstanceGroup` per service (Deployment with GPU limits, tolerations, node selection,
   shm, secrets as Kubernetes Secrets, registry credentials as an image pull secret);
 - the `Gateway` (Caddy Deployment behind a LoadBalancer Service, upstreams from cluster DNS);
-- the `Scaler` Deployment when a service autoscales.
+- the `Scaler` Deployment when a service autoscales and `scaler_image` names an image for it.
 
 Exports: `services` (per service: url, model endpoint, group name, replica bounds and count),
 `gateway_address`, `domain`, `namespace`.
@@ -150,18 +150,18 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         opts,
     )
     if any(p.scaling for p in plans):
-        import serveform
-
-        Scaler(
-            "scaler",
-            ScalerArgs(
-                namespace=namespace,
-                stack=settings.stack,
-                metrics_url=gateway.metrics_url,
-                package_spec=f"serveform[k8s]=={serveform.__version__}",
-            ),
-            opts,
-        )
+        if cfg.scaler_image:
+            Scaler(
+                "scaler",
+                ScalerArgs(namespace=namespace, stack=settings.stack, metrics_url=gateway.metrics_url, image=cfg.scaler_image),
+                opts,
+            )
+        else:
+            pulumi.log.warn(
+                "serveform:k8s.scaler_image is not set: no scaler runs in the cluster; run "
+                f"`python -m serveform.scaler run --stack {settings.stack}` where the project lives, or set an image "
+                "with serveform and this project"
+            )
 
     _cloud.export_services(settings, plans, {name: group.deployment_name for name, group in groups.items()})
     pulumi.export("gateway_address", gateway.address)

@@ -1,17 +1,18 @@
 """`Scaler` on Kubernetes: the autoscaler daemon as a Deployment with the rights a replica change needs.
 
-The scaler reads the gateway's per-host request metrics, decides each service's replica count,
-writes it to the stack config (`serveform:replicas`) and runs `pulumi up`; the only objects such
-an update changes are the services' Deployments. So its ServiceAccount may read and update
-Deployments (and watch the ReplicaSets, Pods and Events that Pulumi's rollout wait reads) in
-the stack's namespace — nothing else, nothing cluster-wide.
+The Deployment is the scaler package's own manifest (`serveform.scaler.kubernetes_deployment`:
+one replica, `Recreate`, probes on its /healthz, state on an emptyDir); this component adds the
+identity it runs as. The scaler reads the gateway's per-host request metrics, writes each
+service's count to the stack config (`serveform:replicas`) and runs `pulumi up`; the only
+objects such an update changes are the services' Deployments. So its ServiceAccount may read and
+update Deployments (and watch the ReplicaSets, Pods and Events that Pulumi's rollout wait reads)
+in the stack's namespace — nothing else, nothing cluster-wide.
 
 Children (logical names `scaler-<role>`): ServiceAccount, Role, RoleBinding, Deployment.
 
-The Pulumi state backend and passphrase of the stack are the operator's to provide: the pod reads
-them from the Secret `scaler-env` when it exists (`PULUMI_BACKEND_URL`, `PULUMI_CONFIG_PASSPHRASE`,
-...), which serveform does not create, because they are credentials of the deploying
-environment, not of the stack.
+The image must hold serveform and the stack's project (at `/srv/serveform`, the manifest's
+default); the Pulumi state backend URL and passphrase come from the Secret `scaler-env` when it
+exists, which serveform does not create: they are credentials of the deploying environment.
 """
 
 from __future__ import annotations
@@ -23,22 +24,11 @@ import pulumi_kubernetes as k8s
 
 from ._pod import labels as _labels
 
-__all__ = ["SCALER_TYPE", "SCALER_ENV_SECRET", "Scaler", "ScalerArgs", "scaler_command"]
+__all__ = ["SCALER_TYPE", "SCALER_ENV_SECRET", "Scaler", "ScalerArgs"]
 
 SCALER_TYPE = "serveform:k8s:Scaler"
-# The scaler runs serveform itself, installed from the package index at the deploying version
-# (as the VM backends' gateway hosts do); no serveform image is published.
-PYTHON_IMAGE = "python:3.11-slim"
 SCALER_ENV_SECRET = "scaler-env"
-
-
-def scaler_command(package_spec: str, stack: str, metrics_url: str) -> list[str]:
-    """The container's command: install serveform, then run the scaler for the stack."""
-    import shlex
-
-    install = f"pip install --no-cache-dir {shlex.quote(package_spec)}"
-    run = f"exec python -m serveform.scaler run --stack {shlex.quote(stack)} --metrics-url {shlex.quote(metrics_url)}"
-    return ["/bin/sh", "-c", f"{install} && {run}"]
+SERVICE_ACCOUNT = "scaler"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,10 +41,8 @@ class ScalerArgs:
     """The stack the scaler updates."""
     metrics_url: pulumi.Input[str]
     """The gateway's metrics endpoint inside the cluster."""
-    package_spec: str
-    """What `pip install` installs (`serveform[k8s]==<version>`)."""
-    image: str = PYTHON_IMAGE
-    """The image the scaler runs in."""
+    image: str
+    """An image with serveform and the stack's project (`serveform:k8s.scaler_image`)."""
 
 
 class Scaler(pulumi.ComponentResource):
@@ -67,7 +55,7 @@ class Scaler(pulumi.ComponentResource):
         super().__init__(SCALER_TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         labels = _labels(args.stack, "scaler", "scaler")
-        meta = k8s.meta.v1.ObjectMetaArgs(name="scaler", namespace=args.namespace, labels=labels)
+        meta = k8s.meta.v1.ObjectMetaArgs(name=SERVICE_ACCOUNT, namespace=args.namespace, labels=labels)
         account = k8s.core.v1.ServiceAccount(f"{name}-account", metadata=meta, opts=child)
         role = k8s.rbac.v1.Role(
             f"{name}-role",
@@ -90,40 +78,30 @@ class Scaler(pulumi.ComponentResource):
             ],
             opts=child,
         )
-        command = pulumi.Output.from_input(args.metrics_url).apply(
-            lambda url: scaler_command(args.package_spec, args.stack, url)
+        manifest = pulumi.Output.all(args.namespace, args.metrics_url).apply(
+            lambda values: _manifest(args, namespace=values[0], metrics_url=values[1])
         )
         k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=meta,
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=1,
-                # One scaler per stack: never two writers of serveform:replicas at once.
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        service_account_name=account.metadata.name,
-                        containers=[
-                            k8s.core.v1.ContainerArgs(
-                                name="scaler",
-                                image=args.image,
-                                command=command,
-                                env_from=[
-                                    k8s.core.v1.EnvFromSourceArgs(
-                                        secret_ref=k8s.core.v1.SecretEnvSourceArgs(name=SCALER_ENV_SECRET, optional=True)
-                                    )
-                                ],
-                                resources=k8s.core.v1.ResourceRequirementsArgs(
-                                    requests={"cpu": "100m", "memory": "256Mi"}
-                                ),
-                            )
-                        ],
-                    ),
-                ),
-            ),
-            opts=child,
+            metadata=manifest.apply(lambda m: m["metadata"]),
+            spec=manifest.apply(lambda m: m["spec"]),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[account])),
         )
         self.service_account_name = account.metadata.name
         self.register_outputs({"service_account_name": self.service_account_name})
+
+
+def _manifest(args: ScalerArgs, *, namespace: str, metrics_url: str) -> dict:
+    from serveform.scaler import kubernetes_deployment
+
+    manifest = kubernetes_deployment(
+        stack=args.stack,
+        namespace=namespace,
+        image=args.image,
+        metrics_url=metrics_url,
+        env_secret=SCALER_ENV_SECRET,
+        service_account=SERVICE_ACCOUNT,
+    )
+    # Our labels too, so every object of the stack is found by `serveform.dev/stack`.
+    manifest["metadata"]["labels"] = {**_labels(args.stack, "scaler", "scaler"), **manifest["metadata"]["labels"]}
+    return manifest

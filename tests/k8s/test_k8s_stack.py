@@ -109,6 +109,8 @@ def _project(
             "volume_host_path": str(root / "volumes"),
             "volume_size_gb": 1,
             "rollout_timeout_seconds": 120,
+            # kwok runs no container, so the image is never pulled; the Deployment is real.
+            "scaler_image": "serveform-project:test",
             **k8s_settings,
         },
     }
@@ -222,6 +224,10 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     gateway = core.read_namespaced_service("gateway", namespace)
     assert gateway.spec.type == "LoadBalancer"
     assert gateway.status.load_balancer.ingress[0].ip == "127.0.0.1"
+    scaler = apps.read_namespaced_deployment("scaler", namespace)
+    assert scaler.spec.template.spec.service_account_name == "scaler"
+    assert "--metrics-url" in scaler.spec.template.spec.containers[0].command
+    poll(lambda: _running_pods(core, namespace, "serveform-scaler"), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="scaler pod Running")
     llm_service = core.read_namespaced_service("llm", namespace)
     assert llm_service.spec.cluster_ip == "None"
     caddyfile = core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/name=gateway").items[0].data["Caddyfile"]

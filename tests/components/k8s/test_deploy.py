@@ -97,7 +97,11 @@ def _settings(**extra) -> StackSettings:
         "services": ["llm.dstack.yml", "chat.dstack.yml"],
         "domain": "example.com",
         "tokens": [GATEWAY_TOKEN],
-        "k8s": {"namespace": "team-a", "volume_host_path": "/var/lib/serveform-volumes"},
+        "k8s": {
+            "namespace": "team-a",
+            "volume_host_path": "/var/lib/serveform-volumes",
+            "scaler_image": "registry.example/serveform-project:1",
+        },
         **extra,
     }
     return StackSettings.from_config(config, stack="k8s", project_dir="/project")
@@ -275,11 +279,21 @@ def test_scaler_deployment_may_only_touch_deployments_in_its_namespace(nodes):
     ]
     assert not rec.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")
     scaler = rec.one(DEPLOYMENT, "scaler-deployment")
+    spec = scaler.inputs["spec"]
+    assert spec["strategy"] == {"type": "Recreate"} and spec["replicas"] == 1
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "scaler"
     command = _container(scaler)["command"]
-    assert "serveform.scaler" in command[-1] and "--stack k8s" in command[-1]
-    # Without an autoscaling service there is no scaler.
+    assert command[1:6] == ["-m", "serveform.scaler", "run", "--stack", "k8s"]
+    assert command[command.index("--metrics-url") + 1] == "http://gateway-metrics.team-a.svc:9180/metrics"
+    assert _container(scaler)["image"] == "registry.example/serveform-project:1"
+    assert _container(scaler)["envFrom"] == [{"secretRef": {"name": "scaler-env", "optional": True}}]
+    assert scaler.inputs["metadata"]["labels"]["serveform.dev/stack"] == "k8s"
+    # Without an autoscaling service, or without an image for it, there is no scaler.
     rec = _deploy(plans=[_plan(CHAT, "chat.dstack.yml")])
     assert not [r for r in rec.of_type(DEPLOYMENT) if r.name.startswith("scaler")]
+    rec = _deploy(_settings(k8s={"namespace": "team-a"}))
+    assert not [r for r in rec.resources if r.name.startswith("scaler")]
 
 
 def test_children_are_parented_to_their_components(nodes):
