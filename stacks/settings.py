@@ -159,6 +159,11 @@ class K8sSettings(_Settings):
               "(single-node and test clusters); unset: claims use `storage_class`."),
     ] = None
     volume_size_gb: Annotated[int, Field(ge=1, description="Size of each volume's claim, in GB.")] = 100
+    scaler_image: Annotated[
+        str | None,
+        Field(description="Image with serveform and this project (at /srv/serveform) that runs the scaler in the "
+              "cluster; unset: no in-cluster scaler (run `serveform scaler run` where the project lives)."),
+    ] = None
 
 
 class StackSettings(_Settings):
