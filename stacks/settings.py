@@ -181,13 +181,27 @@ class StackSettings(_Settings):
     ] = {}
     replicas: Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(description="Owned by the scaler.")] = {}
     gateway: GatewayConfig = GatewayConfig()
-    retain_volumes: Annotated[bool, Field(alias="retainVolumes")] = True
+    retain_volumes: Annotated[
+        bool,
+        Field(
+            alias="retainVolumes",
+            description="Keep volumes when their service or the stack is destroyed. Default: true on clouds and "
+            "Kubernetes (data outlives deployments); false on the local backend, whose `destroy` leaves nothing behind.",
+        ),
+    ] = True
     offers_catalog: Annotated[str | None, Field(alias="offersCatalog")] = None
     local: LocalSettings = LocalSettings()
     aws: AwsSettings = AwsSettings()
     gcp: GcpSettings = GcpSettings()
     azure: AzureSettings = AzureSettings()
     k8s: K8sSettings = K8sSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _volume_retention_by_backend(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "retainVolumes" not in data and "retain_volumes" not in data:
+            data = {**data, "retain_volumes": data.get("backend") != "local"}
+        return data
 
     @property
     def service_paths(self) -> tuple[Path, ...]:

@@ -16,7 +16,7 @@ and exports how to reach the stack (`serveform endpoints` reads these): `domain`
 
 Everything lives under the stack's state directory (`serveform:local.state_dir`, default
 `<project>/.serveform/local/<stack>`): replica logs, volumes, the gateway's config and storage.
-`destroy` removes all of it (volumes too, unless `serveform:retainVolumes`).
+`destroy` removes all of it, volumes too (unless the stack sets `serveform:retainVolumes: true`).
 """
 
 from __future__ import annotations
