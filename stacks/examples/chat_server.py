@@ -10,7 +10,7 @@ Run it from the project root (this folder is not a package, so it is run by path
 
 Endpoints (``--format openai``, the default)::
 
-    GET  /v1/models             the one model this replica serves
+    GET  /v1/models             the one model this replica serves (`--prefix` moves /v1)
     POST /v1/chat/completions   reply "Echo: <last user message>", cut at max_tokens
     POST /v1/completions        reply "Echo: <prompt>", cut at max_tokens
 
@@ -289,7 +289,7 @@ async def tgi_generate_stream(request: web.Request) -> web.StreamResponse:
 # --- process ----------------------------------------------------------------------------------
 
 
-def build_app(*, model: str, fmt: str, token_delay_ms: float, eos_token: str | None) -> web.Application:
+def build_app(*, model: str, fmt: str, token_delay_ms: float, eos_token: str | None, prefix: str = "/v1") -> web.Application:
     """The aiohttp application; exposed for in-process use by tests."""
     app = web.Application(middlewares=[_bookkeeping], client_max_size=64 * 1024 * 1024)
 
@@ -317,9 +317,10 @@ def build_app(*, model: str, fmt: str, token_delay_ms: float, eos_token: str | N
     app.router.add_get("/health", health)
     app.router.add_get("/_stats", stats)
     if fmt == "openai":
-        app.router.add_get("/v1/models", models)
-        app.router.add_post("/v1/chat/completions", chat_completions)
-        app.router.add_post("/v1/completions", completions)
+        base = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        app.router.add_get(f"{base}/models", models)
+        app.router.add_post(f"{base}/chat/completions", chat_completions)
+        app.router.add_post(f"{base}/completions", completions)
     else:
         app.router.add_get("/info", tgi_info)
         app.router.add_post("/generate", tgi_generate)
@@ -339,12 +340,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=float(os.environ.get("CHAT_TOKEN_DELAY_MS", DEFAULT_TOKEN_DELAY_MS)),
         help="pause before each streamed token, in milliseconds",
     )
+    parser.add_argument("--prefix", default=os.environ.get("CHAT_PREFIX", "/v1"), help="OpenAI path prefix (default /v1)")
     parser.add_argument("--eos-token", default=os.environ.get("CHAT_EOS_TOKEN") or None, help="TGI: end the stream with this special token")
     return parser.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    app = build_app(model=args.model, fmt=args.fmt, token_delay_ms=args.token_delay_ms, eos_token=args.eos_token)
+    app = build_app(model=args.model, fmt=args.fmt, token_delay_ms=args.token_delay_ms, eos_token=args.eos_token, prefix=args.prefix)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_address=True)

@@ -42,9 +42,9 @@ def replicas(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
     """Start chat-server replicas: ``start(ident, fmt="openai", model="chat-small", wait=True)``."""
     started: list[Replica] = []
 
-    def start(ident: str, *, fmt: str = "openai", model: str = "chat-small", wait: bool = True, eos: str | None = None, delay_ms: float = 2) -> Replica:
+    def start(ident: str, *, fmt: str = "openai", model: str = "chat-small", wait: bool = True, eos: str | None = None, delay_ms: float = 2, prefix: str = "/v1") -> Replica:
         port = free_port()
-        argv = [sys.executable, str(CHAT_SERVER), "--host", "127.0.0.1", "--port", str(port), "--model", model, "--format", fmt, "--token-delay-ms", str(delay_ms)]
+        argv = [sys.executable, str(CHAT_SERVER), "--host", "127.0.0.1", "--port", str(port), "--model", model, "--format", fmt, "--token-delay-ms", str(delay_ms), "--prefix", prefix]
         if eos:
             argv += ["--eos-token", eos]
         env = {**os.environ, "DSTACK_RUN_NAME": "test", "SERVEFORM_REPLICA_ID": ident}

@@ -33,13 +33,13 @@ def stack(gateway_factory, replicas):
     plans = [
         make_plan("chat", model=ModelPlan(name="chat-small"), probes=FAST_PROBE),
         make_plan("llama", model=ModelPlan(name="llama-tgi", format="tgi", chat_template=LLAMA_TEMPLATE, eos_token="</s>"), probes=FAST_PROBE),
-        # A model under a custom prefix, served with the default probe (a one-token chat completion).
-        make_plan("custom", model=ModelPlan(name="custom-model", prefix="/v1")),
+        # A model under its own prefix, checked with the default probe (a one-token chat completion).
+        make_plan("custom", model=ModelPlan(name="custom-model", prefix="/api/openai/v1")),
     ]
     gateway = gateway_factory(plans)
     chat = replicas("chat", model="chat-small")
     llama = replicas("llama", fmt="tgi", model="llama-tgi", eos="</s>")
-    custom = replicas("custom", model="custom-model")
+    custom = replicas("custom", model="custom-model", prefix="/api/openai/v1")
     gateway.publish("chat", [chat])
     gateway.publish("llama", [llama])
     gateway.publish("custom", [custom])
@@ -58,7 +58,7 @@ def test_default_probe_is_a_one_token_chat_completion(stack):
     # `custom` names no probe: like dstack, the gateway checks a format: openai model with a
     # one-token chat completion, sent straight to the replica.
     stats = stack.replicas["custom"].stats()
-    assert stats["requests"].get("/v1/chat/completions", 0) >= 1
+    assert stats["requests"].get("/api/openai/v1/chat/completions", 0) >= 1
     probe = json.loads(stats["last_body"])
     assert probe["model"] == "custom-model" and probe["max_tokens"] == 1 and probe["messages"][0]["role"] == "user"
 
