@@ -110,15 +110,23 @@ def model_endpoint(settings: StackSettings, plan: ServicePlan) -> str | None:
 def export_services(
     settings: StackSettings, plans: Iterable[ServicePlan], groups: Mapping[str, pulumi.Input[str]]
 ) -> None:
-    """Per service: url, model endpoint, group name and replica bounds; per stack: domain."""
-    services: dict[str, Any] = {}
-    for plan in plans:
-        services[plan.name] = {
+    """The `services` and `domain` stack outputs, in the shape every backend exports.
+
+    `services` is a list of `{name, url, auth, model, model_endpoint, group, replicas: {min, max,
+    count}}`; `serveform endpoints` reads it.
+    """
+    services = [
+        {
+            "name": plan.name,
             "url": service_url(settings, plan),
+            "auth": plan.route.auth,
+            "model": plan.route.model.name if plan.route.model else None,
             "model_endpoint": model_endpoint(settings, plan),
             "group": groups[plan.name],
-            "replicas": {"min": plan.replicas.min, "max": plan.replicas.max, "desired": desired_replicas(settings, plan)},
+            "replicas": {"min": plan.replicas.min, "max": plan.replicas.max, "count": desired_replicas(settings, plan)},
         }
+        for plan in plans
+    ]
     pulumi.export("services", services)
     pulumi.export("domain", settings.domain)
 

@@ -134,8 +134,6 @@ def _endpoints(args: argparse.Namespace) -> int:
 def _endpoint_info(values: dict[str, Any]) -> dict[str, Any]:
     gateway = values.get("gateway") or {}
     services = values.get("services") or []
-    if isinstance(services, dict):  # the cloud and k8s backends export {name: {url, model_endpoint, ...}}
-        services = [{"name": name, "model": (s or {}).get("model_endpoint"), **(s or {})} for name, s in services.items()]
     return {
         "domain": values.get("domain"),
         "gateway": {"address": gateway.get("address"), "ca_cert": gateway.get("ca_cert")},

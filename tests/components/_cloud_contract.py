@@ -146,15 +146,21 @@ def test_volumes_are_kept_unless_the_stack_says_otherwise(recording, request):
     assert disks and not any(d.retain_on_delete for d in disks)
 
 
+def _by_name(services):
+    return {service["name"]: service for service in services}
+
+
 def test_exports(recording, request):
-    services = recording.outputs["services"]
+    services = _by_name(recording.outputs["services"])
     assert recording.outputs["domain"] == "example.com"
     assert recording.outputs["gateway_address"] == GATEWAY_IP
     assert services["llama31-service"]["url"] == "https://llama31-service.example.com"
     assert services["llama31-service"]["model_endpoint"] == "https://gateway.example.com/v1"
     assert services["http-server-service"]["model_endpoint"] is None
-    assert services["llama31-service"]["replicas"] == {"min": 1, "max": 4, "desired": 1}
-    assert services["volume-service"]["replicas"] == {"min": 0, "max": 2, "desired": 0}  # scale to zero: starts empty
+    assert services["llama31-service"]["model"] == "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    assert services["llama31-service"]["auth"] is True
+    assert services["llama31-service"]["replicas"] == {"min": 1, "max": 4, "count": 1}
+    assert services["volume-service"]["replicas"] == {"min": 0, "max": 2, "count": 0}  # scale to zero: starts empty
     assert services["mixtral"]["group"]
 
 
@@ -163,7 +169,7 @@ def test_scaler_count_is_clamped_into_bounds(request):
     plans = example_plans(mod.BACKEND)
     rec = deploy(mod.BACKEND, make_settings(mod.BACKEND, mod.CONFIG, **{"serveform:replicas": {"llama31-service": 9}}),
                  [plans["llama31-service"]])
-    assert rec.outputs["services"]["llama31-service"]["replicas"]["desired"] == 4
+    assert _by_name(rec.outputs["services"])["llama31-service"]["replicas"]["count"] == 4
     assert mod.desired_of(rec, "llama31-service") == 4
 
 

@@ -174,7 +174,7 @@ def test_replicas_come_from_the_scalers_stack_key_clamped_to_bounds(nodes):
     rec = _deploy(_settings(replicas={"llm": 3, "chat": 9}))
     assert rec.one(DEPLOYMENT, "llm-deployment").inputs["spec"]["replicas"] == 3
     assert rec.one(DEPLOYMENT, "chat-deployment").inputs["spec"]["replicas"] == 2
-    assert rec.outputs["services"]["llm"]["replicas"] == {"min": 1, "max": 3, "desired": 3}
+    assert _service(rec, "llm")["replicas"] == {"min": 1, "max": 3, "count": 3}
 
 
 def test_env_secrets_reach_a_kubernetes_secret_as_pulumi_secrets_only(nodes):
@@ -265,9 +265,9 @@ def test_gateway_is_a_deployment_behind_a_load_balancer_with_tokens_as_secret(no
     assert rec.outputs["gateway_address"] == LB_ADDRESS
     assert rec.outputs["gateway"] == {"address": f"{LB_ADDRESS}:443", "ca_cert": None, "domain": "example.com"}
     assert rec.outputs["domain"] == "example.com"
-    assert rec.outputs["services"]["llm"]["url"] == "https://llm.example.com"
-    assert rec.outputs["services"]["llm"]["model_endpoint"] == "https://gateway.example.com/v1"
-    assert rec.outputs["services"]["llm"]["group"] == "llm"
+    assert _service(rec, "llm")["url"] == "https://llm.example.com"
+    assert _service(rec, "llm")["model_endpoint"] == "https://gateway.example.com/v1"
+    assert _service(rec, "llm")["group"] == "llm"
 
 
 def test_scaler_deployment_may_only_touch_deployments_in_its_namespace(nodes):
@@ -391,4 +391,8 @@ def test_the_k8s_stack_config_deploys_its_example_service():
     assert chat.inputs["metadata"]["namespace"] == "serveform"
     assert chat.inputs["spec"]["replicas"] == plans[0].replicas.initial
     assert rec.one("pulumi:providers:kubernetes").inputs["kubeconfig"] == str(root / ".serveform/k8s-local/kubeconfig")
-    assert rec.outputs["services"]["chat"]["url"] == "https://chat.k8s.localhost"
+    assert _service(rec, "chat")["url"] == "https://chat.k8s.localhost"
+
+
+def _service(rec, name):
+    return next(s for s in rec.outputs["services"] if s["name"] == name)
