@@ -180,7 +180,8 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     assert up.summary.result == "succeeded"
     outputs = engine.outputs()
     assert outputs["gateway_address"] == "127.0.0.1"
-    assert outputs["services"]["llm"]["model_endpoint"] == "https://gateway.k8s.test/v1"
+    services = {s["name"]: s for s in outputs["services"]}
+    assert services["llm"]["model_endpoint"] == "https://gateway.k8s.test/v1"
 
     chat = apps.read_namespaced_deployment("chat", namespace)
     llm = apps.read_namespaced_deployment("llm", namespace)
