@@ -6,7 +6,7 @@ export PULUMI_SKIP_UPDATE_CHECK := 1
 STACK ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: setup up down test bench
+.PHONY: setup up down test bench k8s-up k8s-down
 
 setup:
 	tools/setup.sh
@@ -23,3 +23,12 @@ test: setup
 
 bench: setup
 	for b in bench/*.py; do python "$$b" || exit $$?; done
+
+# The Kubernetes backend on k8s-local: a real control plane on loopback with kwok GPU nodes.
+k8s-up: setup
+	tools/k8s-local.sh start
+	serveform up --stack k8s --yes
+
+k8s-down: setup
+	-serveform destroy --stack k8s --yes
+	tools/k8s-local.sh stop

@@ -2,7 +2,9 @@
 # Provides everything serveform needs on a fresh machine, idempotently:
 #   - the project's Python environment in .venv (editable install with test extras),
 #   - the Pulumi CLI v3.259.0 and its Python shims,
-#   - Caddy v2.11.9 with the DNS-provider and rate-limit modules.
+#   - Caddy v2.11.9 with the DNS-provider and rate-limit modules,
+#   - the k8s-local control plane, kwok, etcd and the Pulumi Kubernetes provider (tools/k8s/build.sh),
+#   - actionlint, which checks the GitHub workflows (tools/actionlint/build.sh).
 # Binaries that cannot be downloaded here are built with Go from the module proxy into
 # ~/.cache/serveform/<name>-<version>/ (outside the checkout, keyed by version), so a
 # second run takes seconds. They are linked into .venv/bin, which the Makefile puts on PATH.
@@ -50,7 +52,7 @@ build_pulumi() {
 build_caddy() {
   local dest=$CACHE/caddy-$CADDY_VERSION/bin
   local stamp
-  stamp=$(sha256sum "$ROOT/tools/caddy/go.mod" "$ROOT/tools/caddy/main.go" | sha256sum | cut -c1-12)
+  stamp=$(cat "$ROOT/tools/caddy/go.mod" "$ROOT/tools/caddy/go.sum" "$ROOT/tools/caddy/main.go" | sha256sum | cut -c1-12)
   if [ -x "$dest/caddy" ] && [ "$(cat "$dest/.stamp" 2>/dev/null)" = "$stamp" ]; then return; fi
   log "building Caddy $CADDY_VERSION with DNS modules (about 3 minutes cold)"
   mkdir -p "$dest"
@@ -96,11 +98,14 @@ case "${1:-all}" in
   pulumi) build_pulumi ;;
   caddy) build_caddy ;;
   python) python_env ;;
+  k8s) "$ROOT/tools/k8s/build.sh" all ;;
   all)
     python_env
     build_pulumi
     build_caddy
     link_tools
+    "$ROOT/tools/k8s/build.sh" all
+    "$ROOT/tools/actionlint/build.sh" >/dev/null
     ;;
-  *) echo "usage: $0 [all|python|pulumi|caddy]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|python|pulumi|caddy|k8s]" >&2; exit 2 ;;
 esac
