@@ -21,7 +21,11 @@ gateway's loopback DNS responder). `https://gateway.<domain>/v1/...` → Caddy (
 router on a unix socket → Caddy's internal loopback server with `Host: <service>.<domain>` → the
 same `reverse_proxy`. Readiness is decided by the gateway's prober (the service's probes, or
 dstack's default one-token chat completion for `format: openai` models) and published through
-the DNS responder, so replica changes never reload Caddy.
+the DNS responder, so replica changes never reload Caddy. Route changes (a service added or
+removed, tokens rotated, settings changed) do reload it through the admin endpoint: requests in
+flight to a replica finish on the old config, but requests held waiting for a replica are answered
+503 at once (Caddy cancels the old handlers' wait) — so a deploy that changes routes should not
+coincide with a scale from zero.
 
 Metrics contract for the scaler (Caddy's Prometheus endpoint, loopback only; its URL is
 `metrics_url` in `<state_dir>/status.json`):
