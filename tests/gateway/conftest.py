@@ -22,6 +22,7 @@ from gateway_helpers import (  # noqa: E402
     CHAT_SERVER,
     ROOT,
     Gateway,
+    TOKENS,
     Replica,
     ensure_caddy,
     free_port,
@@ -81,5 +82,8 @@ def gateway_factory(tmp_path: Path, caddy: str) -> Iterator[Callable[..., Gatewa
     for gateway in started:
         code = gateway.stop()
         assert code == 0, f"gateway exited with {code}:\n{gateway.log()}"
+        # No log of the gateway or of Caddy ever shows a bearer token.
+        logs = gateway.log_path.read_text(errors="replace") + (gateway.state_dir / "caddy.log").read_text(errors="replace")
+        assert not [t for t in TOKENS if t in logs], "a token leaked into the logs"
         for pid in gateway.children:
             wait_for(lambda: not pid_alive(pid), 10, what=f"caddy {pid} to exit")
