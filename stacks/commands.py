@@ -168,7 +168,7 @@ def _render_endpoints(info: dict[str, Any]) -> str:
         if model:
             lines += [
                 "",
-                "With the openai client:",
+                "With the openai client (run it with .venv/bin/python, which has openai and httpx):",
                 _openai_snippet(info["openai_base_url"], token, model, ca, address),
             ]
     return "\n".join(lines)
