@@ -3,7 +3,9 @@
 Each backend's `deploy(settings, plans)` runs in two phases: first it checks the stack settings
 and plans and computes every plain value (raising `pulumi.RunError` naming the config key or
 service field — nothing is registered yet), then it registers components. The helpers here
-belong to both phases.
+belong to both phases: `preflight` ends the first, and `register` is the second — the
+volumes, the gateway and one group per service, in that order, then the exports — with the
+backend's components built by the constructors it passes in.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import pulumi
 
 from serveform.stacks.settings import StackConfigError, StackSettings
 from serveform.translator.plan import ServicePlan
 
-from ._vm import VmConfigError
+from ._vm import Capacity, Cloud, VmConfigError, capacity
 
 __all__ = [
+    "GatewayCommon",
+    "GroupCommon",
     "check_plans",
     "checked",
     "desired_replicas",
@@ -30,8 +34,11 @@ __all__ = [
     "gateway_document",
     "gateway_settings",
     "model_endpoint",
+    "network_volumes",
     "package_spec",
+    "preflight",
     "project_files",
+    "register",
     "require",
     "scaler_unit",
     "service_url",
@@ -39,6 +46,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+G = TypeVar("G", bound=pulumi.ComponentResource)
+V = TypeVar("V", bound=pulumi.ComponentResource)
 
 # Service names become group, disk and DNS names on every cloud: one DNS label, 40 characters at
 # most so that `serveform-<stack>-<service>` stays inside Azure's and GCP's 63-character limits.
@@ -129,6 +138,116 @@ def export_services(
     ]
     pulumi.export("services", services)
     pulumi.export("domain", settings.domain)
+
+
+def preflight(
+    settings: StackSettings,
+    plans: Sequence[ServicePlan],
+    backend: Cloud,
+    problems: list[tuple[str, str]],
+    *,
+    region: str | None = None,
+    zone: str | None = None,
+) -> dict[str, Capacity]:
+    """End a VM backend's checks: the plans, every recorded problem at once, capacity, the gateway's routes.
+
+    Returns each service's capacity in ``region`` (and ``zone``); raises `pulumi.RunError`
+    before any resource is registered.
+    """
+    check_plans(settings, plans, backend, problems)
+    caps = checked(settings, problems, lambda: {p.name: capacity(p, backend, region=region, zone=zone) for p in plans})
+    # The gateway package checks every route (and renders the Caddyfile) before anything is registered.
+    gateway_caddyfile(settings, plans)
+    return caps
+
+
+def network_volumes(plans: Iterable[ServicePlan]) -> list[str]:
+    """The network volumes the services mount, by name, once each, in order of first use."""
+    names: dict[str, None] = {}
+    for plan in plans:
+        for mount in plan.volumes:
+            if mount.kind == "network":
+                names.setdefault(mount.names[0])
+    return list(names)
+
+
+class GatewayCommon(TypedDict):
+    """The `GatewayArgs` fields every VM backend shares, as `register` computes them."""
+
+    stack: str
+    domain: str
+    gateway_document: dict[str, object]
+    groups: dict[str, Any]
+    tokens: pulumi.Output[str] | None
+    dns_provider: str | None
+    package_spec: str
+    scaler_unit: str | None
+    project_files: dict[str, str]
+
+
+class GroupCommon(TypedDict):
+    """The `GpuInstanceGroupArgs` fields every VM backend shares, as `register` computes them."""
+
+    plan: ServicePlan
+    capacity: Capacity
+    stack: str
+    group_name: str
+    desired: int
+
+
+def register(
+    settings: StackSettings,
+    plans: Sequence[ServicePlan],
+    caps: Mapping[str, Capacity],
+    *,
+    group_name: Callable[[str, str], str],
+    group_ref: Callable[..., Any],
+    volume: Callable[[str], V],
+    gateway: Callable[[GatewayCommon], G],
+    group: Callable[[GroupCommon, G, dict[str, V]], Any],
+) -> None:
+    """Register a VM backend's components and export its endpoints.
+
+    The backend passes its constructors: ``group_name(stack, service)`` its fixed group names,
+    ``group_ref(group_name=, port=)`` its `GatewayGroupRef`, ``volume(name)`` one network
+    volume's component, ``gateway(common)`` the gateway's and ``group(common, gateway,
+    volumes)`` one service's group (given the plan's network volumes by name). Every group
+    component has a ``group_name`` output and the gateway ``address`` and ``dns_name``.
+    """
+    volumes = {name: volume(name) for name in network_volumes(plans)}
+    # Group names are fixed (`serveform-<stack>-<service>`), so the gateway's discovery and role
+    # know them before the groups exist, and the groups can admit the gateway's security group.
+    names = {plan.name: group_name(settings.stack, plan.name) for plan in plans}
+    gw = gateway(
+        GatewayCommon(
+            stack=settings.stack,
+            domain=settings.domain,
+            gateway_document=gateway_document(settings, plans),
+            groups={p.name: group_ref(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
+            tokens=tokens_secret(settings),
+            dns_provider=settings.gateway.dns_provider,
+            package_spec=package_spec(plans),
+            scaler_unit=scaler_unit(settings, plans),
+            project_files=project_files(settings, plans),
+        )
+    )
+    groups = {
+        plan.name: group(
+            GroupCommon(
+                plan=plan,
+                capacity=caps[plan.name],
+                stack=settings.stack,
+                group_name=names[plan.name],
+                desired=desired_replicas(settings, plan),
+            ),
+            gw,
+            {m.names[0]: volumes[m.names[0]] for m in plan.volumes if m.kind == "network"},
+        )
+        for plan in plans
+    }
+    export_services(settings, plans, {name: g.group_name for name, g in groups.items()})
+    pulumi.export("gateway_address", gw.address)
+    pulumi.export("gateway_dns_name", gw.dns_name)
 
 
 def gateway_settings(settings: StackSettings):

@@ -9,7 +9,6 @@ gateway's address and domain.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import pulumi
@@ -19,7 +18,7 @@ from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
-from .._vm import DEFAULT_VOLUME_SIZE_GB, capacity
+from .._vm import DEFAULT_VOLUME_SIZE_GB
 from .gateway import DEFAULT_INSTANCE_TYPE as DEFAULT_GATEWAY_INSTANCE_TYPE
 from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, AwsVolumeRef, GpuInstanceGroup, GpuInstanceGroupArgs, group_name
@@ -56,10 +55,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:aws.vpc_id", "required when serveform:aws.subnet_ids is set (the subnets' VPC)"))
     if settings.gateway.tls == "acme_dns" and settings.gateway.dns_provider == "route53" and not cfg.zone_id:
         problems.append(("serveform:aws.zone_id", "required for tls acme_dns with dns_provider route53 (the hosted zone of the domain)"))
-    _cloud.check_plans(settings, plans, "aws", problems)
-    caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "aws", region=region) for p in plans})
-    # The gateway package checks every route (and renders the Caddyfile) before anything is registered.
-    _cloud.gateway_caddyfile(settings, plans)
+    caps = _cloud.preflight(settings, plans, "aws", problems, region=region)
     assert region is not None
 
     provider = aws.Provider("aws", region=region)
@@ -81,72 +77,42 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         owners=[GATEWAY_AMI_OWNER], most_recent=True, filters=[{"name": "name", "values": [GATEWAY_AMI_NAME]}], opts=invoke
     ).id
 
-    volumes: dict[str, Volume] = {}
-    for plan in plans:
-        for mount in plan.volumes:
-            if mount.kind == "network" and mount.names[0] not in volumes:
-                volumes[mount.names[0]] = Volume(
-                    f"{mount.names[0]}-volume",
-                    VolumeArgs(
-                        volume_name=mount.names[0],
-                        size_gb=DEFAULT_VOLUME_SIZE_GB,
-                        availability_zone=volume_zone,
-                        retain=settings.retain_volumes,
-                        tags={"serveform:stack": settings.stack},
-                    ),
-                    opts,
-                )
+    def volume(name: str) -> Volume:
+        args = VolumeArgs(
+            volume_name=name,
+            size_gb=DEFAULT_VOLUME_SIZE_GB,
+            availability_zone=volume_zone,
+            retain=settings.retain_volumes,
+            tags={"serveform:stack": settings.stack},
+        )
+        return Volume(f"{name}-volume", args, opts)
 
-    # Group names are fixed (`serveform-<stack>-<service>`), so the gateway's discovery and role
-    # know them before the groups exist, and the groups can admit the gateway's security group.
-    names = {plan.name: group_name(settings.stack, plan.name) for plan in plans}
-    gateway = Gateway(
-        "gateway",
-        GatewayArgs(
-            stack=settings.stack,
-            domain=settings.domain,
+    def gateway(common: _cloud.GatewayCommon) -> Gateway:
+        args = GatewayArgs(
+            **common,
             region=region,
             ami=gateway_ami,
             vpc_id=vpc_id,
             subnet_id=first_subnet,
-            gateway_document=_cloud.gateway_document(settings, plans),
-            groups={p.name: GatewayGroupRef(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
-            tokens=_cloud.tokens_secret(settings),
             instance_type=settings.gateway.instance_type or DEFAULT_GATEWAY_INSTANCE_TYPE,
             zone_id=cfg.zone_id,
-            dns_provider=settings.gateway.dns_provider,
-            package_spec=_cloud.package_spec(plans),
-            scaler_unit=_cloud.scaler_unit(settings, plans),
-            project_files=_cloud.project_files(settings, plans),
-        ),
-        opts,
-    )
-    groups: dict[str, GpuInstanceGroup] = {}
-    for plan in plans:
-        network = [m for m in plan.volumes if m.kind == "network"]
-        groups[plan.name] = GpuInstanceGroup(
-            plan.name,
-            GpuInstanceGroupArgs(
-                plan=plan,
-                capacity=caps[plan.name],
-                stack=settings.stack,
-                region=region,
-                group_name=names[plan.name],
-                desired=_cloud.desired_replicas(settings, plan),
-                ami=gpu_ami,
-                vpc_id=vpc_id,
-                # EBS volumes are zonal: a service that mounts one runs in the volume's zone.
-                subnet_ids=first_subnet.apply(lambda s: [s]) if network else subnet_ids,
-                gateway_security_group_id=gateway.security_group_id,
-                volumes={
-                    m.names[0]: AwsVolumeRef(volume_id=volumes[m.names[0]].volume_id, arn=volumes[m.names[0]].arn)
-                    for m in network
-                },
-                key_name=cfg.key_name,
-            ),
-            opts,
         )
+        return Gateway("gateway", args, opts)
 
-    _cloud.export_services(settings, plans, {name: g.group_name for name, g in groups.items()})
-    pulumi.export("gateway_address", gateway.address)
-    pulumi.export("gateway_dns_name", gateway.dns_name)
+    def group(common: _cloud.GroupCommon, gateway: Gateway, volumes: dict[str, Volume]) -> GpuInstanceGroup:
+        args = GpuInstanceGroupArgs(
+            **common,
+            region=region,
+            ami=gpu_ami,
+            vpc_id=vpc_id,
+            # EBS volumes are zonal: a service that mounts one runs in the volume's zone.
+            subnet_ids=first_subnet.apply(lambda s: [s]) if volumes else subnet_ids,
+            gateway_security_group_id=gateway.security_group_id,
+            volumes={name: AwsVolumeRef(volume_id=v.volume_id, arn=v.arn) for name, v in volumes.items()},
+            key_name=cfg.key_name,
+        )
+        return GpuInstanceGroup(common["plan"].name, args, opts)
+
+    _cloud.register(
+        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group
+    )

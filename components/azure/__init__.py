@@ -19,7 +19,7 @@ from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
-from .._vm import DEFAULT_VOLUME_SIZE_GB, capacity, short_name
+from .._vm import DEFAULT_VOLUME_SIZE_GB, short_name
 from .gateway import DEFAULT_VM_SIZE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef, relative_record_name
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, GpuInstanceGroup, GpuInstanceGroupArgs, group_name
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
@@ -62,10 +62,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             problems.append(("serveform:azure.dns_zone", str(exc)))
     if settings.gateway.tls == "acme_dns" and settings.gateway.dns_provider == "azure" and not cfg.dns_zone:
         problems.append(("serveform:azure.dns_zone", "required for tls acme_dns with dns_provider azure"))
-    _cloud.check_plans(settings, plans, "azure", problems)
-    caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "azure", region=location) for p in plans})
-    # The gateway package checks every route (and renders the Caddyfile) before anything is registered.
-    _cloud.gateway_caddyfile(settings, plans)
+    caps = _cloud.preflight(settings, plans, "azure", problems, region=location)
     assert location and cfg.ssh_public_key
 
     provider = azure.Provider("azure", location=location)
@@ -80,29 +77,20 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         ).name
     vault_name = short_name("sf", settings.stack, rg_name, location, limit=24)
 
-    volumes: dict[str, Volume] = {}
-    for plan in plans:
-        for mount in plan.volumes:
-            if mount.kind == "network" and mount.names[0] not in volumes:
-                volumes[mount.names[0]] = Volume(
-                    f"{mount.names[0]}-volume",
-                    VolumeArgs(
-                        disk_name=short_name("serveform", settings.stack, mount.names[0], limit=80),
-                        size_gb=DEFAULT_VOLUME_SIZE_GB,
-                        resource_group=resource_group,
-                        location=location,
-                        retain=settings.retain_volumes,
-                        tags={"serveform-stack": settings.stack},
-                    ),
-                    opts,
-                )
+    def volume(name: str) -> Volume:
+        args = VolumeArgs(
+            disk_name=short_name("serveform", settings.stack, name, limit=80),
+            size_gb=DEFAULT_VOLUME_SIZE_GB,
+            resource_group=resource_group,
+            location=location,
+            retain=settings.retain_volumes,
+            tags={"serveform-stack": settings.stack},
+        )
+        return Volume(f"{name}-volume", args, opts)
 
-    names = {plan.name: group_name(settings.stack, plan.name) for plan in plans}
-    gateway = Gateway(
-        "gateway",
-        GatewayArgs(
-            stack=settings.stack,
-            domain=settings.domain,
+    def gateway(common: _cloud.GatewayCommon) -> Gateway:
+        args = GatewayArgs(
+            **common,
             subscription_id=client.subscription_id,
             tenant_id=client.tenant_id,
             resource_group=resource_group,
@@ -110,44 +98,28 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             location=location,
             vault_name=vault_name,
             ssh_public_key=cfg.ssh_public_key,
-            gateway_document=_cloud.gateway_document(settings, plans),
-            groups={p.name: GatewayGroupRef(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
-            tokens=_cloud.tokens_secret(settings),
             vm_size=settings.gateway.instance_type or DEFAULT_VM_SIZE,
             dns_zone=cfg.dns_zone,
             dns_resource_group=cfg.dns_resource_group,
-            dns_provider=settings.gateway.dns_provider,
-            package_spec=_cloud.package_spec(plans),
-            scaler_unit=_cloud.scaler_unit(settings, plans),
-            project_files=_cloud.project_files(settings, plans),
-        ),
-        opts,
-    )
-    groups: dict[str, GpuInstanceGroup] = {}
-    for plan in plans:
-        network = [m for m in plan.volumes if m.kind == "network"]
-        groups[plan.name] = GpuInstanceGroup(
-            plan.name,
-            GpuInstanceGroupArgs(
-                plan=plan,
-                capacity=caps[plan.name],
-                stack=settings.stack,
-                subscription_id=client.subscription_id,
-                resource_group=resource_group,
-                resource_group_name=rg_name,
-                location=location,
-                group_name=names[plan.name],
-                desired=_cloud.desired_replicas(settings, plan),
-                subnet_id=gateway.replica_subnet_id,
-                vault_name=gateway.vault_name,
-                vault_host=f"{vault_name}.vault.azure.net",
-                ssh_public_key=cfg.ssh_public_key,
-                image=_image(cfg.image),
-                volumes={m.names[0]: volumes[m.names[0]].disk_id for m in network},
-            ),
-            opts,
         )
+        return Gateway("gateway", args, opts)
 
-    _cloud.export_services(settings, plans, {name: g.group_name for name, g in groups.items()})
-    pulumi.export("gateway_address", gateway.address)
-    pulumi.export("gateway_dns_name", gateway.dns_name)
+    def group(common: _cloud.GroupCommon, gateway: Gateway, volumes: dict[str, Volume]) -> GpuInstanceGroup:
+        args = GpuInstanceGroupArgs(
+            **common,
+            subscription_id=client.subscription_id,
+            resource_group=resource_group,
+            resource_group_name=rg_name,
+            location=location,
+            subnet_id=gateway.replica_subnet_id,
+            vault_name=gateway.vault_name,
+            vault_host=f"{vault_name}.vault.azure.net",
+            ssh_public_key=cfg.ssh_public_key,
+            image=_image(cfg.image),
+            volumes={name: v.disk_id for name, v in volumes.items()},
+        )
+        return GpuInstanceGroup(common["plan"].name, args, opts)
+
+    _cloud.register(
+        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group
+    )

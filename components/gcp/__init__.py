@@ -18,7 +18,7 @@ from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
-from .._vm import DEFAULT_VOLUME_SIZE_GB, capacity
+from .._vm import DEFAULT_VOLUME_SIZE_GB
 from .gateway import DEFAULT_MACHINE_TYPE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, GpuInstanceGroup, GpuInstanceGroupArgs, disk_name, group_name
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
@@ -51,75 +51,47 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:gcp.zone", f"{cfg.zone!r} is not in serveform:gcp.region {cfg.region!r}"))
     if settings.gateway.tls == "acme_dns" and settings.gateway.dns_provider == "googleclouddns" and not cfg.dns_zone:
         problems.append(("serveform:gcp.dns_zone", "required for tls acme_dns with dns_provider googleclouddns"))
-    _cloud.check_plans(settings, plans, "gcp", problems)
-    caps = _cloud.checked(settings, problems, lambda: {p.name: capacity(p, "gcp", region=region, zone=cfg.zone) for p in plans})
-    # The gateway package checks every route (and renders the Caddyfile) before anything is registered.
-    _cloud.gateway_caddyfile(settings, plans)
+    caps = _cloud.preflight(settings, plans, "gcp", problems, region=region, zone=cfg.zone)
     assert cfg.project and cfg.zone and region
     project, zone = cfg.project, cfg.zone
 
     provider = gcp.Provider("gcp", project=project, region=region, zone=zone)
     opts = pulumi.ResourceOptions(provider=provider)
 
-    volumes: dict[str, Volume] = {}
-    for plan in plans:
-        for mount in plan.volumes:
-            if mount.kind == "network" and mount.names[0] not in volumes:
-                volumes[mount.names[0]] = Volume(
-                    f"{mount.names[0]}-volume",
-                    VolumeArgs(
-                        disk_name=disk_name(settings.stack, mount.names[0]),
-                        size_gb=DEFAULT_VOLUME_SIZE_GB,
-                        zone=zone,
-                        retain=settings.retain_volumes,
-                        labels={"serveform-stack": settings.stack},
-                    ),
-                    opts,
-                )
+    def volume(name: str) -> Volume:
+        args = VolumeArgs(
+            disk_name=disk_name(settings.stack, name),
+            size_gb=DEFAULT_VOLUME_SIZE_GB,
+            zone=zone,
+            retain=settings.retain_volumes,
+            labels={"serveform-stack": settings.stack},
+        )
+        return Volume(f"{name}-volume", args, opts)
 
-    names = {plan.name: group_name(settings.stack, plan.name) for plan in plans}
-    gateway = Gateway(
-        "gateway",
-        GatewayArgs(
-            stack=settings.stack,
-            domain=settings.domain,
+    def gateway(common: _cloud.GatewayCommon) -> Gateway:
+        args = GatewayArgs(
+            **common,
             project=project,
             region=region,
             zone=zone,
             network=cfg.network,
-            gateway_document=_cloud.gateway_document(settings, plans),
-            groups={p.name: GatewayGroupRef(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
-            tokens=_cloud.tokens_secret(settings),
             machine_type=settings.gateway.instance_type or DEFAULT_MACHINE_TYPE,
             dns_zone=cfg.dns_zone,
-            dns_provider=settings.gateway.dns_provider,
-            package_spec=_cloud.package_spec(plans),
-            scaler_unit=_cloud.scaler_unit(settings, plans),
-            project_files=_cloud.project_files(settings, plans),
-        ),
-        opts,
-    )
-    groups: dict[str, GpuInstanceGroup] = {}
-    for plan in plans:
-        network = [m for m in plan.volumes if m.kind == "network"]
-        groups[plan.name] = GpuInstanceGroup(
-            plan.name,
-            GpuInstanceGroupArgs(
-                plan=plan,
-                capacity=caps[plan.name],
-                stack=settings.stack,
-                project=project,
-                zone=zone,
-                group_name=names[plan.name],
-                desired=_cloud.desired_replicas(settings, plan),
-                image=cfg.image or DEFAULT_IMAGE,
-                network=cfg.network,
-                gateway_service_account=gateway.service_account,
-                volumes={m.names[0]: volumes[m.names[0]].self_link for m in network},
-            ),
-            opts,
         )
+        return Gateway("gateway", args, opts)
 
-    _cloud.export_services(settings, plans, {name: g.group_name for name, g in groups.items()})
-    pulumi.export("gateway_address", gateway.address)
-    pulumi.export("gateway_dns_name", gateway.dns_name)
+    def group(common: _cloud.GroupCommon, gateway: Gateway, volumes: dict[str, Volume]) -> GpuInstanceGroup:
+        args = GpuInstanceGroupArgs(
+            **common,
+            project=project,
+            zone=zone,
+            image=cfg.image or DEFAULT_IMAGE,
+            network=cfg.network,
+            gateway_service_account=gateway.service_account,
+            volumes={name: v.self_link for name, v in volumes.items()},
+        )
+        return GpuInstanceGroup(common["plan"].name, args, opts)
+
+    _cloud.register(
+        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group
+    )
