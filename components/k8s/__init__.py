@@ -94,23 +94,22 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         )
         namespace = ns.metadata.name
 
-    volumes: dict[str, Volume] = {}
-    for plan in plans:
-        for mount in plan.volumes:
-            if mount.kind == "network" and mount.names[0] not in volumes:
-                volumes[mount.names[0]] = Volume(
-                    f"{mount.names[0]}-volume",
-                    VolumeArgs(
-                        volume_name=mount.names[0],
-                        namespace=namespace,
-                        stack=settings.stack,
-                        size_gb=cfg.volume_size_gb,
-                        storage_class=cfg.storage_class,
-                        host_path=cfg.volume_host_path,
-                        retain=settings.retain_volumes,
-                    ),
-                    opts,
-                )
+    volumes = {
+        name: Volume(
+            f"{name}-volume",
+            VolumeArgs(
+                volume_name=name,
+                namespace=namespace,
+                stack=settings.stack,
+                size_gb=cfg.volume_size_gb,
+                storage_class=cfg.storage_class,
+                host_path=cfg.volume_host_path,
+                retain=settings.retain_volumes,
+            ),
+            opts,
+        )
+        for name in _cloud.network_volumes(plans)
+    }
 
     groups: dict[str, GpuInstanceGroup] = {}
     for plan in plans:
