@@ -1,10 +1,8 @@
 """The AWS backend: each service as an EC2 auto scaling group behind one gateway VM.
 
-`deploy(settings, plans)` checks the `serveform:aws` settings and every plan first — a bad
-value stops the program with a message naming its config key, before any resource exists —
-then registers one `Volume` per network volume, one `GpuInstanceGroup` per service and one
-`Gateway`, and exports each service's URL, model endpoint, group and replica bounds, and the
-gateway's address and domain.
+`deploy(settings, plans)` checks `serveform:aws` (region, VPC and subnets, Route 53 zone), looks
+up the default VPC's subnets and the machine images, and hands EBS volumes, the gateway and the
+groups to the VM backends' shared flow in `components._cloud` (checks, registration, exports).
 """
 
 from __future__ import annotations

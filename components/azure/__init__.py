@@ -1,11 +1,9 @@
 """The Azure backend: each service as a virtual machine scale set behind one gateway VM.
 
-`deploy(settings, plans)` checks the `serveform:azure` settings and every plan first — a bad
-value stops the program with a message naming its config key, before any resource exists —
-then registers the resource group (unless the stack names one), one `Volume` per network
-volume, one `Gateway` (which owns the network and the Key Vault) and one `GpuInstanceGroup` per
-service, and exports each service's URL, model endpoint, group and replica bounds, and the
-gateway's address and domain.
+`deploy(settings, plans)` checks `serveform:azure` (location, SSH key, image URN, DNS zone),
+registers the resource group unless the stack names one, and hands managed disks, the gateway
+(which owns the network and the Key Vault) and the scale sets to the VM backends' shared flow in
+`components._cloud` (checks, registration, exports).
 """
 
 from __future__ import annotations
