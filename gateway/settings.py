@@ -79,7 +79,7 @@ class GatewaySettings(_Frozen):
     ] = ()
     admin: Annotated[
         str,
-        Field(description="Caddy's admin endpoint: `unix` (a 0600 socket in the state dir) or a loopback `host:port`."),
+        Field(description="Caddy's admin endpoint: `unix` (a 0600 socket in the gateway's socket directory) or a loopback `host:port`."),
     ] = "unix"
     body_limit_mb: Annotated[int, Field(ge=1, le=1024 * 1024, description="Largest request body, in MiB.")] = DEFAULT_BODY_LIMIT_MB
     stream_timeout_seconds: Annotated[
@@ -177,7 +177,11 @@ class GatewayRuntime(_Frozen):
         int, Field(ge=1, le=65535, description="Loopback port of Caddy's internal server, through which the router reaches replicas.")
     ] = 8079
     metrics_port: Annotated[int, Field(ge=1, le=65535, description="Loopback port serving Caddy's /metrics to the scaler.")] = 9180
-    router_socket: Annotated[Path | None, Field(description="Unix socket of the OpenAI router; default <state_dir>/router.sock.")] = None
+    socket_dir: Annotated[
+        Path | None,
+        Field(description="Where the unix sockets live (Caddy's admin API, the router); default the state directory."),
+    ] = None
+    router_socket: Annotated[Path | None, Field(description="Unix socket of the OpenAI router; default <socket_dir>/router.sock.")] = None
     replica_dns: Annotated[
         Literal["responder", "system"],
         Field(description="responder: the gateway's DNS responder on 127.0.0.1:dns_port; system: the host's resolver."),
@@ -193,11 +197,11 @@ class GatewayRuntime(_Frozen):
 
     @property
     def router_socket_path(self) -> Path:
-        return self.router_socket or self.state_dir / "router.sock"
+        return self.router_socket or (self.socket_dir or self.state_dir) / "router.sock"
 
     @property
     def admin_socket_path(self) -> Path:
-        return self.state_dir / "caddy-admin.sock"
+        return (self.socket_dir or self.state_dir) / "caddy-admin.sock"
 
     @property
     def caddy_storage(self) -> Path:

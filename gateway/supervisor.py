@@ -12,6 +12,13 @@ prober, then Caddy on a validated config; `status.json` says the gateway is up. 
   router and responder close, and the process exits 0 with no child left. Caddy also carries
   PR_SET_PDEATHSIG, so it dies with the supervisor even on SIGKILL.
 
+The unix sockets (Caddy's admin API, the router) do not live in the state directory: a socket
+path must fit sockaddr_un (SOCKET_PATH_MAX_BYTES), which a deep checkout's state directory
+overflows ("bind: invalid argument"). They go to a short private runtime directory instead,
+`$XDG_RUNTIME_DIR/serveform/<hash>` or `/tmp/serveform-<uid>/<hash>` (hash of the state
+directory's path, so one state directory always meets the same sockets), made 0700 and
+removed on stop; `status.json` names it (`socket_dir`).
+
 If Caddy exits on its own it is restarted (at most RESTARTS_MAX times in a row, with backoff).
 """
 
@@ -23,7 +30,10 @@ import logging
 import os
 import signal
 import socket
+import hashlib
+import shutil
 import ssl
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -33,7 +43,7 @@ from aiohttp import web
 
 from . import caddy
 from .dns import DnsResponder
-from .errors import CaddyError, GatewayConfigError
+from .errors import CaddyError, GatewayConfigError, Problem
 from .prober import Prober
 from .render import DNS_ENV_PREFIX, TOKEN_ENV_PREFIX, render_routes
 from .router import Router, router_config
@@ -56,6 +66,9 @@ POLL_SECONDS = 0.1
 STOP_GRACE_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 30.0
 RESTARTS_MAX = 5
+SOCKET_PATH_MAX_BYTES = 107
+"""Longest unix socket path: sockaddr_un.sun_path is 108 bytes on Linux, its NUL included."""
+_SOCKET_NAMES = ("caddy-admin.sock", "router.sock")
 _LOG = logging.getLogger("serveform.gateway")
 
 
@@ -63,6 +76,67 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# The fields of `gateway.json`'s optional "runtime" object a deployment may set: a gateway in a
+# Kubernetes pod looks replicas up in the cluster's DNS and serves metrics to the scaler's pod.
+RUNTIME_OVERRIDES = ("replica_dns", "srv_lookups", "metrics_address", "metrics_port")
+
+
+def _runtime_overrides(state_dir: Path) -> dict[str, Any]:
+    """The "runtime" object of ``gateway.json`` (checked by GatewayRuntime), or nothing."""
+    try:
+        document = json.loads((state_dir / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # read_config has already reported an unreadable file
+    raw = document.get("runtime") if isinstance(document, dict) else None
+    if not isinstance(raw, dict):
+        return {}
+    unknown = sorted(set(raw) - set(RUNTIME_OVERRIDES))
+    if unknown:
+        raise GatewayConfigError([Problem(str(state_dir / CONFIG_FILE), "runtime", f"unknown field(s) {', '.join(unknown)}; expected {', '.join(RUNTIME_OVERRIDES)}")])
+    return dict(raw)
+
+
+def _private_dir(path: Path) -> bool:
+    """Make ``path`` (0700) if missing; True only if it is a directory of ours nobody else can enter."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def socket_dir_for(state_dir: Path) -> Path:
+    """The short private directory for the sockets of the gateway in ``state_dir`` (made 0700).
+
+    ``$XDG_RUNTIME_DIR/serveform/<hash>`` when that is set and short enough, else
+    ``/tmp/serveform-<uid>/<hash>``. A parent that is not ours or is open to others (a shared
+    /tmp where someone made the name first) is refused rather than used.
+    """
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    longest = max(len(name) for name in _SOCKET_NAMES) + len(digest) + 2
+    candidates = []
+    if os.environ.get("XDG_RUNTIME_DIR", "").startswith("/"):
+        candidates.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "serveform")
+    candidates.append(Path("/tmp") / f"serveform-{os.getuid()}")
+    for parent in candidates:
+        if len(str(parent).encode()) + longest > SOCKET_PATH_MAX_BYTES or not parent.parent.is_dir():
+            continue
+        if _private_dir(parent) and _private_dir(parent / digest):
+            return parent / digest
+    raise GatewayConfigError(
+        [Problem(str(state_dir), "<sockets>", f"no private directory for the gateway's sockets among {', '.join(map(str, candidates))} (each must be ours, mode 0700)")]
+    )
+
+
+def _remove_socket_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.parent.rmdir()  # shared by this user's gateways: goes only once the last one is gone
+    except OSError:
+        pass
 
 
 def _admin_address(settings: GatewaySettings, runtime: GatewayRuntime) -> str:
@@ -120,6 +194,7 @@ class _Gateway:
             "internal_url": f"http://127.0.0.1:{self.runtime.internal_port}",
             "dns_port": self.runtime.dns_port,
             "router_socket": str(self.runtime.router_socket_path),
+            "socket_dir": str(self.runtime.socket_dir),
             "https_port": self.settings.https_port,
             "http_port": self.settings.http_port,
             "hosts": {r.name: r.host for r in self.routes},
@@ -170,9 +245,11 @@ class _Gateway:
         await self.dns.start()
         self.runtime = GatewayRuntime(
             state_dir=self.state_dir,
+            socket_dir=socket_dir_for(self.state_dir),
             dns_port=self.dns.port,
             internal_port=_free_port(),
             metrics_port=_free_port(),
+            **_runtime_overrides(self.state_dir),
         )
         await self.prober.start()
         self._apply_routes(settings, routes)
@@ -193,6 +270,8 @@ class _Gateway:
 
     def _start_caddy(self, config_path: Path) -> None:
         assert self.runtime is not None
+        # A Caddy killed outright leaves its socket behind, and a stale socket fails the bind.
+        self.runtime.admin_socket_path.unlink(missing_ok=True)
         self.caddy = caddy.start(self.binary, config_path, self.state_dir, self.state_dir / "caddy.log")
 
     async def _wait_listening(self, settings: GatewaySettings) -> None:
@@ -306,8 +385,8 @@ class _Gateway:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.dns.close()
-        if self.runtime is not None:
-            self.runtime.router_socket_path.unlink(missing_ok=True)
+        if self.runtime is not None and self.runtime.socket_dir is not None:
+            _remove_socket_dir(self.runtime.socket_dir)
         (self.state_dir / STATUS_FILE).unlink(missing_ok=True)
 
 

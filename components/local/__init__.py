@@ -91,7 +91,6 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
     # RunError shows the message alone, without a traceback of the program.
     try:
         routes = {route.name: route for route in routes_from_plans(gw_settings, plans)}
-        _check_socket_paths(state_dir / "gateway")
     except ValueError as exc:
         raise pulumi.RunError(str(exc)) from None
 
@@ -177,23 +176,6 @@ def deploy(settings: "StackSettings", plans: Sequence[ServicePlan]) -> None:
     pulumi.export("token", pulumi.Output.secret(tokens).apply(lambda values: values[0]))
     pulumi.export("openai_base_url", _base_url(gw_settings, gw_settings.router_host) + "/v1")
     pulumi.export("services", services)
-
-
-# A unix socket's path must fit in sockaddr_un.sun_path (108 bytes on Linux, NUL included).
-_SOCKET_PATH_MAX_BYTES = 107
-
-
-def _check_socket_paths(gateway_dir: Path) -> None:
-    from serveform.gateway.settings import GatewayRuntime
-
-    runtime = GatewayRuntime(state_dir=gateway_dir)
-    for path in (runtime.admin_socket_path, runtime.router_socket_path):
-        if len(str(path).encode()) > _SOCKET_PATH_MAX_BYTES:
-            raise ValueError(
-                f"serveform:local.state_dir: the gateway's socket {path} is longer than "
-                f"{_SOCKET_PATH_MAX_BYTES} bytes, the limit of a unix socket path; set "
-                "serveform:local.state_dir to a shorter directory"
-            )
 
 
 def _cleanup_root(settings: "StackSettings") -> str:

@@ -306,6 +306,36 @@ def test_sigterm_leaves_no_child(gateway_factory):
     assert read_status(gateway.state_dir) is None
 
 
+def test_a_state_dir_too_deep_for_a_unix_socket_serves_and_reloads(gateway_factory, replicas, tmp_path):
+    """Socket paths over 107 bytes fail to bind; the sockets live in a short private directory."""
+    from serveform.gateway import write_config
+
+    name = "d" * 120
+    assert len(str(tmp_path / name / "caddy-admin.sock").encode()) > 107
+    replica = replicas("a")
+    plans = [make_plan("chat", model=ModelPlan(name="chat-small"), probes=FAST_PROBE)]
+    gateway = gateway_factory(plans, name=name)
+    status = gateway.status
+    socket_dir = Path(status["socket_dir"])
+    assert Path(status["router_socket"]).parent == socket_dir and status["admin"] == f"unix/{socket_dir}/caddy-admin.sock"
+    assert len(str(socket_dir / "caddy-admin.sock").encode()) <= 107
+    assert socket_dir.stat().st_mode & 0o777 == 0o700 and socket_dir.parent.stat().st_mode & 0o777 == 0o700
+    gateway.publish("chat", [replica])
+    gateway.wait_ready("chat", 1)
+    with gateway.client() as client:
+        assert client.get(gateway.url("chat", "/ping"), headers=gateway.auth()).status_code == 200
+        # The router's socket: the OpenAI endpoint answers.
+        models = client.get(gateway.url("gateway", "/v1/models"), headers=gateway.auth())
+        assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == ["chat-small"]
+        # The admin socket: a route change reloads Caddy.
+        write_config(gateway.state_dir, gateway.settings, [*plans, make_plan("other")])
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "other" in gateway.status["hosts"], what="the reload")
+        assert client.get(gateway.url("chat", "/ping"), headers=gateway.auth()).status_code == 200
+    assert gateway.stop() == 0
+    assert not socket_dir.exists()
+
+
 def test_bad_config_exits_before_starting_anything(tmp_path, caddy):
     import subprocess
     import sys

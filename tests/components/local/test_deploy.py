@@ -1,7 +1,8 @@
 """The local backend's components under Pulumi's mock runtime: what gets registered, with what.
 
-Mocks are installed before the backend registers anything; each test deploys a stack and looks
-at the recorded registrations (type, logical name, parent chain, inputs, secret-ness).
+Mocks (the shared `_pulumi_harness`) are installed before the backend registers anything; each
+test deploys a stack in its own event loop and looks at the registrations the mocks saw (type,
+logical name, parent chain, inputs, secret-ness).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pulumi
 import pytest
+from _pulumi_harness import Mocks, install
 from pulumi.runtime import rpc
 from pydantic import SecretStr
 
@@ -36,46 +38,17 @@ DIRECTORY = "pulumi-python:dynamic/serveform-local:Directory"
 PUBLICATION = "pulumi-python:dynamic/serveform-local:Publication"
 
 
-class _Mocks(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
-        self.registered: list[pulumi.runtime.MockResourceArgs] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        self.registered.append(args)
-        outputs = dict(args.inputs)
-        if args.typ == REPLICA:
-            port = 40000 + int(args.inputs["replica"])
-            outputs.update(pid=1000, start_time=1, port=port, address=f"127.0.0.1:{port}", log_inode=1)
-        elif args.typ == TOKEN:
-            outputs["value"] = "generated-token-value"
-        elif args.typ == DAEMON:
-            outputs.update(pid=1000, start_time=1, port=19465)
-        return f"{args.name}-id", outputs
-
-    def call(self, args: pulumi.runtime.MockCallArgs):
-        return {}
-
-    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
-        return [r for r in self.registered if r.typ == typ]
-
-    def named(self, name: str) -> pulumi.runtime.MockResourceArgs:
-        (found,) = [r for r in self.registered if r.name == name]
-        return found
-
-
 @pytest.fixture
 def tmp_path():
-    """A short project directory: the gateway's sockets must fit a unix socket path (107 bytes)."""
+    """A project directory outside pytest's tree, removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="sf-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
-async def mocks() -> _Mocks:
-    mocks = _Mocks()
-    pulumi.runtime.set_mocks(mocks, project="serveform", stack="dev", preview=False)
-    return mocks
+async def mocks() -> Mocks:
+    return install(stack="dev")
 
 
 def _plan(name: str = "chat", *, replicas: tuple[int, int, int] = (1, 3, 2), **group) -> ServicePlan:
@@ -286,13 +259,13 @@ async def test_no_scaler_without_a_range(tmp_path, mocks):
     assert "scaler" not in _exports()
 
 
-async def test_a_state_dir_too_deep_for_unix_sockets_fails_before_any_resource(tmp_path, mocks):
-    from serveform.components.local import deploy
-
+async def test_a_state_dir_deeper_than_a_unix_socket_path_deploys(tmp_path, mocks):
+    # The gateway keeps its sockets in a short runtime directory (tests/gateway runs one this deep).
     deep = tmp_path / ("d" * 100)
-    with pytest.raises(pulumi.RunError, match=r"serveform:local.state_dir: .*longer than 107 bytes"):
-        deploy(_settings(tmp_path, **{"serveform:local": json.dumps({"state_dir": str(deep)})}), [_plan()])
-    assert mocks.registered == []
+    await _deploy(_settings(tmp_path, **{"serveform:local": json.dumps({"state_dir": str(deep)})}), [_plan()])
+    gateway = mocks.named("gateway-process")
+    assert gateway.inputs["state_dir"] == str(deep / "gateway")
+    assert len(str(deep / "gateway" / "caddy-admin.sock").encode()) > 107
 
 
 async def test_a_service_scaled_to_zero_keeps_its_route_with_no_addresses(tmp_path, mocks):
