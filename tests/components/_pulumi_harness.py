@@ -1,10 +1,12 @@
-"""Run a backend's `deploy` under Pulumi's mock runtime and record what it registered.
+"""Pulumi's mock runtime for every backend's component tests.
 
 `run_program(fn)` installs mocks, runs ``fn`` as the Pulumi program, waits for every
 registration and returns a `Recording`: each resource's type, logical name, parent URN,
-inputs (with secrets still marked) and the stack's exports. Cloud functions (`getAmi`,
-`getSubnets`, ...) answer from `CALLS`; resource outputs echo the inputs plus the few computed
-attributes the components read (IDs, ARNs, addresses).
+inputs (with secrets still marked) and the stack's exports. Tests that run a backend in their
+own event loop call `install(stack=...)` instead and read what the returned `Mocks` saw.
+Cloud functions (`getAmi`, `getSubnets`, ...) answer from `CALLS`; resource outputs echo the
+inputs plus the few computed attributes the components read (IDs, ARNs, addresses, the names
+and load-balancer address the Kubernetes API server fills in, the local daemons' pids and ports).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 GATEWAY_IP = "203.0.113.10"
+LB_ADDRESS = "198.51.100.7"
+# The local backend's dynamic providers (`components/local/`) register under this type prefix.
+_LOCAL = "pulumi-python:dynamic/serveform-local:"
 
 CALLS: dict[str, dict[str, Any]] = {
     "aws:ec2/getAmi:getAmi": {"id": "ami-0123456789abcdef0", "name": "mock-ami"},
@@ -96,8 +101,23 @@ class Recording:
         return found[0]
 
 
-class _Mocks(_mocks.Mocks):
+class Mocks(_mocks.Mocks):
+    """Answers registrations and calls; keeps every registration's arguments in `registered`."""
+
+    def __init__(self) -> None:
+        self.registered: list[_mocks.MockResourceArgs] = []
+
+    def of_type(self, typ: str) -> list[_mocks.MockResourceArgs]:
+        return [r for r in self.registered if r.typ == typ]
+
+    def named(self, name: str) -> _mocks.MockResourceArgs:
+        (found,) = [r for r in self.registered if r.name == name]
+        return found
+
     def new_resource(self, args: _mocks.MockResourceArgs) -> tuple[str | None, dict]:
+        self.registered.append(args)
+        if args.typ.startswith(_LOCAL):
+            return f"{args.name}-id", _local_outputs(args)
         state = unwrap(dict(args.inputs))
         ident = f"{args.name}-id"
         typ = args.typ
@@ -138,6 +158,13 @@ class _Mocks(_mocks.Mocks):
                 state["properties"] = {**state.get("properties", {}), "vaultUri": f"https://{state.get('vaultName', args.name)}.vault.azure.net/"}
             if typ == "azure-native:keyvault:Secret":
                 state["properties"] = {"secretUri": f"https://vault.vault.azure.net/secrets/{state.get('secretName', args.name)}"}
+        elif typ.startswith("kubernetes:"):
+            # Pulumi auto-names objects without `metadata.name`; a LoadBalancer Service gets an address.
+            metadata = dict(state.get("metadata") or {})
+            metadata.setdefault("name", f"{args.name}-a1b2c3")
+            state["metadata"] = metadata
+            if typ == "kubernetes:core/v1:Service" and (state.get("spec") or {}).get("type") == "LoadBalancer":
+                state["status"] = {"loadBalancer": {"ingress": [{"ip": LB_ADDRESS}]}}
         return ident, state
 
     def call(self, args: _mocks.MockCallArgs) -> tuple[dict, list | None]:
@@ -147,9 +174,23 @@ class _Mocks(_mocks.Mocks):
         return result, []
 
 
+def _local_outputs(args: _mocks.MockResourceArgs) -> dict:
+    """A local daemon's outputs: the inputs as given (secrets still marked) plus what starting it reports."""
+    outputs = dict(args.inputs)
+    kind = args.typ[len(_LOCAL):]
+    if kind == "Replica":
+        port = 40000 + int(args.inputs["replica"])
+        outputs.update(pid=1000, start_time=1, port=port, address=f"127.0.0.1:{port}", log_inode=1)
+    elif kind == "Token":
+        outputs["value"] = "generated-token-value"
+    elif kind == "Daemon":
+        outputs.update(pid=1000, start_time=1, port=19465)
+    return outputs
+
+
 class _Monitor(_mocks.MockMonitor):
-    def __init__(self, recording: Recording) -> None:
-        super().__init__(_Mocks())
+    def __init__(self, mocks: Mocks, recording: Recording) -> None:
+        super().__init__(mocks)
         self.recording = recording
 
     def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
@@ -174,18 +215,28 @@ class _Monitor(_mocks.MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
+def install(*, stack: str = "dev", recording: Recording | None = None) -> Mocks:
+    """Install fresh mocks (no root stack, no pending RPCs) for project `serveform` and ``stack``.
+
+    Every registration lands in the returned `Mocks` and, with ``recording``, in it too.
+    """
+    mocks = Mocks()
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
+    pulumi.runtime.settings.ROOT.set(None)  # a fresh root stack for this program
+    monitor = _Monitor(mocks, Recording() if recording is None else recording)
+    pulumi.runtime.set_mocks(mocks, project="serveform", stack=stack, preview=False, monitor=monitor)
+    return mocks
+
+
 def run_program(program, *, stack: str = "dev", recording: Recording | None = None) -> Recording:
     """Run ``program`` (a no-argument callable) under the mock runtime; raise what it raises.
 
     Pass ``recording`` to see what was registered even when the program raises.
     """
     recording = Recording() if recording is None else recording
-    monitor = _Monitor(recording)
-    SETTINGS.rpc_manager.clear()
-    SETTINGS.outputs.clear()
     try:
-        pulumi.runtime.settings.ROOT.set(None)  # a fresh root stack for this program
-        pulumi.runtime.set_mocks(_Mocks(), project="serveform", stack=stack, preview=False, monitor=monitor)
+        install(stack=stack, recording=recording)
         _sync_await(run_pulumi_func(program))
         # Stack outputs are registered when the root stack finishes; mocks keep them in the stack object.
         root = pulumi.runtime.settings.get_root_resource()

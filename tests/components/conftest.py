@@ -1,5 +1,8 @@
 """Component tests run many programs under Pulumi's mock runtime in one process.
 
+The shared mock runtime is `_pulumi_harness.py` beside this file; tests import it by module
+name (pytest runs with `--import-mode=importlib`, which adds no test folder to `sys.path`).
+
 The runtime keeps the root stack resource in a context variable; a program that ends
 leaves it set, and the next program would register its resources (and exports) under the
 previous program's stack. Every test starts from no root stack.
@@ -7,8 +10,14 @@ previous program's stack. Every test starts from no root stack.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pulumi
 import pytest
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(autouse=True)
