@@ -243,13 +243,16 @@ class _Gateway:
         self.config_stamp = self._stamp()
         settings, routes = self._load()  # a bad config stops here, before anything runs
         await self.dns.start()
+        # The runtime object of gateway.json wins over the defaults (a pod's fixed metrics port).
         self.runtime = GatewayRuntime(
-            state_dir=self.state_dir,
-            socket_dir=socket_dir_for(self.state_dir),
-            dns_port=self.dns.port,
-            internal_port=_free_port(),
-            metrics_port=_free_port(),
-            **_runtime_overrides(self.state_dir),
+            **{
+                "state_dir": self.state_dir,
+                "socket_dir": socket_dir_for(self.state_dir),
+                "dns_port": self.dns.port,
+                "internal_port": _free_port(),
+                "metrics_port": _free_port(),
+                **_runtime_overrides(self.state_dir),
+            }
         )
         await self.prober.start()
         self._apply_routes(settings, routes)

@@ -159,6 +159,12 @@ class K8sSettings(_Settings):
               "(single-node and test clusters); unset: claims use `storage_class`."),
     ] = None
     volume_size_gb: Annotated[int, Field(ge=1, description="Size of each volume's claim, in GB.")] = 100
+    image: Annotated[
+        str | None,
+        Field(description="Image with serveform and its Caddy build (tools/setup.sh) that runs the gateway and the "
+              "scaler in the cluster; the scaler gets this project's files from a ConfigMap. Falls back to "
+              "`scaler_image`."),
+    ] = None
     scaler_image: Annotated[
         str | None,
         Field(description="Image with serveform and this project (at /srv/serveform) that runs the scaler in the "

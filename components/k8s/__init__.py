@@ -11,8 +11,11 @@ context, namespace):
 - one `Volume` per network volume (a claim, static hostPath volume where configured);
 - one `GpuInstanceGroup` per service (Deployment with GPU limits, tolerations, node selection,
   shm, secrets as Kubernetes Secrets, registry credentials as an image pull secret);
-- the `Gateway` (Caddy Deployment behind a LoadBalancer Service, upstreams from cluster DNS);
-- the `Scaler` Deployment when a service autoscales and `scaler_image` names an image for it.
+- the `Gateway` (serveform's gateway Deployment behind a LoadBalancer Service, upstreams from cluster DNS);
+- the `Scaler` Deployment when a service autoscales (the project's files from a ConfigMap).
+
+The gateway and the scaler run from `serveform:k8s.image` (or `scaler_image`), an image with
+serveform and its Caddy build.
 
 Exports: `services` (per service: url, model endpoint, group name, replica bounds and count),
 `gateway_address`, `domain`, `namespace`.
@@ -31,6 +34,7 @@ from serveform.stacks.settings import StackConfigError, StackSettings
 from serveform.translator.plan import ServicePlan
 
 from . import _caddy, _capacity, _pod
+from . import _scaler_project as _scaler
 from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, PORT_NAME, GpuInstanceGroup, GpuInstanceGroupArgs
 from .scaler import SCALER_TYPE, Scaler, ScalerArgs
@@ -74,8 +78,20 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             _pod.split_env(plan)
             _pod.gpu_request(plan)
         caddyfile = _caddy.gateway_caddyfile(settings, plans, cfg.namespace, PORT_NAME)
+        gateway_config, gateway_secret_files = _caddy.gateway_files(settings, plans, cfg.namespace, PORT_NAME)
     except (_pod.K8sPlanError, GatewayConfigError) as exc:
         raise pulumi.RunError(str(exc)) from None
+    image = cfg.image or cfg.scaler_image
+    if not image:
+        problems.append(("serveform:k8s.image", "not set: the gateway pod runs `python -m serveform.gateway run` (Caddy + "
+                         "OpenAI router) from an image with serveform and its Caddy build"))
+        raise pulumi.RunError(str(StackConfigError(settings.stack, problems)))
+    scaler_files: dict[str, str] = {}
+    if any(p.scaling for p in plans):
+        try:
+            scaler_files = _scaler.project_files(settings)
+        except _scaler.ProjectFileError as exc:
+            raise pulumi.RunError(str(exc)) from None
     products = _preflight(settings, plans)
 
     provider = k8s.Provider(
@@ -129,18 +145,15 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             opts,
         )
 
-    tokens = None
-    if settings.tokens:
-        tokens = pulumi.Output.secret(
-            {f"SERVEFORM_TOKEN_{i}": t.get_secret_value() for i, t in enumerate(settings.tokens)}
-        )
     gateway = Gateway(
         "gateway",
         GatewayArgs(
             namespace=namespace,
             stack=settings.stack,
+            config=gateway_config,
+            secret_files=pulumi.Output.secret(gateway_secret_files),
+            image=image,
             caddyfile=caddyfile,
-            tokens=tokens,
             http_port=settings.gateway.http_port or 80,
             https_port=settings.gateway.https_port or 443,
             service_type=cfg.gateway_service_type,
@@ -149,18 +162,17 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         opts,
     )
     if any(p.scaling for p in plans):
-        if cfg.scaler_image:
-            Scaler(
-                "scaler",
-                ScalerArgs(namespace=namespace, stack=settings.stack, metrics_url=gateway.metrics_url, image=cfg.scaler_image),
-                opts,
-            )
-        else:
-            pulumi.log.warn(
-                "serveform:k8s.scaler_image is not set: no scaler runs in the cluster; run "
-                f"`python -m serveform.scaler run --stack {settings.stack}` where the project lives, or set an image "
-                "with serveform and this project"
-            )
+        Scaler(
+            "scaler",
+            ScalerArgs(
+                namespace=namespace,
+                stack=settings.stack,
+                metrics_url=gateway.metrics_url,
+                image=image,
+                project_files=scaler_files,
+            ),
+            opts,
+        )
 
     _cloud.export_services(settings, plans, {name: group.deployment_name for name, group in groups.items()})
     pulumi.export("gateway_address", gateway.address)

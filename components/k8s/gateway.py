@@ -1,20 +1,25 @@
-"""`Gateway` on Kubernetes: Caddy as a Deployment behind a LoadBalancer Service.
+"""`Gateway` on Kubernetes: serveform's gateway (Caddy + OpenAI router) as a Deployment behind a LoadBalancer Service.
+
+The pod runs `python -m serveform.gateway run --state-dir STATE_DIR` from an image with serveform
+and our Caddy build (`serveform:k8s.image`): the same supervisor as a VM gateway, which renders
+and validates Caddy's config itself, serves `gateway.<domain>/v1` through its router, and (from
+the "runtime" object of its `gateway.json`, see `_caddy`) looks replicas up in the cluster's DNS.
 
 Children (logical names `gateway-<role>`):
 
-- `gateway-config` ConfigMap: the Caddyfile (no secrets in it: bearer tokens are
-  `{env.SERVEFORM_TOKEN_<i>}` placeholders);
-- `gateway-tokens` Secret: `SERVEFORM_TOKEN_<i>` = each bearer token, a Pulumi secret, read by the
-  container through `envFrom`;
-- `gateway-deployment` Deployment: Caddy with the Caddyfile; its state (certificates, admin
-  socket) on an `emptyDir`. A changed Caddyfile rolls the pod (a checksum of the config, which
-  holds no secret, is a pod annotation);
+- `gateway-config` ConfigMap: `gateway.json` (settings, plans, runtime; no secret) mounted into
+  the state directory, and the `Caddyfile` it yields, for reviewers;
+- `gateway-secrets` Secret: the gateway's secret files (bearer tokens, DNS-provider options,
+  secret probe headers), Pulumi secrets, mounted read-only at `SECRETS_DIR`;
+- `gateway-deployment` Deployment: the gateway; its state (certificates, sockets) on an
+  `emptyDir`. A changed config rolls the pod (a checksum of `gateway.json`, which holds no
+  secret, is a pod annotation);
 - `gateway-service` Service (`type` from `serveform:k8s.gateway_service_type`, LoadBalancer by
-  default): ports 80 and 443 to the world; its address is the stack's gateway address;
+  default): the HTTP and HTTPS ports to the world; its address is the stack's gateway address;
 - `gateway-metrics` Service: Caddy's per-host request metrics for the scaler, inside the cluster.
 
 Replica addresses come from the cluster's DNS: every service's upstreams are the SRV records of
-its headless Service (see `_caddy`), so nothing here changes when a Deployment scales.
+its headless Service, so nothing here changes when a Deployment scales.
 """
 
 from __future__ import annotations
@@ -25,16 +30,17 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from ._caddy import METRICS_PORT, STATE_DIR
+from ._caddy import CONFIG_FILE, METRICS_PORT, SECRETS_DIR, STATE_DIR
 from ._pod import labels as _labels
 
-__all__ = ["GATEWAY_TYPE", "CADDY_IMAGE", "Gateway", "GatewayArgs"]
+__all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "gateway_command"]
 
 GATEWAY_TYPE = "serveform:k8s:Gateway"
-# Caddy's official image at the version of our own build (tools/caddy). It carries the standard
-# modules; `tls: acme_dns` needs a build with the DNS module, given as `image`.
-CADDY_IMAGE = "caddy:2.11.9"
-CONFIG_DIR = "/etc/serveform"
+
+
+def gateway_command() -> list[str]:
+    """The gateway container's command."""
+    return ["python", "-m", "serveform.gateway", "run", "--state-dir", STATE_DIR]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,18 +51,20 @@ class GatewayArgs:
     """The namespace of every object."""
     stack: str
     """The stack name, part of the labels."""
-    caddyfile: str
-    """The whole Caddyfile, from `serveform.gateway.render_caddyfile` with cluster-DNS upstreams."""
-    tokens: pulumi.Input[dict[str, str]] | None = None
-    """`SERVEFORM_TOKEN_<i>` → bearer token, already a Pulumi secret; None when the stack has no token."""
+    config: str
+    """`gateway.json` for the pod (`_caddy.gateway_files`); holds no secret."""
+    secret_files: pulumi.Input[dict[str, str]]
+    """File name under SECRETS_DIR → text (tokens, DNS options, probe headers), already a Pulumi secret."""
+    image: str
+    """An image with serveform and its Caddy build (`serveform:k8s.image`)."""
+    caddyfile: str | None = None
+    """The Caddyfile the config yields, kept beside it for reviewers (the pod renders its own)."""
     http_port: int = 80
     """The Service's plain-HTTP port, and Caddy's."""
     https_port: int = 443
     """The Service's HTTPS port, and Caddy's."""
     service_type: str = "LoadBalancer"
     """`LoadBalancer` (clouds, k8s-local's loopback balancer), `NodePort` or `ClusterIP`."""
-    image: str = CADDY_IMAGE
-    """The Caddy image."""
     rollout_timeout_seconds: int = 600
     """How long `up` waits for the Deployment and the load balancer's address."""
 
@@ -78,44 +86,47 @@ class Gateway(pulumi.ComponentResource):
             child, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout))
         )
 
+        data = {CONFIG_FILE: args.config}
+        if args.caddyfile is not None:
+            data["Caddyfile"] = args.caddyfile
         config = k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata=k8s.meta.v1.ObjectMetaArgs(namespace=args.namespace, labels=labels),
-            data={"Caddyfile": args.caddyfile},
-            # A new ConfigMap for a new Caddyfile: the pods roll onto it, the old one goes after.
+            data=data,
+            # A new ConfigMap for a new config: the pods roll onto it, the old one goes after.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(replace_on_changes=["data"])),
         )
-        env_from = None
-        if args.tokens is not None:
-            tokens = k8s.core.v1.Secret(
-                f"{name}-tokens",
-                metadata=k8s.meta.v1.ObjectMetaArgs(namespace=args.namespace, labels=labels),
-                type="Opaque",
-                string_data=pulumi.Output.secret(args.tokens),
-                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(replace_on_changes=["stringData", "data"])),
-            )
-            env_from = [k8s.core.v1.EnvFromSourceArgs(secret_ref=k8s.core.v1.SecretEnvSourceArgs(name=tokens.metadata.name))]
+        secrets = k8s.core.v1.Secret(
+            f"{name}-secrets",
+            metadata=k8s.meta.v1.ObjectMetaArgs(namespace=args.namespace, labels=labels),
+            type="Opaque",
+            string_data=pulumi.Output.secret(args.secret_files),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(replace_on_changes=["stringData", "data"])),
+        )
 
         container = k8s.core.v1.ContainerArgs(
-            name="caddy",
+            name="gateway",
             image=args.image,
-            command=["caddy", "run", "--config", f"{CONFIG_DIR}/Caddyfile", "--adapter", "caddyfile"],
-            env_from=env_from,
+            command=gateway_command(),
             ports=[
                 k8s.core.v1.ContainerPortArgs(name="http", container_port=args.http_port),
                 k8s.core.v1.ContainerPortArgs(name="https", container_port=args.https_port),
                 k8s.core.v1.ContainerPortArgs(name="metrics", container_port=METRICS_PORT),
             ],
+            # The supervisor opens the metrics listener once Caddy runs a validated config.
             readiness_probe=k8s.core.v1.ProbeArgs(
                 tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="metrics"), period_seconds=5
             ),
-            resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "100m", "memory": "128Mi"}),
+            resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "100m", "memory": "192Mi"}),
             volume_mounts=[
-                k8s.core.v1.VolumeMountArgs(name="config", mount_path=CONFIG_DIR, read_only=True),
                 k8s.core.v1.VolumeMountArgs(name="state", mount_path=STATE_DIR),
+                k8s.core.v1.VolumeMountArgs(
+                    name="config", mount_path=f"{STATE_DIR}/{CONFIG_FILE}", sub_path=CONFIG_FILE, read_only=True
+                ),
+                k8s.core.v1.VolumeMountArgs(name="secrets", mount_path=SECRETS_DIR, read_only=True),
             ],
         )
-        checksum = hashlib.sha256(args.caddyfile.encode()).hexdigest()[:16]
+        checksum = hashlib.sha256(args.config.encode()).hexdigest()[:16]
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="gateway", namespace=args.namespace, labels=labels),
@@ -123,13 +134,19 @@ class Gateway(pulumi.ComponentResource):
                 replicas=1,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels, annotations={"serveform.dev/caddyfile": checksum}),
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels, annotations={"serveform.dev/gateway-config": checksum}),
                     spec=k8s.core.v1.PodSpecArgs(
                         containers=[container],
                         volumes=[
                             k8s.core.v1.VolumeArgs(
                                 name="config",
                                 config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config.metadata.name),
+                            ),
+                            k8s.core.v1.VolumeArgs(
+                                name="secrets",
+                                secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                    secret_name=secrets.metadata.name, default_mode=0o400
+                                ),
                             ),
                             k8s.core.v1.VolumeArgs(name="state", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()),
                         ],

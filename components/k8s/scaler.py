@@ -8,16 +8,22 @@ objects such an update changes are the services' Deployments. So its ServiceAcco
 update Deployments (and watch the ReplicaSets, Pods and Events that Pulumi's rollout wait reads)
 in the stack's namespace — nothing else, nothing cluster-wide.
 
-Children (logical names `scaler-<role>`): ServiceAccount, Role, RoleBinding, Deployment.
+Children (logical names `scaler-<role>`): ServiceAccount, Role, RoleBinding, the `scaler-project`
+ConfigMap (the project's files, see `_scaler_project`), Deployment.
 
-The image must hold serveform and the stack's project (at `/srv/serveform`, the manifest's
-default); the Pulumi state backend URL and passphrase come from the Secret `scaler-env` when it
-exists, which serveform does not create: they are credentials of the deploying environment.
+The image must hold serveform (and the Pulumi CLI). An init container copies the project files
+from the ConfigMap into a writable `emptyDir` at PROJECT_DIR (the scaler rewrites the stack's
+config file there), and the scaler runs with `--project-dir PROJECT_DIR` and its `--state` file
+on the `state` volume. The Pulumi state backend URL and passphrase come from the Secret
+`scaler-env` (`PULUMI_BACKEND_URL`, `PULUMI_CONFIG_PASSPHRASE`), which serveform does not create:
+they are credentials of the deploying environment (`kubectl create secret generic scaler-env
+--from-literal=PULUMI_BACKEND_URL=... --from-literal=PULUMI_CONFIG_PASSPHRASE=...`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -29,6 +35,10 @@ __all__ = ["SCALER_TYPE", "SCALER_ENV_SECRET", "Scaler", "ScalerArgs"]
 SCALER_TYPE = "serveform:k8s:Scaler"
 SCALER_ENV_SECRET = "scaler-env"
 SERVICE_ACCOUNT = "scaler"
+PROJECT_CONFIG_MAP = "scaler-project"
+PROJECT_DIR = "/srv/serveform"
+# Where the init container finds the ConfigMap's files.
+PROJECT_SOURCE_DIR = "/etc/serveform/project"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +52,9 @@ class ScalerArgs:
     metrics_url: pulumi.Input[str]
     """The gateway's metrics endpoint inside the cluster."""
     image: str
-    """An image with serveform and the stack's project (`serveform:k8s.scaler_image`)."""
+    """An image with serveform and the Pulumi CLI (`serveform:k8s.image`)."""
+    project_files: Mapping[str, str] = field(default_factory=dict)
+    """Relative path → text of the project files the scaler needs (`_scaler_project.project_files`)."""
 
 
 class Scaler(pulumi.ComponentResource):
@@ -78,8 +90,15 @@ class Scaler(pulumi.ComponentResource):
             ],
             opts=child,
         )
-        manifest = pulumi.Output.all(args.namespace, args.metrics_url).apply(
-            lambda values: _manifest(args, namespace=values[0], metrics_url=values[1])
+        keys = _project_keys(args.project_files)
+        project = k8s.core.v1.ConfigMap(
+            f"{name}-project",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=PROJECT_CONFIG_MAP, namespace=args.namespace, labels=labels),
+            data={key: args.project_files[path] for path, key in keys.items()},
+            opts=child,
+        )
+        manifest = pulumi.Output.all(args.namespace, args.metrics_url, project.metadata.name).apply(
+            lambda values: _manifest(args, namespace=values[0], metrics_url=values[1], project=values[2], keys=keys)
         )
         k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -91,7 +110,12 @@ class Scaler(pulumi.ComponentResource):
         self.register_outputs({"service_account_name": self.service_account_name})
 
 
-def _manifest(args: ScalerArgs, *, namespace: str, metrics_url: str) -> dict:
+def _project_keys(files: Mapping[str, str]) -> dict[str, str]:
+    """A ConfigMap key for each project path (keys cannot hold `/`; the volume's items restore the path)."""
+    return {path: f"f{index}-{path.rsplit('/', 1)[-1]}" for index, path in enumerate(sorted(files))}
+
+
+def _manifest(args: ScalerArgs, *, namespace: str, metrics_url: str, project: str, keys: Mapping[str, str]) -> dict:
     from serveform.scaler import kubernetes_deployment
 
     manifest = kubernetes_deployment(
@@ -102,6 +126,31 @@ def _manifest(args: ScalerArgs, *, namespace: str, metrics_url: str) -> dict:
         env_secret=SCALER_ENV_SECRET,
         service_account=SERVICE_ACCOUNT,
     )
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    container["command"] = [*container["command"], "--project-dir", PROJECT_DIR]
+    container["workingDir"] = PROJECT_DIR
+    container["volumeMounts"].append({"name": "project", "mountPath": PROJECT_DIR})
+    pod["initContainers"] = [
+        {
+            "name": "project",
+            "image": args.image,
+            # -L: the ConfigMap volume's files are symlinks; the glob skips its hidden `..data`.
+            "command": ["sh", "-c", f"cp -RL {PROJECT_SOURCE_DIR}/* {PROJECT_DIR}/"],
+            "volumeMounts": [
+                {"name": "project-source", "mountPath": PROJECT_SOURCE_DIR, "readOnly": True},
+                {"name": "project", "mountPath": PROJECT_DIR},
+            ],
+            "securityContext": container.get("securityContext", {}),
+        }
+    ]
+    pod["volumes"] += [
+        {"name": "project", "emptyDir": {}},
+        {
+            "name": "project-source",
+            "configMap": {"name": project, "items": [{"key": key, "path": path} for path, key in keys.items()]},
+        },
+    ]
     # Our labels too, so every object of the stack is found by `serveform.dev/stack`.
     manifest["metadata"]["labels"] = {**_labels(args.stack, "scaler", "scaler"), **manifest["metadata"]["labels"]}
     return manifest

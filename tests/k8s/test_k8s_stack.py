@@ -87,6 +87,9 @@ def clean_environ():
     os.environ.update(saved)
 
 
+IMAGE = "serveform:test"
+
+
 def _project(
     root: Path, stack: str, k8s_local: K8sLocal, namespace: str, services: dict[str, str], **k8s_settings: object
 ) -> Path:
@@ -94,6 +97,8 @@ def _project(
     (root / "stacks").mkdir()
     (root / "state").mkdir()
     (root / "Pulumi.yaml").write_text("name: serveform\nruntime: python\nstackConfigDir: stacks\n")
+    # The program a scaler pod runs (the ConfigMap of project files carries it).
+    (root / "__main__.py").write_text("from serveform.components.program import run\n\nrun()\n")
     for name, text in services.items():
         (root / "services" / f"{name}.dstack.yml").write_text(text)
     config = {
@@ -110,7 +115,7 @@ def _project(
             "volume_size_gb": 1,
             "rollout_timeout_seconds": 120,
             # kwok runs no container, so the image is never pulled; the Deployment is real.
-            "scaler_image": "serveform-project:test",
+            "image": IMAGE,
             **k8s_settings,
         },
     }
@@ -233,6 +238,8 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     assert llm_service.spec.cluster_ip == "None"
     caddyfile = core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/name=gateway").items[0].data["Caddyfile"]
     assert f"name llm.{namespace}.svc.cluster.local" in caddyfile
+    _assert_gateway_pod_runs_serveforms_gateway(core, apps, namespace)
+    _assert_scaler_pod_gets_the_project(core, apps, namespace, project, chat_replicas=None)
 
     # A second `up` with nothing changed changes nothing.
     again = engine.up()
@@ -251,6 +258,8 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
         what="3 chat pods Running",
     )
     assert len(running) == 3
+    # The program that changed the Deployment also wrote the new count into the scaler's project.
+    _assert_scaler_pod_gets_the_project(core, apps, namespace, project, chat_replicas=3)
     # ...and back down to 1.
     engine.set_replicas({"chat": 1})
     engine.up()
@@ -271,6 +280,66 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     assert not core.list_pod_for_all_namespaces(label_selector=selector).items
     assert not apps.list_deployment_for_all_namespaces(label_selector=selector).items
     print(", ".join(f"{step} {t - prev:.1f} s" for (_, prev), (step, t) in zip(marks, marks[1:])))
+
+
+def _assert_gateway_pod_runs_serveforms_gateway(core: k8s_client.CoreV1Api, apps: k8s_client.AppsV1Api, namespace: str) -> None:
+    """The gateway pod runs serveform's gateway on gateway.json (ConfigMap) and its secrets (Secret)."""
+    import base64
+
+    deployment = apps.read_namespaced_deployment("gateway", namespace)
+    pod = deployment.spec.template.spec
+    (container,) = pod.containers
+    assert container.image == IMAGE
+    assert container.command == ["python", "-m", "serveform.gateway", "run", "--state-dir", "/var/lib/serveform-gateway"]
+    assert not container.env_from and not container.env
+    mounts = {m.name: m for m in container.volume_mounts}
+    assert (mounts["config"].mount_path, mounts["config"].sub_path) == ("/var/lib/serveform-gateway/gateway.json", "gateway.json")
+    assert mounts["secrets"].mount_path == "/etc/serveform-gateway/secrets" and mounts["secrets"].read_only
+    volumes = {v.name: v for v in pod.volumes}
+    config = core.read_namespaced_config_map(volumes["config"].config_map.name, namespace)
+    document = json.loads(config.data["gateway.json"])
+    assert document["runtime"]["replica_dns"] == "system"
+    assert document["runtime"]["srv_lookups"]["llm"]["name"] == f"llm.{namespace}.svc.cluster.local"
+    assert document["runtime"]["metrics_port"] == 9180 and document["runtime"]["metrics_address"] == "0.0.0.0"
+    assert document["tokens_file"] == "/etc/serveform-gateway/secrets/tokens.json"
+    assert GATEWAY_TOKEN not in config.data["gateway.json"]
+    assert volumes["secrets"].secret.default_mode == 0o400
+    secret = core.read_namespaced_secret(volumes["secrets"].secret.secret_name, namespace)
+    assert json.loads(base64.b64decode(secret.data["tokens.json"])) == [GATEWAY_TOKEN]
+    metrics = core.read_namespaced_service("gateway-metrics", namespace)
+    assert [(p.port, p.target_port) for p in metrics.spec.ports] == [(9180, "metrics")]
+
+
+def _assert_scaler_pod_gets_the_project(
+    core: k8s_client.CoreV1Api, apps: k8s_client.AppsV1Api, namespace: str, project: Path, chat_replicas: int | None
+) -> None:
+    """The scaler pod copies the project files from a ConfigMap and runs `--project-dir` on them."""
+    deployment = apps.read_namespaced_deployment("scaler", namespace)
+    pod = deployment.spec.template.spec
+    (container,) = pod.containers
+    command = container.command
+    assert container.image == IMAGE
+    assert command[command.index("--project-dir") + 1] == "/srv/serveform"
+    assert command[command.index("--state") + 1] == "/var/lib/serveform-scaler/k8s.json"
+    assert [e.secret_ref.name for e in container.env_from] == ["scaler-env"]
+    mounts = {m.name: m.mount_path for m in container.volume_mounts}
+    assert mounts == {"state": "/var/lib/serveform-scaler", "project": "/srv/serveform"}
+    (init,) = pod.init_containers
+    assert init.image == IMAGE and "/srv/serveform" in init.command[-1]
+    volumes = {v.name: v for v in pod.volumes}
+    source = volumes["project-source"].config_map
+    files = core.read_namespaced_config_map(source.name, namespace).data
+    paths = {item.path: files[item.key] for item in source.items}
+    assert sorted(paths) == ["Pulumi.yaml", "__main__.py", "services/chat.dstack.yml", "services/llm.dstack.yml", "stacks/Pulumi.k8s.yaml"]
+    assert paths["stacks/Pulumi.k8s.yaml"] == (project / "stacks" / "Pulumi.k8s.yaml").read_text()
+    assert paths["services/chat.dstack.yml"] == CHAT
+    for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
+        assert secret not in json.dumps(files)
+    if chat_replicas is not None:
+        import yaml
+
+        config = yaml.safe_load(paths["stacks/Pulumi.k8s.yaml"])["config"]
+        assert int(config["serveform:replicas"]["chat"]) == chat_replicas
 
 
 def test_more_gpus_than_any_node_fails_up_fast(tmp_path: Path, k8s_local: K8sLocal, kube, clean_environ) -> None:

@@ -1,9 +1,10 @@
-"""The gateway's Caddyfile on Kubernetes, checked by Caddy itself.
+"""The gateway's configuration on Kubernetes, checked by Caddy and by the gateway supervisor itself.
 
-The gateway package renders the Caddyfile; `_caddy` points its upstreams at the cluster's DNS
-(headless Services) and opens the metrics listener to the pod. `caddy adapt --validate` (the
-project's pinned Caddy) must accept the result, and the adapted JSON must carry the cluster
-names, with no loopback resolver left.
+`_caddy` gives the gateway package a cluster runtime (upstreams from the cluster's DNS, metrics on
+the pod's address). `caddy adapt --validate` (the project's pinned Caddy) must accept the
+Caddyfile, with the cluster names and no loopback resolver; and the pod's files (`gateway.json`
+with that runtime, the secret files) must make a real `python -m serveform.gateway run` render
+the same upstreams and open the metrics port the Service points at.
 """
 
 from __future__ import annotations
@@ -94,15 +95,89 @@ def test_caddy_accepts_the_cluster_caddyfile_and_it_resolves_headless_services(t
         assert "resolver" not in upstreams
         assert "resolver" not in proxy.get("transport", {})
     servers = config["apps"]["http"]["servers"]
-    assert [":9180"] in [s["listen"] for s in servers.values()]
+    assert ["0.0.0.0:9180"] in [s["listen"] for s in servers.values()]
     assert "tok-123" not in text
 
 
-def test_rewrites_refuse_a_caddyfile_of_another_shape():
-    with pytest.raises(_caddy.CaddyfileShapeError, match="no `dynamic srv` block for service"):
-        _caddy.cluster_upstreams("reverse_proxy 127.0.0.1:1\n", {"chat": "chat.ns.svc.cluster.local"}, "http")
-    with pytest.raises(_caddy.CaddyfileShapeError, match="metrics listener"):
-        _caddy.metrics_on_pod("{\n}\n", 9180)
+def test_pod_files_keep_secrets_out_of_gateway_json_and_carry_the_cluster_runtime():
+    config, secret_files = _caddy.gateway_files(_settings(), _plans("chat", "llm"), "team-a", PORT_NAME)
+    document = json.loads(config)
+    assert "tok-123" not in config
+    assert json.loads(secret_files["tokens.json"]) == ["tok-123"]
+    assert document["tokens_file"] == f"{_caddy.SECRETS_DIR}/tokens.json"
+    assert set(secret_files) == {"tokens.json", "dns.json", "probe_headers.json"}
+    assert document["runtime"] == {
+        "replica_dns": "system",
+        "srv_lookups": {
+            "chat": {"service": "http", "proto": "tcp", "name": "chat.team-a.svc.cluster.local"},
+            "llm": {"service": "http", "proto": "tcp", "name": "llm.team-a.svc.cluster.local"},
+        },
+        "metrics_address": "0.0.0.0",
+        "metrics_port": _caddy.METRICS_PORT,
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_gateway_supervisor_runs_the_pod_files(tmp_path):
+    """What the pod runs, on loopback: the supervisor reads the runtime from gateway.json."""
+    import time
+    import urllib.request
+
+    from serveform.components.k8s.gateway import gateway_command
+
+    http_port = _free_port()
+    settings = _settings(gateway={"tls": "off", "http_port": http_port})
+    config, secret_files = _caddy.gateway_files(settings, _plans("chat", "llm"), "team-a", PORT_NAME)
+    document = json.loads(config)
+    secrets_dir = tmp_path / "secrets-mount"
+    secrets_dir.mkdir(mode=0o700)
+    for name, text in secret_files.items():
+        (secrets_dir / name).write_text(text)
+        (secrets_dir / name).chmod(0o400)
+        document_key = {"tokens.json": "tokens_file", "dns.json": "dns_options_file", "probe_headers.json": "probe_headers_file"}[name]
+        assert document[document_key] == f"{_caddy.SECRETS_DIR}/{name}"
+        document[document_key] = str(secrets_dir / name)  # where this test mounts them
+    metrics_port = _free_port()
+    document["runtime"]["metrics_port"] = metrics_port
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "gateway.json").write_text(json.dumps(document))
+    command = gateway_command()
+    assert command[:5] == ["python", "-m", "serveform.gateway", "run", "--state-dir"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([sys.executable, *command[1:-1], str(state)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state / "status.json").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the gateway did not come up"
+            time.sleep(0.05)
+        rendered = (state / "Caddyfile").read_text()
+        assert "name chat.team-a.svc.cluster.local" in rendered and "name llm.team-a.svc.cluster.local" in rendered
+        assert "resolvers 127.0.0.1" not in rendered and "tok-123" not in rendered
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            assert b"caddy_" in response.read()
+        # The router answers on gateway.<domain>: a request without a token is refused by Caddy.
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/models", headers={"Host": "gateway.example.com"})
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            raise AssertionError("no token, yet served")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+        request.add_header("Authorization", "Bearer tok-123")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            models = json.loads(response.read())
+        assert sorted(m["id"] for m in models["data"]) == ["model-chat", "model-llm"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_namespace_that_is_not_a_dns_label_is_refused_before_registration():

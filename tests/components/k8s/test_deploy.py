@@ -91,20 +91,38 @@ def _plan(text: str, file: str):
     return compile_text(text, file=file, context=context).plan
 
 
+IMAGE = "registry.example/serveform:1"
+_PROJECT: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def project(tmp_path) -> Path:
+    """A project directory as the scaler's pod needs it (Pulumi.yaml, program, stack file, services)."""
+    root = tmp_path / "project"
+    (root / "stacks").mkdir(parents=True)
+    (root / "Pulumi.yaml").write_text(
+        "name: serveform\nruntime:\n  name: python\n  options:\n    toolchain: pip\n    virtualenv: .venv\n"
+        "stackConfigDir: stacks\nmain: __main__.py\n"
+    )
+    (root / "__main__.py").write_text("from serveform.components.program import run\n\nrun()\n")
+    (root / "stacks" / "Pulumi.k8s.yaml").write_text("encryptionsalt: v1:abc\nconfig:\n  serveform:backend: k8s\n")
+    (root / "llm.dstack.yml").write_text(LLM)
+    (root / "chat.dstack.yml").write_text(CHAT)
+    _PROJECT[:] = [root]
+    return root
+
+
 def _settings(**extra) -> StackSettings:
+    k8s = {"image": IMAGE, **extra.pop("k8s", {"namespace": "team-a", "volume_host_path": "/var/lib/serveform-volumes"})}
     config = {
         "backend": "k8s",
         "services": ["llm.dstack.yml", "chat.dstack.yml"],
         "domain": "example.com",
         "tokens": [GATEWAY_TOKEN],
-        "k8s": {
-            "namespace": "team-a",
-            "volume_host_path": "/var/lib/serveform-volumes",
-            "scaler_image": "registry.example/serveform-project:1",
-        },
+        "k8s": k8s,
         **extra,
     }
-    return StackSettings.from_config(config, stack="k8s", project_dir="/project")
+    return StackSettings.from_config(config, stack="k8s", project_dir=str(_PROJECT[0]))
 
 
 @pytest.fixture
@@ -243,31 +261,61 @@ def test_headless_services_give_the_gateway_dns_upstreams(nodes):
     assert svc.inputs["spec"]["clusterIP"] == "None"
     assert svc.inputs["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
     assert svc.inputs["spec"]["selector"] == rec.one(DEPLOYMENT, "llm-deployment").inputs["spec"]["selector"]["matchLabels"]
-    caddyfile = rec.one(CONFIG_MAP, "gateway-config").inputs["data"]["Caddyfile"]
+    data = rec.one(CONFIG_MAP, "gateway-config").inputs["data"]
+    caddyfile = data["Caddyfile"]
     assert "name llm.team-a.svc.cluster.local" in caddyfile
     assert "name chat.team-a.svc.cluster.local" in caddyfile
     assert "service http" in caddyfile
     assert "serveform.internal" not in caddyfile and "resolvers 127.0.0.1" not in caddyfile
     assert GATEWAY_TOKEN not in caddyfile and "{env.SERVEFORM_TOKEN_0}" in caddyfile
+    # The pod's gateway renders the same from gateway.json: cluster DNS, metrics for the scaler's pod.
+    document = json.loads(data["gateway.json"])
+    assert document["runtime"]["replica_dns"] == "system"
+    assert document["runtime"]["srv_lookups"]["llm"] == {"service": "http", "proto": "tcp", "name": "llm.team-a.svc.cluster.local"}
+    assert document["runtime"]["metrics_address"] == "0.0.0.0" and document["runtime"]["metrics_port"] == 9180
+    assert [p["name"] for p in document["plans"]] == ["llm", "chat"]
+    assert GATEWAY_TOKEN not in data["gateway.json"] and HF_TOKEN not in data["gateway.json"]
 
 
-def test_gateway_is_a_deployment_behind_a_load_balancer_with_tokens_as_secret(nodes):
+def test_gateway_runs_serveforms_gateway_behind_a_load_balancer_with_secrets_in_a_secret(nodes):
     rec = _deploy()
     public = rec.one(SERVICE, "gateway-service")
     assert public.inputs["spec"]["type"] == "LoadBalancer"
     assert [p["port"] for p in public.inputs["spec"]["ports"]] == [80, 443]
-    tokens = rec.one(SECRET, "gateway-tokens")
-    assert tokens.secret_inputs == ["stringData"]
-    assert tokens.inputs["stringData"] == {"SERVEFORM_TOKEN_0": GATEWAY_TOKEN}
+    secrets = rec.one(SECRET, "gateway-secrets")
+    assert secrets.secret_inputs == ["stringData"]
+    assert json.loads(secrets.inputs["stringData"]["tokens.json"]) == [GATEWAY_TOKEN]
     gateway = rec.one(DEPLOYMENT, "gateway-deployment")
     container = _container(gateway)
-    assert container["envFrom"] == [{"secretRef": {"name": "gateway-tokens-a1b2c3"}}]
+    assert container["image"] == IMAGE
+    assert container["command"] == ["python", "-m", "serveform.gateway", "run", "--state-dir", "/var/lib/serveform-gateway"]
+    assert "envFrom" not in container
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["config"] == {"name": "config", "mountPath": "/var/lib/serveform-gateway/gateway.json", "subPath": "gateway.json", "readOnly": True}
+    assert mounts["secrets"]["mountPath"] == "/etc/serveform-gateway/secrets" and mounts["secrets"]["readOnly"]
+    volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["secrets"]["secret"] == {"secretName": "gateway-secrets-a1b2c3", "defaultMode": 0o400}
+    assert volumes["config"]["configMap"] == {"name": "gateway-config-a1b2c3"}
+    document = json.loads(rec.one(CONFIG_MAP, "gateway-config").inputs["data"]["gateway.json"])
+    assert document["tokens_file"] == "/etc/serveform-gateway/secrets/tokens.json"
     assert rec.outputs["gateway_address"] == LB_ADDRESS
     assert rec.outputs["gateway"] == {"address": f"{LB_ADDRESS}:443", "ca_cert": None, "domain": "example.com"}
     assert rec.outputs["domain"] == "example.com"
     assert _service(rec, "llm")["url"] == "https://llm.example.com"
     assert _service(rec, "llm")["model_endpoint"] == "https://gateway.example.com/v1"
     assert _service(rec, "llm")["group"] == "llm"
+
+
+def test_without_an_image_the_stack_is_refused_before_registration(nodes):
+    settings = StackSettings.from_config(
+        {"backend": "k8s", "services": ["chat.dstack.yml"], "k8s": {"namespace": "team-a"}}, stack="k8s", project_dir=str(_PROJECT[0])
+    )
+    with pytest.raises(pulumi.RunError, match=r"serveform:k8s.image: not set"):
+        run_program(lambda: backend.deploy(settings, [_plan(CHAT, "chat.dstack.yml")]))
+    # The old key still names the image.
+    legacy = settings.model_copy(update={"k8s": settings.k8s.model_copy(update={"scaler_image": "old:1"})})
+    rec = run_program(lambda: backend.deploy(legacy, [_plan(CHAT, "chat.dstack.yml")]))
+    assert _container(rec.one(DEPLOYMENT, "gateway-deployment"))["image"] == "old:1"
 
 
 def test_scaler_deployment_may_only_touch_deployments_in_its_namespace(nodes):
@@ -286,14 +334,45 @@ def test_scaler_deployment_may_only_touch_deployments_in_its_namespace(nodes):
     command = _container(scaler)["command"]
     assert command[1:6] == ["-m", "serveform.scaler", "run", "--stack", "k8s"]
     assert command[command.index("--metrics-url") + 1] == "http://gateway-metrics.team-a.svc:9180/metrics"
-    assert _container(scaler)["image"] == "registry.example/serveform-project:1"
+    assert _container(scaler)["image"] == IMAGE
     assert _container(scaler)["envFrom"] == [{"secretRef": {"name": "scaler-env", "optional": True}}]
     assert scaler.inputs["metadata"]["labels"]["serveform.dev/stack"] == "k8s"
-    # Without an autoscaling service, or without an image for it, there is no scaler.
+    # Without an autoscaling service there is no scaler.
     rec = _deploy(plans=[_plan(CHAT, "chat.dstack.yml")])
     assert not [r for r in rec.of_type(DEPLOYMENT) if r.name.startswith("scaler")]
-    rec = _deploy(_settings(k8s={"namespace": "team-a"}))
-    assert not [r for r in rec.resources if r.name.startswith("scaler")]
+    assert not [r for r in rec.of_type(CONFIG_MAP) if r.name.startswith("scaler")]
+
+
+def test_scaler_pod_gets_the_project_files_and_runs_on_them(nodes, project):
+    rec = _deploy()
+    files = rec.one(CONFIG_MAP, "scaler-project")
+    assert files.inputs["metadata"]["name"] == "scaler-project"
+    data = files.inputs["data"]
+    assert len(data) == 5, data.keys()
+    pulumi_yaml = json.loads(next(v for k, v in data.items() if k.endswith("-Pulumi.yaml")))
+    assert pulumi_yaml["main"] == "__main__.py" and pulumi_yaml["stackConfigDir"] == "stacks"
+    assert "virtualenv" not in pulumi_yaml["runtime"]["options"]  # the image's python has serveform
+    assert next(v for k, v in data.items() if k.endswith("-Pulumi.k8s.yaml")) == (project / "stacks/Pulumi.k8s.yaml").read_text()
+    assert next(v for k, v in data.items() if k.endswith("-llm.dstack.yml")) == LLM
+    scaler = rec.one(DEPLOYMENT, "scaler-deployment")
+    pod = scaler.inputs["spec"]["template"]["spec"]
+    container = _container(scaler)
+    command = container["command"]
+    assert command[command.index("--project-dir") + 1] == "/srv/serveform"
+    assert command[command.index("--state") + 1] == "/var/lib/serveform-scaler/k8s.json"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"state": "/var/lib/serveform-scaler", "project": "/srv/serveform"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["project"] == {"name": "project", "emptyDir": {}}
+    items = volumes["project-source"]["configMap"]["items"]
+    assert sorted(i["path"] for i in items) == ["Pulumi.yaml", "__main__.py", "chat.dstack.yml", "llm.dstack.yml", "stacks/Pulumi.k8s.yaml"]
+    assert {i["key"] for i in items} == set(data)
+    (init,) = pod["initContainers"]
+    assert init["image"] == IMAGE and "/etc/serveform/project/*" in init["command"][-1]
+    # A missing project file stops before anything is registered, naming it.
+    (project / "chat.dstack.yml").unlink()
+    with pytest.raises(pulumi.RunError, match=r"chat.dstack.yml: cannot read it for the scaler's project ConfigMap"):
+        _deploy()
 
 
 def test_children_are_parented_to_their_components(nodes):
@@ -350,11 +429,11 @@ def test_kubeconfig_context_and_namespace_configure_the_provider(nodes):
     settings = _settings(k8s={"kubeconfig": "conf/kubeconfig", "context": "prod", "namespace": "ml", "create_namespace": False})
     rec = _deploy(settings)
     provider = rec.one("pulumi:providers:kubernetes")
-    assert provider.inputs["kubeconfig"] == str(Path("/project/conf/kubeconfig"))
+    assert provider.inputs["kubeconfig"] == str(_PROJECT[0] / "conf/kubeconfig")
     assert provider.inputs["context"] == "prod"
     assert provider.inputs["namespace"] == "ml"
     assert not rec.of_type(NAMESPACE)
-    assert nodes == [(str(Path("/project/conf/kubeconfig")), "prod")]
+    assert nodes == [(str(_PROJECT[0] / "conf/kubeconfig"), "prod")]
 
 
 def test_stack_for_another_backend_is_refused_before_registration(nodes):

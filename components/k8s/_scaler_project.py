@@ -1,0 +1,56 @@
+"""The project files the scaler's pod needs to run `pulumi up` of this stack.
+
+The scaler rewrites `serveform:replicas` in the stack's config file and runs the project's
+program, so its pod needs the project: `Pulumi.yaml`, the program's `__main__.py`, the stack's
+config file and every service file the stack deploys. They ride in a ConfigMap (the stack file's
+secrets are ciphertext there; the passphrase is in the Secret `scaler-env`). Because the program
+itself renders this ConfigMap from the files it was run with, an `up` by the scaler writes its own
+replica counts back into it, so a restarted scaler pod starts from the counts it last applied.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from serveform.stacks.settings import StackSettings
+
+__all__ = ["ProjectFileError", "project_files"]
+
+# The program every serveform project runs (`main:` of Pulumi.yaml).
+MAIN_FILE = "__main__.py"
+
+
+class ProjectFileError(RuntimeError):
+    """A file the scaler's pod needs is missing from the project directory; names it."""
+
+
+def _read(root: Path, relative: str) -> str:
+    path = root / relative
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ProjectFileError(f"{path}: cannot read it for the scaler's project ConfigMap: {exc.strerror or exc}") from None
+
+
+def project_files(settings: StackSettings) -> dict[str, str]:
+    """Relative path → text of every file the scaler's pod needs (no secret in plain text)."""
+    import yaml
+
+    root = Path(settings.project_dir)
+    project = yaml.safe_load(_read(root, "Pulumi.yaml")) or {}
+    # The pod's python already has serveform and Pulumi: no project virtualenv there.
+    runtime = project.get("runtime")
+    if isinstance(runtime, dict) and isinstance(runtime.get("options"), dict):
+        runtime["options"].pop("virtualenv", None)
+    files = {"Pulumi.yaml": json.dumps(project, indent=2, sort_keys=True) + "\n"}
+    main = str(project.get("main") or MAIN_FILE)
+    files[main if main.endswith(".py") else f"{main.rstrip('/')}/{MAIN_FILE}"] = _read(
+        root, main if main.endswith(".py") else f"{main.rstrip('/')}/{MAIN_FILE}"
+    )
+    config_dir = str(project.get("stackConfigDir") or ".").strip("/")
+    stack_file = f"{config_dir}/Pulumi.{settings.stack}.yaml" if config_dir != "." else f"Pulumi.{settings.stack}.yaml"
+    files[stack_file] = _read(root, stack_file)
+    for service in settings.services:
+        files[str(Path(service))] = _read(root, service)
+    return files
