@@ -21,11 +21,12 @@ import pulumi
 from serveform.stacks.settings import StackConfigError, StackSettings
 from serveform.translator.plan import ServicePlan
 
-from ._vm import Capacity, Cloud, VmConfigError, capacity
+from ._vm import DEFAULT_VOLUME_SIZE_GB, Capacity, Cloud, VmConfigError, capacity
 
 __all__ = [
     "GatewayCommon",
     "GroupCommon",
+    "VolumeCommon",
     "check_plans",
     "checked",
     "desired_replicas",
@@ -171,6 +172,13 @@ def network_volumes(plans: Iterable[ServicePlan]) -> list[str]:
     return list(names)
 
 
+class VolumeCommon(TypedDict):
+    """The `VolumeArgs` fields every VM backend shares, as `register` computes them."""
+
+    size_gb: int
+    retain: bool
+
+
 class GatewayCommon(TypedDict):
     """The `GatewayArgs` fields every VM backend shares, as `register` computes them."""
 
@@ -202,19 +210,20 @@ def register(
     *,
     group_name: Callable[[str, str], str],
     group_ref: Callable[..., Any],
-    volume: Callable[[str], V],
+    volume: Callable[[str, VolumeCommon], V],
     gateway: Callable[[GatewayCommon], G],
     group: Callable[[GroupCommon, G, dict[str, V]], Any],
 ) -> None:
     """Register a VM backend's components and export its endpoints.
 
     The backend passes its constructors: ``group_name(stack, service)`` its fixed group names,
-    ``group_ref(group_name=, port=)`` its `GatewayGroupRef`, ``volume(name)`` one network
-    volume's component, ``gateway(common)`` the gateway's and ``group(common, gateway,
+    ``group_ref(group_name=, port=)`` its `GatewayGroupRef`, ``volume(name, common)`` one
+    network volume's component, ``gateway(common)`` the gateway's and ``group(common, gateway,
     volumes)`` one service's group (given the plan's network volumes by name). Every group
     component has a ``group_name`` output and the gateway ``address`` and ``dns_name``.
     """
-    volumes = {name: volume(name) for name in network_volumes(plans)}
+    common = VolumeCommon(size_gb=DEFAULT_VOLUME_SIZE_GB, retain=settings.retain_volumes)
+    volumes = {name: volume(name, common) for name in network_volumes(plans)}
     # Group names are fixed (`serveform-<stack>-<service>`), so the gateway's discovery and role
     # know them before the groups exist, and the groups can admit the gateway's security group.
     names = {plan.name: group_name(settings.stack, plan.name) for plan in plans}

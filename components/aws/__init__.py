@@ -16,7 +16,6 @@ from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
-from .._vm import DEFAULT_VOLUME_SIZE_GB
 from .gateway import DEFAULT_INSTANCE_TYPE as DEFAULT_GATEWAY_INSTANCE_TYPE
 from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, AwsVolumeRef, GpuInstanceGroup, GpuInstanceGroupArgs, group_name
@@ -75,14 +74,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         owners=[GATEWAY_AMI_OWNER], most_recent=True, filters=[{"name": "name", "values": [GATEWAY_AMI_NAME]}], opts=invoke
     ).id
 
-    def volume(name: str) -> Volume:
-        args = VolumeArgs(
-            volume_name=name,
-            size_gb=DEFAULT_VOLUME_SIZE_GB,
-            availability_zone=volume_zone,
-            retain=settings.retain_volumes,
-            tags={"serveform:stack": settings.stack},
-        )
+    def volume(name: str, common: _cloud.VolumeCommon) -> Volume:
+        args = VolumeArgs(**common, volume_name=name, availability_zone=volume_zone, tags={"serveform:stack": settings.stack})
         return Volume(f"{name}-volume", args, opts)
 
     def gateway(common: _cloud.GatewayCommon) -> Gateway:

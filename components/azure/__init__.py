@@ -17,7 +17,7 @@ from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
-from .._vm import DEFAULT_VOLUME_SIZE_GB, short_name
+from .._vm import short_name
 from .gateway import DEFAULT_VM_SIZE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef, relative_record_name
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, GpuInstanceGroup, GpuInstanceGroupArgs, group_name
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
@@ -75,13 +75,12 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         ).name
     vault_name = short_name("sf", settings.stack, rg_name, location, limit=24)
 
-    def volume(name: str) -> Volume:
+    def volume(name: str, common: _cloud.VolumeCommon) -> Volume:
         args = VolumeArgs(
+            **common,
             disk_name=short_name("serveform", settings.stack, name, limit=80),
-            size_gb=DEFAULT_VOLUME_SIZE_GB,
             resource_group=resource_group,
             location=location,
-            retain=settings.retain_volumes,
             tags={"serveform-stack": settings.stack},
         )
         return Volume(f"{name}-volume", args, opts)

@@ -16,7 +16,6 @@ from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
-from .._vm import DEFAULT_VOLUME_SIZE_GB
 from .gateway import DEFAULT_MACHINE_TYPE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, GpuInstanceGroup, GpuInstanceGroupArgs, disk_name, group_name
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
@@ -56,14 +55,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     provider = gcp.Provider("gcp", project=project, region=region, zone=zone)
     opts = pulumi.ResourceOptions(provider=provider)
 
-    def volume(name: str) -> Volume:
-        args = VolumeArgs(
-            disk_name=disk_name(settings.stack, name),
-            size_gb=DEFAULT_VOLUME_SIZE_GB,
-            zone=zone,
-            retain=settings.retain_volumes,
-            labels={"serveform-stack": settings.stack},
-        )
+    def volume(name: str, common: _cloud.VolumeCommon) -> Volume:
+        args = VolumeArgs(**common, disk_name=disk_name(settings.stack, name), zone=zone, labels={"serveform-stack": settings.stack})
         return Volume(f"{name}-volume", args, opts)
 
     def gateway(common: _cloud.GatewayCommon) -> Gateway:
