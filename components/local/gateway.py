@@ -15,15 +15,15 @@ reload Caddy; editing a service file does, since its plan is part of the config.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
+from pydantic import SecretStr
 
 from serveform.gateway.settings import GatewaySettings
-from serveform.gateway.state import CONFIG_FILE, DNS_OPTIONS_FILE, TOKENS_FILE
+from serveform.gateway.state import config_files
 from serveform.translator.plan import ServicePlan
 
 from . import _daemon
@@ -73,16 +73,18 @@ class Gateway(pulumi.ComponentResource):
         settings = args.settings
         port = settings.http_port if settings.tls == "off" else settings.https_port
         state_dir = Path(args.state_dir)
-        # The layout serveform.gateway.state documents (what `write_config` writes on a VM), but
-        # written by the provider so that the tokens travel as Pulumi secrets until they land in
-        # 0600 files: the settings without secrets, the plans, and where the secrets are.
-        document = {
-            "settings": settings.model_dump(mode="json", exclude={"tokens", "dns_options"}),
-            "plans": [json.loads(plan.model_dump_json()) for plan in args.plans],
-            "tokens_file": TOKENS_FILE,
-            "dns_options_file": DNS_OPTIONS_FILE,
-        }
-        dns_options = {k: v.get_secret_value() for k, v in settings.dns_options.items()}
+        # The gateway package's own writer decides what goes where (the layout
+        # serveform.gateway.state documents): plain files hold no secret, while the tokens, DNS
+        # options and secret probe headers go to secret files, which travel as a Pulumi secret
+        # until the provider writes them 0600. The plain files are computed without the tokens,
+        # which may be unknown until a generated one exists.
+        files, _ = config_files(settings.model_copy(update={"tokens": ()}), args.plans)
+        plans = tuple(args.plans)
+
+        def secret_files(tokens: Sequence[str]) -> dict[str, str]:
+            with_tokens = settings.model_copy(update={"tokens": tuple(SecretStr(t) for t in tokens)})
+            return config_files(with_tokens, plans)[1]
+
         daemon = _daemon.Daemon(
             f"{name}-process",
             {
@@ -93,10 +95,8 @@ class Gateway(pulumi.ComponentResource):
                 "env": {},
                 "state_dir": str(state_dir),
                 "log_path": str(state_dir / "gateway.log"),
-                "files": {CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True) + "\n"},
-                "secret_files": pulumi.Output.secret(args.tokens).apply(
-                    lambda tokens: {TOKENS_FILE: json.dumps(list(tokens)), DNS_OPTIONS_FILE: json.dumps(dns_options)}
-                ),
+                "files": files,
+                "secret_files": pulumi.Output.secret(args.tokens).apply(secret_files),
                 "ready_address": f"127.0.0.1:{port}",
                 "ready_timeout_seconds": args.ready_timeout_seconds,
                 "reload_signal": "SIGHUP",

@@ -275,3 +275,61 @@ async def test_a_service_scaled_to_zero_keeps_its_route_with_no_addresses(tmp_pa
     assert publication.inputs["addresses"] == []
     services, _ = await _resolve(_exports()["services"])
     assert services[0]["replicas"]["count"] == 0 and services[0]["addresses"] == []
+
+
+async def test_a_secret_probe_header_reaches_the_replica(tmp_path, mocks):
+    """The files the component hands its daemon, run by the real gateway against a real replica:
+    a probe header from a secret arrives with its value (never `**********`), and stays out of
+    the plain files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "gateway"))
+    from gateway_helpers import CHAT_SERVER, ROOT, ensure_caddy, free_port, wait_for  # type: ignore[import-not-found]
+
+    from serveform.gateway import publish_replicas, read_status
+    from serveform.gateway.state import write_private
+    from serveform.translator.plan import ProbePlan
+
+    secret = "probe-secret-value"
+    probe = ProbePlan(url="/health", interval_seconds=1, timeout_seconds=2, headers={"X-Probe-Key": SecretStr(secret), "X-Plain": "seen"})
+    plan = _plan(replicas=(1, 1, 1))
+    plan = plan.model_copy(update={"route": plan.route.model_copy(update={"probes": (probe,)})})
+    ports = {"http_port": free_port(), "https_port": free_port(), "tls": "off"}
+    await _deploy(_settings(tmp_path, **{"serveform:tokens": json.dumps(["tok"]), "serveform:gateway": json.dumps(ports)}), [plan])
+    inputs = mocks.named("gateway-process").inputs
+    assert secret not in json.dumps(inputs["files"])
+    secret_files = rpc.unwrap_rpc_secret(inputs["secret_files"])
+    assert rpc.is_rpc_secret(inputs["secret_files"]) and secret in json.dumps(secret_files)
+
+    ensure_caddy()
+    state = tmp_path / "gateway"
+    for name, text in {**inputs["files"], **secret_files}.items():
+        write_private(state / name, text)
+    port = free_port()
+    replica = subprocess.Popen([sys.executable, str(CHAT_SERVER), "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT)
+    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115
+    gateway = subprocess.Popen([sys.executable, "-m", "serveform.gateway", "run", "--state-dir", str(state)], stdout=log, stderr=log, cwd=ROOT, env=os.environ)
+    log.close()
+    try:
+        wait_for(lambda: gateway.poll() is not None or bool((read_status(state) or {}).get("caddy_pid")), 60, what="the gateway")
+        assert gateway.poll() is None, (tmp_path / "gateway.log").read_text()
+        publish_replicas(state, "chat", [f"127.0.0.1:{port}"])
+
+        def probed() -> dict | None:
+            try:
+                headers = httpx.get(f"http://127.0.0.1:{port}/_stats", timeout=2).json()["last_headers"]
+            except httpx.HTTPError:
+                return None
+            return headers if "X-Plain" in headers else None
+
+        headers = wait_for(probed, what="a probe to reach the replica")
+        assert headers["X-Probe-Key"] == secret
+    finally:
+        for process in (gateway, replica):
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
