@@ -21,6 +21,19 @@ from pulumi.runtime.settings import SETTINGS
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+__all__ = [
+    "CALLS",
+    "GATEWAY_IP",
+    "LB_ADDRESS",
+    "Mocks",
+    "Recording",
+    "Registered",
+    "install",
+    "run_program",
+    "secret_paths",
+    "unwrap",
+]
+
 GATEWAY_IP = "203.0.113.10"
 LB_ADDRESS = "198.51.100.7"
 # The local backend's dynamic providers (`components/local/`) register under this type prefix.
