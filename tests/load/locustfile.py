@@ -16,8 +16,8 @@ Used by the benchmarks and the scaler's end-to-end test. Everything comes from t
 
 User classes (pick with `locust -f tests/load/locustfile.py PlainUser ChatUser`):
 PlainUser (GET /ping on the service route), ChatUser (POST /v1/chat/completions on the service
-route), StreamUser (streamed chat completion through gateway.<domain>; time to first token is
-reported as its own entry, "TTFT").
+route), StreamUser (streamed chat completion through gateway.<domain>; the times to the first
+token and to the stream's end are reported as their own entries, "TTFT" and "stream end").
 
 Example::
 
@@ -137,11 +137,23 @@ class StreamUser(_GatewayUser):
             if tokens == 0:
                 response.failure("the stream carried no token")
         if first is not None:
-            # Locust times a streamed request to its headers; these two entries time the tokens.
-            ended = time.perf_counter()
-            events.request.fire(
-                request_type="SSE", name="TTFT", response_time=(first - started) * 1000, response_length=0, exception=None, context={}
-            )
-            events.request.fire(
-                request_type="SSE", name="stream end", response_time=(ended - started) * 1000, response_length=tokens, exception=None, context={}
-            )
+            report_stream(events.request.fire, started, first, time.perf_counter(), tokens)
+
+
+class StreamTimingError(Exception):
+    """A stream's first token came after its end: the two clocks disagree, so neither entry can be trusted."""
+
+
+def report_stream(fire, started: float, first: float, ended: float, tokens: int) -> None:  # type: ignore[no-untyped-def]
+    """Report one stream as two entries: "TTFT" (to the first token) and "stream end" (to the last byte).
+
+    Locust times a streamed request only to its headers, hence these. Both are fired for every
+    stream that carried a token, so the two entries always count the same requests; a first token
+    later than the end is recorded as a failure of "stream end" (a per-request check, which the
+    rounded, clamped medians of the CSV cannot give).
+    """
+    error = None
+    if first > ended:
+        error = StreamTimingError(f"first token at {(first - started) * 1000:.3f} ms, after the end at {(ended - started) * 1000:.3f} ms")
+    fire(request_type="SSE", name="TTFT", response_time=(first - started) * 1000, response_length=0, exception=None, context={})
+    fire(request_type="SSE", name="stream end", response_time=(ended - started) * 1000, response_length=tokens, exception=error, context={})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -45,9 +46,29 @@ def test_locust_against_gateway(tmp_path):
         for name in ("GET /ping", "POST chat", "POST chat stream", "TTFT", "stream end"):
             assert int(rows[name]["Request Count"]) > 0, (name, result.stderr[-2000:])
             assert int(rows[name]["Failure Count"]) == 0, (name, result.stderr[-2000:])
-        # The TTFT entry is shorter than the whole stream.
+        # Every stream reported both its first token and its end, and no first token came after
+        # its end (the locustfile fails "stream end" for such a request: checked per request above).
+        assert rows["TTFT"]["Request Count"] == rows["stream end"]["Request Count"]
+        # Over the same requests, locust's medians are order statistics of monotone buckets, so this
+        # follows; it once compared TTFT with "POST chat stream", which locust times to the headers.
         assert float(rows["TTFT"]["Median Response Time"]) <= float(rows["stream end"]["Median Response Time"])
     finally:
         assert gateway.stop() == 0
         replica.terminate()
         replica.wait(10)
+
+
+def test_a_first_token_after_the_end_fails_the_stream():
+    """The per-request check the medians rest on, with the locustfile imported as locust would."""
+    code = (
+        "import locustfile, json\n"
+        "fired = []\n"
+        "locustfile.report_stream(lambda **kw: fired.append(kw), 10.0, 10.004, 10.005, 3)\n"
+        "locustfile.report_stream(lambda **kw: fired.append(kw), 20.0, 20.006, 20.005, 3)\n"
+        "print(json.dumps([[f['name'], round(f['response_time'], 3), f['exception'] is not None] for f in fired]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=LOCUSTFILE.parent, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(result.stdout.splitlines()[-1]) == [
+        ["TTFT", 4.0, False], ["stream end", 5.0, False],
+        ["TTFT", 6.0, False], ["stream end", 5.0, True],
+    ]
