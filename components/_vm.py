@@ -13,7 +13,9 @@ store there, and is only ever called inside ``Output.secret``.
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,6 +38,8 @@ __all__ = [
     "image_registry",
     "replica_user_data",
     "secret_env_names",
+    "scaler_env_document",
+    "scaler_environment",
     "secret_payload",
     "short_name",
 ]
@@ -63,6 +67,11 @@ CADDY_VERSION = "v2.11.9"
 PULUMI_VERSION = "3.259.0"
 SCALER_PROJECT_DIR = "/opt/serveform/project"
 SCALER_STATE_DIR = "/var/lib/serveform-scaler"
+# The scaler unit's EnvironmentFile (serveform.scaler.render_unit's default), root-only.
+SCALER_ENV_FILE = "/etc/serveform/scaler.env"
+# What the scaler's `pulumi up` needs of the deploying environment: where the state is, its
+# passphrase, and a Pulumi Cloud token when the state lives there.
+SCALER_ENV_NAMES = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_ACCESS_TOKEN")
 
 # AWS Graviton (arm64) instance families: a letter prefix, a generation, then a `g` among the suffixes.
 _AWS_ARM = re.compile(r"^(a1|[a-z]+\d+[a-z]*g[a-z]*)\.")
@@ -377,6 +386,29 @@ class GatewayBoot:
     """Project-relative path → text: what the scaler's `pulumi up` on the host needs."""
     dns_options: dict[str, str] = field(default_factory=dict)
     """Options of Caddy's DNS module (IDs only: the instance identity is the credential)."""
+    scaler_env_secret: SecretRef | None = None
+    """Where the scaler's environment (state backend URL, passphrase) lives; fetched at boot into
+    SCALER_ENV_FILE (0600). None: the operator provides that file."""
+
+
+def scaler_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The scaler's environment taken from the deploying one (SCALER_ENV_NAMES that are set).
+
+    Only ever called inside ``Output.secret``: the values are the state's credentials.
+    """
+    return {name: environ[name] for name in SCALER_ENV_NAMES if environ.get(name)}
+
+
+def scaler_env_document(scaler_unit: str | None, environment: Mapping[str, str] | None) -> str | None:
+    """The scaler's environment as the JSON document the secret store keeps, or None (no scaler, nothing set).
+
+    ``environment`` None: the deploying environment's SCALER_ENV_NAMES. Only ever called
+    inside ``Output.secret``: the values are the state's credentials.
+    """
+    if scaler_unit is None:
+        return None
+    values = dict(environment) if environment is not None else scaler_environment(os.environ)
+    return json.dumps(values, sort_keys=True) if values else None
 
 
 def gateway_user_data(boot: GatewayBoot) -> str:
@@ -410,6 +442,8 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         pulumi_version=PULUMI_VERSION,
         project_dir=SCALER_PROJECT_DIR,
         scaler_state_dir=SCALER_STATE_DIR,
+        scaler_env_secret=boot.scaler_env_secret if boot.scaler_unit is not None else None,
+        scaler_env_file=SCALER_ENV_FILE,
     )
     units = {
         "serveform-gateway.service": render("gateway/serveform-gateway.service.j2", config_dir=GATEWAY_CONFIG_DIR, state_dir=GATEWAY_STATE_DIR),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data
+from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data, scaler_env_document
 
 __all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "GatewayGroupRef", "GATEWAY_PORTS"]
 
@@ -72,6 +72,9 @@ class GatewayArgs:
     """The scaler's systemd unit, when a service autoscales."""
     project_files: dict[str, str] = field(default_factory=dict)
     """Project files the scaler on the host needs (`_cloud.project_files`)."""
+    scaler_environment: Mapping[str, str] | None = None
+    """The scaler's environment (state backend URL, passphrase), stored in Secrets Manager and fetched
+    at boot into /etc/serveform/scaler.env; None: taken from the deploying environment."""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra tags for every child."""
 
@@ -120,6 +123,17 @@ class Gateway(pulumi.ComponentResource):
                 f"{name}-tokens-value", secret_id=secret.id, secret_string=pulumi.Output.secret(args.tokens), opts=child
             )
             secret_arn = secret.arn
+        scaler_env_arn: pulumi.Output[str] | None = None
+        scaler_env = scaler_env_document(args.scaler_unit, args.scaler_environment)
+        if scaler_env is not None:
+            env_secret = aws.secretsmanager.Secret(
+                f"{name}-scaler-env", description="serveform: the scaler's state backend URL and passphrase",
+                recovery_window_in_days=0, tags=tags, opts=child,
+            )
+            aws.secretsmanager.SecretVersion(
+                f"{name}-scaler-env-value", secret_id=env_secret.id, secret_string=pulumi.Output.secret(scaler_env), opts=child
+            )
+            scaler_env_arn = env_secret.arn
 
         role = aws.iam.Role(
             f"{name}-role",
@@ -137,8 +151,8 @@ class Gateway(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-policy",
             role=role.id,
-            policy=pulumi.Output.from_input(secret_arn).apply(
-                lambda arn: gateway_policy(arn, args.region, group_names, zone_id)
+            policy=pulumi.Output.all(secret_arn, scaler_env_arn).apply(
+                lambda arns: gateway_policy(arns[0], args.region, group_names, zone_id, scaler_env_arn=arns[1])
             ),
             opts=child,
         )
@@ -148,15 +162,16 @@ class Gateway(pulumi.ComponentResource):
             DiscoveryTarget(service=s, port=g.port, cloud="aws", group=g.group_name, region=args.region)
             for s, g in sorted(args.groups.items())
         )
-        user_data = pulumi.Output.from_input(secret_arn).apply(
-            lambda arn: gateway_user_data(
+        user_data = pulumi.Output.all(secret_arn, scaler_env_arn).apply(
+            lambda arns: gateway_user_data(
                 GatewayBoot(
                     cloud="aws",
                     stack=args.stack,
                     domain=args.domain,
                     gateway_document=args.gateway_document,
                     targets=targets,
-                    tokens_secret=SecretRef(cloud="aws", ref=arn, region=args.region) if arn else None,
+                    tokens_secret=SecretRef(cloud="aws", ref=arns[0], region=args.region) if arns[0] else None,
+                    scaler_env_secret=SecretRef(cloud="aws", ref=arns[1], region=args.region) if arns[1] else None,
                     dns_provider=args.dns_provider,
                     package_spec=args.package_spec,
                     scaler_unit=args.scaler_unit,
@@ -213,8 +228,10 @@ class Gateway(pulumi.ComponentResource):
         )
 
 
-def gateway_policy(secret_arn: str | None, region: str, group_names: Sequence[str], zone_id: str | None) -> str:
-    """The gateway role: discovery, the scaler's desired capacity, its tokens, its DNS challenge."""
+def gateway_policy(
+    secret_arn: str | None, region: str, group_names: Sequence[str], zone_id: str | None, *, scaler_env_arn: str | None = None
+) -> str:
+    """The gateway role: discovery, the scaler's desired capacity, its tokens and environment, its DNS challenge."""
     statements: list[dict[str, object]] = [
         # Describe calls take no resource scope in IAM.
         {
@@ -237,6 +254,10 @@ def gateway_policy(secret_arn: str | None, region: str, group_names: Sequence[st
         )
     if secret_arn:
         statements.append({"Sid": "ReadTokens", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [secret_arn]})
+    if scaler_env_arn:
+        statements.append(
+            {"Sid": "ReadScalerEnv", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [scaler_env_arn]}
+        )
     if zone_id:
         statements.append(
             {

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_azure_native as azure
 
-from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data
+from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data, scaler_env_document
 from . import _roles
 
 __all__ = ["GATEWAY_PORTS", "GATEWAY_TYPE", "GATEWAY_SUBNET", "REPLICA_SUBNET", "Gateway", "GatewayArgs", "GatewayGroupRef", "relative_record_name"]
@@ -93,6 +93,9 @@ class GatewayArgs:
     """The scaler's systemd unit, when a service autoscales."""
     project_files: dict[str, str] = field(default_factory=dict)
     """Project files the scaler on the host needs (`_cloud.project_files`)."""
+    scaler_environment: Mapping[str, str] | None = None
+    """The scaler's environment (state backend URL, passphrase), stored in Key Vault and fetched
+    at boot into /etc/serveform/scaler.env; None: taken from the deploying environment."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -202,6 +205,25 @@ class Gateway(pulumi.ComponentResource):
                 scope=secret.id, opts=child,
             )
             secret_url = f"https://{args.vault_name}.vault.azure.net/secrets/gateway-tokens"
+        scaler_env_url: str | None = None
+        scaler_env = scaler_env_document(args.scaler_unit, args.scaler_environment)
+        if scaler_env is not None:
+            env_secret = azure.keyvault.Secret(
+                f"{name}-scaler-env",
+                resource_group_name=rg,
+                vault_name=vault.name,
+                secret_name="scaler-env",
+                properties={"value": pulumi.Output.secret(scaler_env)},
+                opts=child,
+            )
+            azure.authorization.RoleAssignment(
+                f"{name}-scaler-env-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+                role_definition_id=pulumi.Output.from_input(args.subscription_id).apply(
+                    lambda sub: _roles.role_definition(sub, _roles.KEY_VAULT_SECRETS_USER)
+                ),
+                scope=env_secret.id, opts=child,
+            )
+            scaler_env_url = f"https://{args.vault_name}.vault.azure.net/secrets/scaler-env"
         if args.dns_zone and args.dns_provider == "azure":
             azure.authorization.RoleAssignment(
                 f"{name}-dns-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
@@ -243,6 +265,7 @@ class Gateway(pulumi.ComponentResource):
                     gateway_document=args.gateway_document,
                     targets=targets,
                     tokens_secret=SecretRef(cloud="azure", ref=secret_url) if secret_url else None,
+                    scaler_env_secret=SecretRef(cloud="azure", ref=scaler_env_url) if scaler_env_url else None,
                     identity=ids[0],
                     dns_provider=args.dns_provider,
                     package_spec=args.package_spec,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_gcp as gcp
 
-from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data, short_name
+from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data, scaler_env_document, short_name
 
 __all__ = ["GATEWAY_PORTS", "GATEWAY_TYPE", "Gateway", "GatewayArgs", "GatewayGroupRef", "gateway_permissions"]
 
@@ -72,6 +72,9 @@ class GatewayArgs:
     """The scaler's systemd unit, when a service autoscales."""
     project_files: dict[str, str] = field(default_factory=dict)
     """Project files the scaler on the host needs (`_cloud.project_files`)."""
+    scaler_environment: Mapping[str, str] | None = None
+    """The scaler's environment (state backend URL, passphrase), stored in Secret Manager and fetched
+    at boot into /etc/serveform/scaler.env; None: taken from the deploying environment."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -138,6 +141,29 @@ class Gateway(pulumi.ComponentResource):
                 opts=child,
             )
             secret_name = secret.name
+        scaler_env_name: pulumi.Output[str] | None = None
+        scaler_env = scaler_env_document(args.scaler_unit, args.scaler_environment)
+        if scaler_env is not None:
+            env_secret = gcp.secretmanager.Secret(
+                f"{name}-scaler-env",
+                secret_id=short_name("serveform", args.stack, "scaler-env", limit=255),
+                project=args.project,
+                replication={"auto": {}},
+                labels=labels,
+                opts=child,
+            )
+            gcp.secretmanager.SecretVersion(
+                f"{name}-scaler-env-value", secret=env_secret.id, secret_data=pulumi.Output.secret(scaler_env), opts=child
+            )
+            gcp.secretmanager.SecretIamMember(
+                f"{name}-scaler-env-access",
+                secret_id=env_secret.id,
+                project=args.project,
+                role="roles/secretmanager.secretAccessor",
+                member=account.member,
+                opts=child,
+            )
+            scaler_env_name = env_secret.name
 
         gcp.compute.Firewall(
             f"{name}-firewall",
@@ -157,15 +183,16 @@ class Gateway(pulumi.ComponentResource):
             DiscoveryTarget(service=s, port=g.port, cloud="gcp", group=g.group_name, region=args.zone, project=args.project)
             for s, g in sorted(args.groups.items())
         )
-        user_data = pulumi.Output.from_input(secret_name).apply(
-            lambda ref: gateway_user_data(
+        user_data = pulumi.Output.all(secret_name, scaler_env_name).apply(
+            lambda refs: gateway_user_data(
                 GatewayBoot(
                     cloud="gcp",
                     stack=args.stack,
                     domain=args.domain,
                     gateway_document=args.gateway_document,
                     targets=targets,
-                    tokens_secret=SecretRef(cloud="gcp", ref=ref) if ref else None,
+                    tokens_secret=SecretRef(cloud="gcp", ref=refs[0]) if refs[0] else None,
+                    scaler_env_secret=SecretRef(cloud="gcp", ref=refs[1]) if refs[1] else None,
                     dns_provider=args.dns_provider,
                     package_spec=args.package_spec,
                     scaler_unit=args.scaler_unit,

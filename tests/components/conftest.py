@@ -25,3 +25,15 @@ def _fresh_root_stack():
     pulumi.runtime.settings.ROOT.set(None)
     yield
     pulumi.runtime.settings.ROOT.set(None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_deploying_state_credentials():
+    """VM gateways store the deploying environment's state credentials for their scaler
+    (`_vm.SCALER_ENV_NAMES`); a test sets them itself, so what a test registers never depends
+    on the shell (or an engine test) that ran before it. Session scope: module-scoped
+    recordings are made before function fixtures run."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_ACCESS_TOKEN"):
+            patch.delenv(name, raising=False)
+        yield

@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cloud_examples import hostile_plan  # noqa: E402
 
+from serveform.scaler import render_unit  # noqa: E402
+
 from serveform.components._vm import DiscoveryTarget, GatewayBoot, ReplicaBoot, SecretRef, gateway_user_data, replica_user_data  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -23,6 +25,12 @@ _REFS = {
     "aws": SecretRef(cloud="aws", ref="arn:aws:secretsmanager:us-east-1:123456789012:secret:hostile-AbCdEf", region="us-east-1"),
     "gcp": SecretRef(cloud="gcp", ref="projects/acme/secrets/serveform-dev-hostile"),
     "azure": SecretRef(cloud="azure", ref="https://sfdev.vault.azure.net/secrets/svc-hostile"),
+}
+
+_ENV_REFS = {
+    "aws": SecretRef(cloud="aws", ref="arn:aws:secretsmanager:us-east-1:123456789012:secret:scaler-env-AbCdEf", region="us-east-1"),
+    "gcp": SecretRef(cloud="gcp", ref="projects/acme/secrets/serveform-dev-scaler-env"),
+    "azure": SecretRef(cloud="azure", ref="https://sfdev.vault.azure.net/secrets/scaler-env"),
 }
 
 
@@ -51,5 +59,9 @@ def test_gateway_cloud_init_golden(cloud):
         gateway_document=document,
         targets=(DiscoveryTarget(service="hostile", port=8080, cloud=cloud, group="serveform-dev-hostile", region="us-east-1"),),
         tokens_secret=_REFS[cloud], identity="00000000-0000-0000-0000-0000000000bb" if cloud == "azure" else None,
+        # The scaler on the host: its unit, the project copy and its environment from the secret store.
+        scaler_unit=render_unit(stack="dev", gateway_state_dir="/var/lib/serveform/gateway"),
+        project_files={"Pulumi.yaml": "name: serveform\nruntime: python\n", "stacks/Pulumi.dev.yaml": "config:\n  serveform:backend: x\n"},
+        scaler_env_secret=_ENV_REFS[cloud],
     )
     _check(f"gateway-{cloud}.yaml", gateway_user_data(boot))

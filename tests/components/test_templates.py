@@ -13,6 +13,7 @@ credentials), then:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -50,6 +51,11 @@ _SECRET_REFS = {
     "aws": SecretRef(cloud="aws", ref="arn:aws:secretsmanager:us-east-1:123456789012:secret:svc-AbCdEf", region="us-east-1"),
     "gcp": SecretRef(cloud="gcp", ref="projects/acme/secrets/serveform-dev-svc"),
     "azure": SecretRef(cloud="azure", ref="https://sfdev.vault.azure.net/secrets/svc"),
+}
+_SCALER_ENV_REFS = {
+    "aws": SecretRef(cloud="aws", ref="arn:aws:secretsmanager:us-east-1:123456789012:secret:scaler-env-AbCdEf", region="us-east-1"),
+    "gcp": SecretRef(cloud="gcp", ref="projects/acme/secrets/serveform-dev-scaler-env"),
+    "azure": SecretRef(cloud="azure", ref="https://sfdev.vault.azure.net/secrets/scaler-env"),
 }
 _VOLUME_REFS = {
     "aws": ("vol-0123456789abcdef0", "/dev/sdf"),
@@ -116,6 +122,7 @@ def _gateway_boot(cloud: str, plans) -> GatewayBoot:
         identity="00000000-0000-0000-0000-0000000000bb" if cloud == "azure" else None,
         scaler_unit=_cloud.scaler_unit(settings, plans),
         project_files={"Pulumi.yaml": "name: serveform\nruntime: python\n", "stacks/Pulumi.dev.yaml": "config: {}\n"},
+        scaler_env_secret=_SCALER_ENV_REFS[cloud],
     )
 
 
@@ -200,6 +207,47 @@ def test_gateway_cloud_init(cloud, cloud_init, systemd_analyze, tmp_path):
     assert [t["service"] for t in discovery["targets"]] == [p.name for p in plans]
     for secret in (TOKEN, HF_TOKEN, REGISTRY_PASSWORD, "s3cr3t"):
         assert secret not in text
+    # The gateway unit runs the gateway package's supervisor (Caddy + router + prober).
+    assert 'ExecStart=/opt/serveform/venv/bin/python -m serveform.gateway run --state-dir "/var/lib/serveform/gateway"' in units["serveform-gateway.service"]
+    # The scaler's unit reads /etc/serveform/scaler.env, which install.sh fetches from the secret store.
+    assert "EnvironmentFile=-/etc/serveform/scaler.env" in units["serveform-scaler.service"]
+    assert "WorkingDirectory=/opt/serveform/project" in units["serveform-scaler.service"]
+    install = files["/opt/serveform/install.sh"]["content"]
+    assert _SCALER_ENV_REFS[cloud].ref in install
+    assert "retry serveform_fetch_secret > /etc/serveform/scaler.env.json" in install
+    assert "chmod 0600 /etc/serveform/scaler.env" in install
+    fetch = install.index("> /etc/serveform/scaler.env.json")
+    assert install.rindex("umask 077", 0, fetch) > install.rindex("umask 022", 0, fetch), "the env file must be written under umask 077"
+    assert install.index("/etc/serveform/scaler.env") < install.index("systemctl enable --now serveform-scaler.service")
+    # The fetch's CLI exists on the host: AWS's through pip (Ubuntu has none); GCP/Azure use curl + python3.
+    assert ("pip install -q awscli" in install) == (cloud == "aws")
+    assert install.index("pip install -q awscli" if cloud == "aws" else "serveform_fetch_secret()") <= install.index("serveform_fetch_secret()")
+    # Without a stored environment, nothing is fetched: the operator provides the file.
+    bare = gateway_user_data(dataclasses.replace(_gateway_boot(cloud, plans), scaler_env_secret=None))
+    assert "scaler.env.json" not in bare and "the operator provides the scaler's environment file" in bare
+
+
+def _env_file_converter(install: str) -> str:
+    start = install.index("/opt/serveform/venv/bin/python -c '") + len("/opt/serveform/venv/bin/python -c '")
+    return install[start:install.index("\n' ", start)]
+
+
+def test_scaler_env_file_is_written_verbatim_and_refuses_what_it_cannot_quote(tmp_path):
+    """The boot script's JSON -> EnvironmentFile step, run for real on hostile but quotable values."""
+    install = _files(gateway_user_data(_gateway_boot("aws", [hostile_plan("aws")])))["/opt/serveform/install.sh"]["content"]
+    code = _env_file_converter(install)
+    source, target = tmp_path / "env.json", tmp_path / "scaler.env"
+    values = {"PULUMI_BACKEND_URL": "s3://bucket/state?region=us-east-1&x=$HOME", "PULUMI_CONFIG_PASSPHRASE": 'pa"ss $x `y` \\ %n'}
+    source.write_text(json.dumps(values))
+    subprocess.run([sys.executable, "-c", code, str(source), str(target)], check=True, timeout=60)
+    lines = target.read_text().splitlines()
+    assert lines == [f"{name}='{value}'" for name, value in sorted(values.items())]
+    for bad in ({"PULUMI_CONFIG_PASSPHRASE": "it's"}, {"PULUMI_CONFIG_PASSPHRASE": "a\nb"}, {"BAD NAME": "x"}):
+        source.write_text(json.dumps(bad))
+        result = subprocess.run([sys.executable, "-c", code, str(source), str(tmp_path / "other.env")], capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and "expected a variable name and a value without quote or newline" in result.stderr
+        assert "it's" not in result.stderr  # the value is a secret: never echoed
+        assert not (tmp_path / "other.env").exists()
 
 
 @pytest.mark.parametrize("tls", [{"tls": "internal"}, {"tls": "acme_dns", "dns_provider": "route53", "acme_email": "ops@example.com"},
