@@ -132,11 +132,9 @@ def socket_dir_for(state_dir: Path) -> Path:
 
 
 def _remove_socket_dir(path: Path) -> None:
+    # Only this gateway's directory: the 0700 parent stays, since removing it when it looks empty
+    # would race with another gateway of the same user that has just made it.
     shutil.rmtree(path, ignore_errors=True)
-    try:
-        path.parent.rmdir()  # shared by this user's gateways: goes only once the last one is gone
-    except OSError:
-        pass
 
 
 def _admin_address(settings: GatewaySettings, runtime: GatewayRuntime) -> str:

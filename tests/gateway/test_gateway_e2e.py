@@ -333,7 +333,7 @@ def test_a_state_dir_too_deep_for_a_unix_socket_serves_and_reloads(gateway_facto
         wait_for(lambda: "other" in gateway.status["hosts"], what="the reload")
         assert client.get(gateway.url("chat", "/ping"), headers=gateway.auth()).status_code == 200
     assert gateway.stop() == 0
-    assert not socket_dir.exists()
+    assert not socket_dir.exists() and socket_dir.parent.stat().st_mode & 0o777 == 0o700
 
 
 def test_bad_config_exits_before_starting_anything(tmp_path, caddy):
