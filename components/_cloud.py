@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
@@ -21,10 +22,22 @@ import pulumi
 from serveform.stacks.settings import StackConfigError, StackSettings
 from serveform.translator.plan import ServicePlan
 
-from ._vm import DEFAULT_VOLUME_SIZE_GB, Capacity, Cloud, VmConfigError, capacity
+from ._vm import (
+    DEFAULT_VOLUME_SIZE_GB,
+    Capacity,
+    Cloud,
+    DiscoveryTarget,
+    GatewayBoot,
+    SecretRef,
+    VmConfigError,
+    capacity,
+    scaler_env_document,
+)
 
 __all__ = [
     "GatewayCommon",
+    "GatewayGroupRef",
+    "VmGatewayArgs",
     "GroupCommon",
     "VolumeCommon",
     "check_plans",
@@ -191,6 +204,85 @@ class GatewayCommon(TypedDict):
     package_spec: str
     scaler_unit: str | None
     project_files: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayGroupRef:
+    """One service's group (auto scaling group, managed instance group, scale set) as the gateway
+    discovers and scales it."""
+
+    group_name: str
+    """The group's (fixed) name."""
+    port: int
+    """The service port on each replica."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmGatewayArgs:
+    """The inputs every VM backend's `GatewayArgs` shares (the fields of `GatewayCommon`); each
+    cloud's `GatewayArgs` adds where and how its VM runs."""
+
+    stack: str
+    """The stack name, for tags and names."""
+    domain: str
+    """Services answer at `<service>.<domain>`; the DNS record is `*.<domain>`."""
+    gateway_document: dict[str, object]
+    """`gateway.json` of the gateway host (settings and plans, no secrets), from `gateway_document`."""
+    groups: Mapping[str, GatewayGroupRef]
+    """Service name → its group."""
+    tokens: pulumi.Input[str] | None = None
+    """The bearer tokens as a JSON list: a Pulumi secret, stored in the cloud's secret store
+    (Secrets Manager, Secret Manager, Key Vault)."""
+    dns_provider: str | None = None
+    """The ACME DNS provider (`serveform:gateway.dns_provider`)."""
+    package_spec: str = "serveform"
+    """What the gateway host installs with pip."""
+    scaler_unit: str | None = None
+    """The scaler's systemd unit, when a service autoscales."""
+    project_files: dict[str, str] = field(default_factory=dict)
+    """Project files the scaler on the host needs (`project_files`)."""
+    scaler_environment: Mapping[str, str] | None = None
+    """The scaler's environment (state backend URL, passphrase), stored in the cloud's secret store
+    and fetched at boot into /etc/serveform/scaler.env; None: taken from the deploying environment."""
+
+    def scaler_env(self) -> str | None:
+        """The scaler's environment document to store as a secret; None when nothing autoscales."""
+        return scaler_env_document(self.scaler_unit, self.scaler_environment)
+
+    def targets(self, cloud: Cloud, **where: str) -> tuple[DiscoveryTarget, ...]:
+        """One discovery target per group, in service order; ``where`` locates the groups
+        (``region``, ``project``, ``resource_group``)."""
+        return tuple(
+            DiscoveryTarget(service=s, port=g.port, cloud=cloud, group=g.group_name, **where)
+            for s, g in sorted(self.groups.items())
+        )
+
+    def boot(
+        self,
+        cloud: Cloud,
+        targets: tuple[DiscoveryTarget, ...],
+        *,
+        tokens_secret: SecretRef | None,
+        scaler_env_secret: SecretRef | None,
+        dns_options: dict[str, str],
+        identity: str | None = None,
+    ) -> GatewayBoot:
+        """The gateway VM's cloud-init inputs: these args plus the cloud's resolved references."""
+        return GatewayBoot(
+            cloud=cloud,
+            stack=self.stack,
+            domain=self.domain,
+            gateway_document=self.gateway_document,
+            targets=targets,
+            tokens_secret=tokens_secret,
+            scaler_env_secret=scaler_env_secret,
+            identity=identity,
+            dns_provider=self.dns_provider,
+            package_spec=self.package_spec,
+            scaler_unit=self.scaler_unit,
+            project_files=self.project_files,
+            dns_options=dns_options,
+        )
 
 
 class GroupCommon(TypedDict):

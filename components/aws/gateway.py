@@ -11,13 +11,14 @@ the address; otherwise the address is exported for the user's DNS.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
-from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data, scaler_env_document
+from .._cloud import GatewayGroupRef, VmGatewayArgs
+from .._vm import SecretRef, gateway_user_data
 
 __all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "GatewayGroupRef", "GATEWAY_PORTS"]
 
@@ -29,23 +30,12 @@ ROOT_DISK_GB = 20
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewayGroupRef:
-    """One service's group as the gateway discovers and scales it."""
+class GatewayArgs(VmGatewayArgs):
+    """Inputs of a `Gateway`: the shared `VmGatewayArgs` plus where it runs on AWS.
 
-    group_name: str
-    """The auto scaling group's (fixed) name."""
-    port: int
-    """The service port on each replica."""
+    With `dns_provider` `route53` the role may answer the ACME challenge in `zone_id`.
+    """
 
-
-@dataclass(frozen=True, kw_only=True)
-class GatewayArgs:
-    """Inputs of a `Gateway`."""
-
-    stack: str
-    """The stack name, for tags."""
-    domain: str
-    """Services answer at `<service>.<domain>`; the DNS record is `*.<domain>`."""
     region: str
     """The AWS region of the gateway and the groups it discovers."""
     ami: pulumi.Input[str]
@@ -54,27 +44,10 @@ class GatewayArgs:
     """The VPC of the security groups."""
     subnet_id: pulumi.Input[str]
     """A public subnet for the gateway VM."""
-    gateway_document: dict[str, object]
-    """`gateway.json` of the gateway host (settings and plans, no secrets), from `_cloud.gateway_document`."""
-    groups: Mapping[str, GatewayGroupRef]
-    """Service name → its group."""
-    tokens: pulumi.Input[str] | None = None
-    """The bearer tokens as a JSON list: a Pulumi secret, stored in Secrets Manager."""
     instance_type: str = DEFAULT_INSTANCE_TYPE
     """The gateway VM's instance type (`serveform:gateway.instance_type`)."""
     zone_id: str | None = None
     """Route 53 hosted zone of the domain: when set, `*.<domain>` is created there."""
-    dns_provider: str | None = None
-    """The ACME DNS provider (`route53` lets the role answer the challenge in `zone_id`)."""
-    package_spec: str = "serveform"
-    """What the gateway host installs with pip."""
-    scaler_unit: str | None = None
-    """The scaler's systemd unit, when a service autoscales."""
-    project_files: dict[str, str] = field(default_factory=dict)
-    """Project files the scaler on the host needs (`_cloud.project_files`)."""
-    scaler_environment: Mapping[str, str] | None = None
-    """The scaler's environment (state backend URL, passphrase), stored in Secrets Manager and fetched
-    at boot into /etc/serveform/scaler.env; None: taken from the deploying environment."""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra tags for every child."""
 
@@ -115,25 +88,13 @@ class Gateway(pulumi.ComponentResource):
 
         secret_arn: pulumi.Output[str] | None = None
         if args.tokens is not None:
-            secret = aws.secretsmanager.Secret(
-                f"{name}-tokens", description="serveform: the gateway's bearer tokens", recovery_window_in_days=0,
-                tags=tags, opts=child,
-            )
-            aws.secretsmanager.SecretVersion(
-                f"{name}-tokens-value", secret_id=secret.id, secret_string=pulumi.Output.secret(args.tokens), opts=child
-            )
-            secret_arn = secret.arn
+            secret_arn = _stored_secret(f"{name}-tokens", "serveform: the gateway's bearer tokens", args.tokens, tags, child)
         scaler_env_arn: pulumi.Output[str] | None = None
-        scaler_env = scaler_env_document(args.scaler_unit, args.scaler_environment)
+        scaler_env = args.scaler_env()
         if scaler_env is not None:
-            env_secret = aws.secretsmanager.Secret(
-                f"{name}-scaler-env", description="serveform: the scaler's state backend URL and passphrase",
-                recovery_window_in_days=0, tags=tags, opts=child,
+            scaler_env_arn = _stored_secret(
+                f"{name}-scaler-env", "serveform: the scaler's state backend URL and passphrase", scaler_env, tags, child
             )
-            aws.secretsmanager.SecretVersion(
-                f"{name}-scaler-env-value", secret_id=env_secret.id, secret_string=pulumi.Output.secret(scaler_env), opts=child
-            )
-            scaler_env_arn = env_secret.arn
 
         role = aws.iam.Role(
             f"{name}-role",
@@ -158,24 +119,14 @@ class Gateway(pulumi.ComponentResource):
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
 
-        targets = tuple(
-            DiscoveryTarget(service=s, port=g.port, cloud="aws", group=g.group_name, region=args.region)
-            for s, g in sorted(args.groups.items())
-        )
+        targets = args.targets("aws", region=args.region)
         user_data = pulumi.Output.all(secret_arn, scaler_env_arn).apply(
             lambda arns: gateway_user_data(
-                GatewayBoot(
-                    cloud="aws",
-                    stack=args.stack,
-                    domain=args.domain,
-                    gateway_document=args.gateway_document,
-                    targets=targets,
+                args.boot(
+                    "aws",
+                    targets,
                     tokens_secret=SecretRef(cloud="aws", ref=arns[0], region=args.region) if arns[0] else None,
                     scaler_env_secret=SecretRef(cloud="aws", ref=arns[1], region=args.region) if arns[1] else None,
-                    dns_provider=args.dns_provider,
-                    package_spec=args.package_spec,
-                    scaler_unit=args.scaler_unit,
-                    project_files=args.project_files,
                     # Route 53 is global, but the AWS SDK inside Caddy wants a region.
                     dns_options={"region": args.region} if args.dns_provider == "route53" else {},
                 )
@@ -226,6 +177,15 @@ class Gateway(pulumi.ComponentResource):
                 "dns_name": self.dns_name,
             }
         )
+
+
+def _stored_secret(
+    name: str, description: str, value: pulumi.Input[str], tags: dict[str, str], opts: pulumi.ResourceOptions
+) -> pulumi.Output[str]:
+    """A Secrets Manager secret (`name`) holding ``value`` (`name-value`); its ARN."""
+    secret = aws.secretsmanager.Secret(name, description=description, recovery_window_in_days=0, tags=tags, opts=opts)
+    aws.secretsmanager.SecretVersion(f"{name}-value", secret_id=secret.id, secret_string=pulumi.Output.secret(value), opts=opts)
+    return secret.arn
 
 
 def gateway_policy(

@@ -11,13 +11,13 @@ stack's resource group, read the tokens' secret and, for the DNS challenge, edit
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_azure_native as azure
 
-from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data, scaler_env_document
+from .._cloud import GatewayGroupRef, VmGatewayArgs
+from .._vm import SecretRef, gateway_user_data
 from . import _roles
 
 __all__ = ["GATEWAY_PORTS", "GATEWAY_TYPE", "GATEWAY_SUBNET", "REPLICA_SUBNET", "Gateway", "GatewayArgs", "GatewayGroupRef", "relative_record_name"]
@@ -42,23 +42,9 @@ GATEWAY_ACTIONS = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewayGroupRef:
-    """One service's scale set as the gateway discovers and scales it."""
+class GatewayArgs(VmGatewayArgs):
+    """Inputs of a `Gateway`: the shared `VmGatewayArgs` plus where it runs on Azure."""
 
-    group_name: str
-    """The group's (fixed) name."""
-    port: int
-    """The service port on each replica."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class GatewayArgs:
-    """Inputs of a `Gateway`."""
-
-    stack: str
-    """The stack name, for tags and names."""
-    domain: str
-    """Services answer at `<service>.<domain>`; the DNS record is `*.<domain>`."""
     subscription_id: pulumi.Input[str]
     """The Azure subscription (from the provider's client config)."""
     tenant_id: pulumi.Input[str]
@@ -73,29 +59,12 @@ class GatewayArgs:
     """The stack's Key Vault (globally unique, 24 characters at most)."""
     ssh_public_key: str
     """The admin SSH key Azure requires (`serveform:azure.ssh_public_key`); no SSH port is opened."""
-    gateway_document: dict[str, object]
-    """`gateway.json` of the gateway host (settings and plans, no secrets), from `_cloud.gateway_document`."""
-    groups: Mapping[str, GatewayGroupRef]
-    """Service name → its group."""
-    tokens: pulumi.Input[str] | None = None
-    """The bearer tokens as a JSON list: a Pulumi secret, stored in Key Vault."""
     vm_size: str = DEFAULT_VM_SIZE
     """The gateway VM's size (`serveform:gateway.instance_type`)."""
     dns_zone: str | None = None
     """Azure DNS zone of the domain: when set, `*.<domain>` is created there."""
     dns_resource_group: str | None = None
     """The DNS zone's resource group (default: the stack's)."""
-    dns_provider: str | None = None
-    """The ACME DNS provider (`serveform:gateway.dns_provider`)."""
-    package_spec: str = "serveform"
-    """What the gateway host installs with pip."""
-    scaler_unit: str | None = None
-    """The scaler's systemd unit, when a service autoscales."""
-    project_files: dict[str, str] = field(default_factory=dict)
-    """Project files the scaler on the host needs (`_cloud.project_files`)."""
-    scaler_environment: Mapping[str, str] | None = None
-    """The scaler's environment (state backend URL, passphrase), stored in Key Vault and fetched
-    at boot into /etc/serveform/scaler.env; None: taken from the deploying environment."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -187,43 +156,28 @@ class Gateway(pulumi.ComponentResource):
             f"{name}-grant", principal_id=identity.principal_id, principal_type="ServicePrincipal",
             role_definition_id=role.id, scope=scope, opts=child,
         )
-        secret_url: str | None = None
-        if args.tokens is not None:
+        def stored_secret(role: str, secret_name: str, value: pulumi.Input[str]) -> str:
+            """A Key Vault secret (`<name>-<role>`) holding ``value``, readable by the identity only; its URL."""
             secret = azure.keyvault.Secret(
-                f"{name}-tokens",
+                f"{name}-{role}",
                 resource_group_name=rg,
                 vault_name=vault.name,
-                secret_name="gateway-tokens",
-                properties={"value": pulumi.Output.secret(args.tokens)},
+                secret_name=secret_name,
+                properties={"value": pulumi.Output.secret(value)},
                 opts=child,
             )
             azure.authorization.RoleAssignment(
-                f"{name}-tokens-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+                f"{name}-{role}-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
                 role_definition_id=pulumi.Output.from_input(args.subscription_id).apply(
                     lambda sub: _roles.role_definition(sub, _roles.KEY_VAULT_SECRETS_USER)
                 ),
                 scope=secret.id, opts=child,
             )
-            secret_url = f"https://{args.vault_name}.vault.azure.net/secrets/gateway-tokens"
-        scaler_env_url: str | None = None
-        scaler_env = scaler_env_document(args.scaler_unit, args.scaler_environment)
-        if scaler_env is not None:
-            env_secret = azure.keyvault.Secret(
-                f"{name}-scaler-env",
-                resource_group_name=rg,
-                vault_name=vault.name,
-                secret_name="scaler-env",
-                properties={"value": pulumi.Output.secret(scaler_env)},
-                opts=child,
-            )
-            azure.authorization.RoleAssignment(
-                f"{name}-scaler-env-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
-                role_definition_id=pulumi.Output.from_input(args.subscription_id).apply(
-                    lambda sub: _roles.role_definition(sub, _roles.KEY_VAULT_SECRETS_USER)
-                ),
-                scope=env_secret.id, opts=child,
-            )
-            scaler_env_url = f"https://{args.vault_name}.vault.azure.net/secrets/scaler-env"
+            return f"https://{args.vault_name}.vault.azure.net/secrets/{secret_name}"
+
+        secret_url = stored_secret("tokens", "gateway-tokens", args.tokens) if args.tokens is not None else None
+        scaler_env = args.scaler_env()
+        scaler_env_url = stored_secret("scaler-env", "scaler-env", scaler_env) if scaler_env is not None else None
         if args.dns_zone and args.dns_provider == "azure":
             azure.authorization.RoleAssignment(
                 f"{name}-dns-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
@@ -252,25 +206,15 @@ class Gateway(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        targets = tuple(
-            DiscoveryTarget(service=s, port=g.port, cloud="azure", group=g.group_name, resource_group=args.resource_group_name)
-            for s, g in sorted(args.groups.items())
-        )
+        targets = args.targets("azure", resource_group=args.resource_group_name)
         user_data = pulumi.Output.all(identity.client_id, args.subscription_id, args.tenant_id).apply(
             lambda ids: gateway_user_data(
-                GatewayBoot(
-                    cloud="azure",
-                    stack=args.stack,
-                    domain=args.domain,
-                    gateway_document=args.gateway_document,
-                    targets=targets,
+                args.boot(
+                    "azure",
+                    targets,
                     tokens_secret=SecretRef(cloud="azure", ref=secret_url) if secret_url else None,
                     scaler_env_secret=SecretRef(cloud="azure", ref=scaler_env_url) if scaler_env_url else None,
                     identity=ids[0],
-                    dns_provider=args.dns_provider,
-                    package_spec=args.package_spec,
-                    scaler_unit=args.scaler_unit,
-                    project_files=args.project_files,
                     # The managed identity is the credential: the DNS module gets IDs only.
                     dns_options=(
                         {

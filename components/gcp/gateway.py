@@ -10,13 +10,13 @@ otherwise the address is exported for the user's DNS.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
 
-from .._vm import DiscoveryTarget, GatewayBoot, SecretRef, gateway_user_data, scaler_env_document, short_name
+from .._cloud import GatewayGroupRef, VmGatewayArgs
+from .._vm import SecretRef, gateway_user_data, short_name
 
 __all__ = ["GATEWAY_PORTS", "GATEWAY_TYPE", "Gateway", "GatewayArgs", "GatewayGroupRef", "gateway_permissions"]
 
@@ -29,23 +29,9 @@ ROOT_DISK_GB = 20
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewayGroupRef:
-    """One service's group as the gateway discovers and scales it."""
+class GatewayArgs(VmGatewayArgs):
+    """Inputs of a `Gateway`: the shared `VmGatewayArgs` plus where it runs on GCP."""
 
-    group_name: str
-    """The group's (fixed) name."""
-    port: int
-    """The service port on each replica."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class GatewayArgs:
-    """Inputs of a `Gateway`."""
-
-    stack: str
-    """The stack name, for tags and names."""
-    domain: str
-    """Services answer at `<service>.<domain>`; the DNS record is `*.<domain>`."""
     project: str
     """The GCP project."""
     region: str
@@ -54,27 +40,10 @@ class GatewayArgs:
     """The GCP zone of the VMs."""
     network: str
     """The VPC network."""
-    gateway_document: dict[str, object]
-    """`gateway.json` of the gateway host (settings and plans, no secrets), from `_cloud.gateway_document`."""
-    groups: Mapping[str, GatewayGroupRef]
-    """Service name → its group."""
-    tokens: pulumi.Input[str] | None = None
-    """The bearer tokens as a JSON list: a Pulumi secret, stored in Secret Manager."""
     machine_type: str = DEFAULT_MACHINE_TYPE
     """The gateway VM's machine type (`serveform:gateway.instance_type`)."""
     dns_zone: str | None = None
     """Cloud DNS managed zone of the domain: when set, `*.<domain>` is created there."""
-    dns_provider: str | None = None
-    """The ACME DNS provider (`serveform:gateway.dns_provider`)."""
-    package_spec: str = "serveform"
-    """What the gateway host installs with pip."""
-    scaler_unit: str | None = None
-    """The scaler's systemd unit, when a service autoscales."""
-    project_files: dict[str, str] = field(default_factory=dict)
-    """Project files the scaler on the host needs (`_cloud.project_files`)."""
-    scaler_environment: Mapping[str, str] | None = None
-    """The scaler's environment (state backend URL, passphrase), stored in Secret Manager and fetched
-    at boot into /etc/serveform/scaler.env; None: taken from the deploying environment."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -119,51 +88,32 @@ class Gateway(pulumi.ComponentResource):
             member=account.member,
             opts=child,
         )
-        secret_name: pulumi.Output[str] | None = None
-        if args.tokens is not None:
+        def stored_secret(role: str, secret_id: str, value: pulumi.Input[str]) -> pulumi.Output[str]:
+            """A Secret Manager secret (`<name>-<role>`) holding ``value``, readable by the account only."""
             secret = gcp.secretmanager.Secret(
-                f"{name}-tokens",
-                secret_id=short_name("serveform", args.stack, "gateway-tokens", limit=255),
+                f"{name}-{role}",
+                secret_id=short_name("serveform", args.stack, secret_id, limit=255),
                 project=args.project,
                 replication={"auto": {}},
                 labels=labels,
                 opts=child,
             )
             gcp.secretmanager.SecretVersion(
-                f"{name}-tokens-value", secret=secret.id, secret_data=pulumi.Output.secret(args.tokens), opts=child
+                f"{name}-{role}-value", secret=secret.id, secret_data=pulumi.Output.secret(value), opts=child
             )
             gcp.secretmanager.SecretIamMember(
-                f"{name}-tokens-access",
+                f"{name}-{role}-access",
                 secret_id=secret.id,
                 project=args.project,
                 role="roles/secretmanager.secretAccessor",
                 member=account.member,
                 opts=child,
             )
-            secret_name = secret.name
-        scaler_env_name: pulumi.Output[str] | None = None
-        scaler_env = scaler_env_document(args.scaler_unit, args.scaler_environment)
-        if scaler_env is not None:
-            env_secret = gcp.secretmanager.Secret(
-                f"{name}-scaler-env",
-                secret_id=short_name("serveform", args.stack, "scaler-env", limit=255),
-                project=args.project,
-                replication={"auto": {}},
-                labels=labels,
-                opts=child,
-            )
-            gcp.secretmanager.SecretVersion(
-                f"{name}-scaler-env-value", secret=env_secret.id, secret_data=pulumi.Output.secret(scaler_env), opts=child
-            )
-            gcp.secretmanager.SecretIamMember(
-                f"{name}-scaler-env-access",
-                secret_id=env_secret.id,
-                project=args.project,
-                role="roles/secretmanager.secretAccessor",
-                member=account.member,
-                opts=child,
-            )
-            scaler_env_name = env_secret.name
+            return secret.name
+
+        secret_name = stored_secret("tokens", "gateway-tokens", args.tokens) if args.tokens is not None else None
+        scaler_env = args.scaler_env()
+        scaler_env_name = stored_secret("scaler-env", "scaler-env", scaler_env) if scaler_env is not None else None
 
         gcp.compute.Firewall(
             f"{name}-firewall",
@@ -179,24 +129,14 @@ class Gateway(pulumi.ComponentResource):
         address = gcp.compute.Address(
             f"{name}-address", project=args.project, region=args.region, address_type="EXTERNAL", labels=labels, opts=child
         )
-        targets = tuple(
-            DiscoveryTarget(service=s, port=g.port, cloud="gcp", group=g.group_name, region=args.zone, project=args.project)
-            for s, g in sorted(args.groups.items())
-        )
+        targets = args.targets("gcp", region=args.zone, project=args.project)
         user_data = pulumi.Output.all(secret_name, scaler_env_name).apply(
             lambda refs: gateway_user_data(
-                GatewayBoot(
-                    cloud="gcp",
-                    stack=args.stack,
-                    domain=args.domain,
-                    gateway_document=args.gateway_document,
-                    targets=targets,
+                args.boot(
+                    "gcp",
+                    targets,
                     tokens_secret=SecretRef(cloud="gcp", ref=refs[0]) if refs[0] else None,
                     scaler_env_secret=SecretRef(cloud="gcp", ref=refs[1]) if refs[1] else None,
-                    dns_provider=args.dns_provider,
-                    package_spec=args.package_spec,
-                    scaler_unit=args.scaler_unit,
-                    project_files=args.project_files,
                     dns_options={"gcp_project": args.project} if args.dns_provider == "googleclouddns" else {},
                 )
             )
