@@ -23,15 +23,17 @@ import pulumi.dynamic as dynamic
 from pydantic import BaseModel, ConfigDict
 
 from ._process import (
+    NotListeningError,
+    ProcessProvider,
     ProcessRef,
     ProcessStartError,
+    await_listening,
     free_port,
     log_tail,
-    port_accepts,
+    process_env,
     remove_empty_dirs,
     spawn,
     stop,
-    wait_until,
 )
 
 __all__ = ["Daemon", "DaemonProvider", "PORT", "PROVIDER_VERSION", "PYTHON"]
@@ -46,6 +48,7 @@ created and kept for its life (output ``port``)."""
 
 _REPLACE_KEYS = ("name", "argv", "cwd", "env", "secret_env", "inherit_env", "state_dir", "log_path", "ready_address")
 _FILE_KEYS = ("files", "secret_files")
+_UPDATE_KEYS = (*_FILE_KEYS, "provider_version", "ready_timeout_seconds", "reload_signal", "cleanup_root", "extra_logs")
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
 _REDACTED = "[secret]"
 
@@ -114,12 +117,7 @@ def _wants_port(inputs: DaemonInputs) -> bool:
 def _env(inputs: DaemonInputs) -> dict[str, str]:
     # `inherit_env` passes the deploying environment's values at start time without putting
     # them into the state (a backend URL or passphrase there would diff on another machine).
-    names = (*_INHERITED_ENV, *inputs.inherit_env)
-    env = {k: os.environ[k] for k in names if k in os.environ}
-    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
-    env.update(inputs.env)
-    env.update(inputs.secret_env)
-    return env
+    return process_env((*_INHERITED_ENV, *inputs.inherit_env), inputs.env, inputs.secret_env)
 
 
 def _redact(text: str, secrets: dict[str, str]) -> str:
@@ -136,36 +134,29 @@ def _start(inputs: DaemonInputs, port: int | None) -> ProcessRef:
         return ref
     address = inputs.ready_address.replace(PORT, str(port))
     host, _, ready_port = address.rpartition(":")
-    ready = wait_until(lambda: not ref.alive() or port_accepts(host, int(ready_port)), inputs.ready_timeout_seconds)
-    if ready and ref.alive():
-        return ref
-    died = not ref.alive()
-    stop(ref)
-    why = "exited" if died else f"did not accept connections within {inputs.ready_timeout_seconds:g}s"
-    # The state directory goes with a failed create, so the logs are quoted here, redacted.
-    secrets = {**inputs.secret_files, **inputs.secret_env}
-    quoted = []
-    for log in (inputs.log_path, *(str(Path(inputs.state_dir) / extra) for extra in inputs.extra_logs)):
-        tail = _redact(log_tail(log), secrets)
-        if tail:
-            quoted.append(f"Last lines of {log}:\n{tail}")
-    raise ProcessStartError(f"{inputs.name} {why} before listening on {address}.\n" + "\n".join(quoted))
+    try:
+        await_listening(ref, host, int(ready_port), inputs.ready_timeout_seconds)
+    except NotListeningError as exc:
+        # The state directory goes with a failed create, so the logs are quoted here, redacted.
+        secrets = {**inputs.secret_files, **inputs.secret_env}
+        quoted = []
+        for log in (inputs.log_path, *(str(Path(inputs.state_dir) / extra) for extra in inputs.extra_logs)):
+            tail = _redact(log_tail(log), secrets)
+            if tail:
+                quoted.append(f"Last lines of {log}:\n{tail}")
+        raise ProcessStartError(f"{inputs.name} {exc} before listening on {address}.\n" + "\n".join(quoted)) from None
+    return ref
 
 
-class DaemonProvider(dynamic.ResourceProvider):
+class DaemonProvider(ProcessProvider):
     """Starts, reloads and stops a daemon process. Holds no state of its own."""
 
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        # A key absent from one side means its default (an input added in a later version).
-        def differs(key: str) -> bool:
-            default = DaemonInputs.model_fields[key].get_default(call_default_factory=True)
-            return olds.get(key, default) != news.get(key, default)
-
-        replaces = [k for k in _REPLACE_KEYS if differs(k)]
-        updates = (*_FILE_KEYS, "provider_version", "ready_timeout_seconds", "reload_signal", "cleanup_root", "extra_logs")
-        changed = replaces or [k for k in updates if differs(k)]
-        # Two copies of one daemon would fight over its state directory and address.
-        return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+    inputs_model = DaemonInputs
+    state_model = DaemonState
+    replace_keys = _REPLACE_KEYS
+    update_keys = _UPDATE_KEYS
+    # Two copies of one daemon would fight over its state directory and address.
+    delete_before_replace = True
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         inputs = DaemonInputs.model_validate(props)
@@ -182,12 +173,6 @@ class DaemonProvider(dynamic.ResourceProvider):
             raise
         state = DaemonState(**inputs.model_dump(), pid=ref.pid, start_time=ref.start_time, port=port)
         return dynamic.CreateResult(f"{inputs.name}-{ref.pid}", state.model_dump())
-
-    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
-        state = DaemonState.model_validate(props)
-        if not ProcessRef(state.pid, state.start_time).alive():
-            return dynamic.ReadResult("", {})
-        return dynamic.ReadResult(id_, state.model_dump())
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         old = DaemonState.model_validate(olds)

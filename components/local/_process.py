@@ -5,6 +5,10 @@ kills its plugins' process groups when it finishes), so every process starts in 
 its own. A pid alone does not identify a process for long — pids are reused — so a process is
 known by ``(pid, start time)``: the start time is field 22 of ``/proc/<pid>/stat``, in clock
 ticks since boot, and a reused pid gets a different one.
+
+`ProcessProvider` is what the local backend's dynamic providers (daemons, replicas) share: a
+diff against the inputs model's defaults, and a `read` that keeps a resource only while its very
+process runs.
 """
 
 from __future__ import annotations
@@ -14,17 +18,26 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
+
+import pulumi.dynamic as dynamic
+from pydantic import BaseModel
 
 __all__ = [
     "LOOPBACK_HOST",
+    "NotListeningError",
+    "ProcessProvider",
     "ProcessRef",
     "ProcessStartError",
+    "await_listening",
     "free_port",
     "log_tail",
+    "process_env",
     "remove_empty_dirs",
     "port_accepts",
     "spawn",
@@ -45,6 +58,15 @@ Clock = Callable[[], float]
 
 class ProcessStartError(RuntimeError):
     """A process died, or never became ready, while a resource was being created."""
+
+
+class NotListeningError(ProcessStartError):
+    """`await_listening` gave up on a process (now stopped); the message says why."""
+
+    def __init__(self, *, died: bool, timeout_seconds: float) -> None:
+        super().__init__("exited" if died else f"did not accept connections within {timeout_seconds:g}s")
+        self.died = died
+        """True when the process exited; False when it ran but never listened in time."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +205,34 @@ def wait_until(predicate: Callable[[], bool], timeout_seconds: float, *, clock: 
         time.sleep(_POLL_INTERVAL_SECONDS)
 
 
+def await_listening(ref: ProcessRef, host: str, port: int, timeout_seconds: float) -> None:
+    """Return once ``ref`` accepts TCP connections on host:port.
+
+    Raises `NotListeningError` when the process exits first or the deadline passes, after
+    stopping it: a process that failed to start leaves nothing running.
+    """
+    ready = wait_until(lambda: not ref.alive() or port_accepts(host, port), timeout_seconds)
+    if ready and ref.alive():
+        return
+    died = not ref.alive()
+    stop(ref)
+    raise NotListeningError(died=died, timeout_seconds=timeout_seconds)
+
+
+def process_env(inherited: Iterable[str], env: Mapping[str, str], secret_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a stack process: the ``inherited`` variables of the deploying
+    environment that are set, then ``env`` and ``secret_env``.
+
+    The project's Python environment (the interpreter running the provider) comes first on PATH,
+    so `python` in a process's commands finds the project's packages.
+    """
+    result = {k: os.environ[k] for k in inherited if k in os.environ}
+    result["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), result.get("PATH", "")) if p)
+    result.update(env)
+    result.update(secret_env)
+    return result
+
+
 def port_accepts(host: str, port: int, timeout_seconds: float = 0.5) -> bool:
     """True when a TCP connection to host:port succeeds."""
     try:
@@ -231,3 +281,35 @@ def remove_empty_dirs(start: str | os.PathLike[str], root: str | os.PathLike[str
             return
         if directory == stop:
             return
+
+
+class ProcessProvider(dynamic.ResourceProvider):
+    """The part of a dynamic provider for one detached process that daemons and replicas share.
+
+    A subclass names its pydantic models (the state one holds ``pid`` and ``start_time``), the
+    inputs whose change replaces the process and those updated in place.
+    """
+
+    inputs_model: ClassVar[type[BaseModel]]
+    state_model: ClassVar[type[BaseModel]]
+    replace_keys: ClassVar[tuple[str, ...]]
+    update_keys: ClassVar[tuple[str, ...]]
+    delete_before_replace: ClassVar[bool]
+    """True when two copies of the resource must never run at once."""
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        # A key absent from one side means its default (an input added in a later version).
+        def differs(key: str) -> bool:
+            default = self.inputs_model.model_fields[key].get_default(call_default_factory=True)
+            return olds.get(key, default) != news.get(key, default)
+
+        replaces = [k for k in self.replace_keys if differs(k)]
+        changed = replaces or [k for k in self.update_keys if differs(k)]
+        return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=self.delete_before_replace)
+
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
+        state = self.state_model.model_validate(props)
+        if not ProcessRef(state.pid, state.start_time).alive():
+            # Gone: an empty id drops the resource from the state, so the next `up` creates it again.
+            return dynamic.ReadResult("", {})
+        return dynamic.ReadResult(id_, state.model_dump())

@@ -20,9 +20,7 @@ log to ``<service>-<n>.previous.log`` first, so the reason a replica died surviv
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +30,17 @@ from pydantic import BaseModel, ConfigDict
 
 from ._process import (
     LOOPBACK_HOST,
+    NotListeningError,
+    ProcessProvider,
     ProcessRef,
     ProcessStartError,
+    await_listening,
     free_port,
     log_tail,
-    port_accepts,
+    process_env,
     remove_empty_dirs,
     spawn,
     stop,
-    wait_until,
 )
 
 __all__ = ["PROVIDER_VERSION", "Replica", "ReplicaProvider", "replica_script", "substitute_port"]
@@ -120,12 +120,7 @@ def replica_script(setup: list[str], commands: list[str], container_port: int, p
 
 
 def _replica_env(inputs: ReplicaInputs, port: int) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-    # Replicas run with the project's Python environment first on PATH (the interpreter running
-    # this provider), so `python` in a service's commands finds the project's packages.
-    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
-    env.update(inputs.env)
-    env.update(inputs.secret_env)
+    env = process_env(_INHERITED_ENV, inputs.env, inputs.secret_env)
     env.update(
         {
             "DSTACK_RUN_NAME": inputs.service,
@@ -161,18 +156,14 @@ def _previous_log(log_path: Path) -> Path:
     return log_path.with_name(log_path.name.removesuffix(".log") + ".previous.log")
 
 
-class ReplicaProvider(dynamic.ResourceProvider):
+class ReplicaProvider(ProcessProvider):
     """Creates, reads, updates and deletes replica processes. Holds no state of its own."""
 
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        # A key absent from one side means its default (an input added in a later version).
-        def differs(key: str) -> bool:
-            default = ReplicaInputs.model_fields[key].get_default(call_default_factory=True)
-            return olds.get(key, default) != news.get(key, default)
-
-        replaces = [k for k in _REPLACE_KEYS if differs(k)]
-        changed = replaces or [k for k in _UPDATE_KEYS if differs(k)]
-        return dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+    inputs_model = ReplicaInputs
+    state_model = ReplicaState
+    replace_keys = _REPLACE_KEYS
+    update_keys = _UPDATE_KEYS
+    delete_before_replace = False
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         inputs = ReplicaInputs.model_validate(props)
@@ -189,28 +180,26 @@ class ReplicaProvider(dynamic.ResourceProvider):
             script = replica_script(inputs.setup, inputs.commands, inputs.container_port, port)
             logged = log_path.stat().st_size if log_path.exists() else 0
             ref = spawn(["bash", "--noprofile", "--norc", "-c", script], cwd=cwd, env=_replica_env(inputs, port), log_path=log_path)
-            ready = wait_until(lambda: not ref.alive() or port_accepts(LOOPBACK_HOST, port), inputs.ready_timeout_seconds)
-            if ready and ref.alive():
+            try:
+                await_listening(ref, LOOPBACK_HOST, port, inputs.ready_timeout_seconds)
                 break
-            died = not ref.alive()
-            stop(ref)
-            # Another process may take the free port between our probe and the replica's bind
-            # (a busy machine, parallel tests): that alone is worth another port.
-            if died and attempt < _PORT_ATTEMPTS and _lost_port_race(log_path, logged):
-                continue
-            why = "exited" if died else f"did not accept connections within {inputs.ready_timeout_seconds:g}s"
-            hint = (
-                f" Locally every replica listens on its own port, given in $PORT (the service's port "
-                f"{inputs.container_port} is replaced when it appears as a number in `commands`)."
-            )
-            tail = _redact(log_tail(log_path), inputs.secret_env)
-            # A failed create leaves nothing: the tail is in the message, the file goes.
-            log_path.unlink(missing_ok=True)
-            remove_empty_dirs(log_path.parent, inputs.cleanup_root)
-            raise ProcessStartError(
-                f"{label} {why} before listening on {LOOPBACK_HOST}:{port}.{'' if died else hint}\n"
-                f"Last lines of {log_path}:\n{tail}"
-            )
+            except NotListeningError as exc:
+                # Another process may take the free port between our probe and the replica's bind
+                # (a busy machine, parallel tests): that alone is worth another port.
+                if exc.died and attempt < _PORT_ATTEMPTS and _lost_port_race(log_path, logged):
+                    continue
+                hint = (
+                    f" Locally every replica listens on its own port, given in $PORT (the service's port "
+                    f"{inputs.container_port} is replaced when it appears as a number in `commands`)."
+                )
+                tail = _redact(log_tail(log_path), inputs.secret_env)
+                # A failed create leaves nothing: the tail is in the message, the file goes.
+                log_path.unlink(missing_ok=True)
+                remove_empty_dirs(log_path.parent, inputs.cleanup_root)
+                raise ProcessStartError(
+                    f"{label} {exc} before listening on {LOOPBACK_HOST}:{port}.{'' if exc.died else hint}\n"
+                    f"Last lines of {log_path}:\n{tail}"
+                ) from None
         state = ReplicaState(
             **inputs.model_dump(),
             pid=ref.pid,
@@ -220,13 +209,6 @@ class ReplicaProvider(dynamic.ResourceProvider):
             log_inode=log_path.stat().st_ino,
         )
         return dynamic.CreateResult(f"{inputs.service}-{inputs.replica}-{ref.pid}", state.model_dump())
-
-    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
-        state = ReplicaState.model_validate(props)
-        if not ProcessRef(state.pid, state.start_time).alive():
-            # Gone: an empty id drops the replica from the state, so the next `up` recreates it.
-            return dynamic.ReadResult("", {})
-        return dynamic.ReadResult(id_, state.model_dump())
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         state = ReplicaState.model_validate(olds)
