@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cloud_examples import HF_TOKEN, REGISTRY_PASSWORD, example_plans, hostile_plan  # noqa: E402
+from _system_tools import apt_install  # noqa: E402
 
 from serveform.components import _cloud  # noqa: E402
 from serveform.components._render import render, sh_quote, systemd_quote, yaml_quote  # noqa: E402
@@ -64,31 +65,14 @@ _VOLUME_REFS = {
 }
 
 
-def _apt_install(command: str, package: str) -> str:
-    """The path of ``command``, installing its Debian package first when it is missing."""
-    found = shutil.which(command)
-    if found:
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], check=False, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-    if not shutil.which(command):  # a stale package list: refresh it once
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], check=True, env=env,
-                       stdout=subprocess.DEVNULL, timeout=600)
-    found = shutil.which(command)
-    assert found, f"{package} installed but {command} not on PATH"
-    return found
-
-
 @pytest.fixture(scope="module")
 def cloud_init() -> str:
-    return _apt_install("cloud-init", "cloud-init")
+    return apt_install("cloud-init", "cloud-init")
 
 
 @pytest.fixture(scope="module")
 def systemd_analyze() -> str:
-    return _apt_install("systemd-analyze", "systemd")
+    return apt_install("systemd-analyze", "systemd")
 
 
 def _replica_boot(plan, cloud: str) -> ReplicaBoot:

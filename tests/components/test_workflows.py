@@ -7,14 +7,13 @@ every `run:` script.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from _system_tools import apt_install
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -22,11 +21,7 @@ WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
 @pytest.fixture(scope="module")
 def actionlint() -> str:
-    if not shutil.which("shellcheck"):  # actionlint lints run: scripts with it when present
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "shellcheck"], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=False)
-    assert shutil.which("shellcheck"), "shellcheck could not be installed with apt-get"
+    apt_install("shellcheck", "shellcheck")  # actionlint lints run: scripts with it when present
     built = subprocess.run([str(ROOT / "tools" / "actionlint" / "build.sh")], capture_output=True, text=True, timeout=900)
     assert built.returncode == 0, built.stderr
     return built.stdout.strip().splitlines()[-1]
