@@ -16,8 +16,8 @@ from pathlib import Path
 import pulumi
 from pulumi.runtime import config as _runtime_config
 
+from serveform.stacks.services import compile_services
 from serveform.stacks.settings import CONFIG_NAMESPACE, StackConfigError, StackSettings
-from serveform.translator import CompileContext, TranslatorError, compile_file
 from serveform.translator.plan import ServicePlan
 
 __all__ = ["build", "compile_plans", "load_settings", "run"]
@@ -33,32 +33,13 @@ def load_settings() -> StackSettings:
 
 def compile_plans(settings: StackSettings) -> list[ServicePlan]:
     """Compile every service file of the stack; all problems of all files are reported at once."""
-    context = CompileContext(
-        backend=settings.backend,
-        domain=settings.domain,
-        regions=settings.regions,
-        environ=dict(os.environ),
-        stack_secrets={k: v.get_secret_value() for k, v in settings.secrets.items()},
-        offers_catalog=Path(settings.offers_catalog) if settings.offers_catalog else None,
-    )
-    plans: list[ServicePlan] = []
-    reports: list[str] = []
-    for path in settings.service_paths:
-        try:
-            result = compile_file(path, context=context)
-        except TranslatorError as exc:
-            reports.append(str(exc))
-            continue
-        for warning in result.warnings:
-            pulumi.log.warn(str(warning))
-        plans.append(result.plan)
-    names = [p.name for p in plans]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        reports.append(f"{CONFIG_NAMESPACE}:services: two service files share the name(s) {', '.join(duplicates)}")
+    results, reports = compile_services(settings, os.environ)
     if reports:
         raise pulumi.RunError("\n".join(reports))
-    return plans
+    for result in results:
+        for warning in result.warnings:
+            pulumi.log.warn(str(warning))
+    return [result.plan for result in results]
 
 
 def build(settings: StackSettings, plans: list[ServicePlan]) -> None:

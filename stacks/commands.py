@@ -55,8 +55,9 @@ def _print(line: str) -> None:
 
 def _preflight(engine: Any) -> int:
     """Validate stack config and every service file before the engine starts: exit 2 on errors."""
-    from serveform.translator import CompileContext, TranslatorError, compile_file
+    import os
 
+    from .services import compile_services
     from .settings import StackConfigError, StackSettings
 
     try:
@@ -64,22 +65,10 @@ def _preflight(engine: Any) -> int:
     except StackConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    context = CompileContext(
-        backend=settings.backend,
-        domain=settings.domain,
-        regions=settings.regions,
-        environ=dict(__import__("os").environ),
-        stack_secrets={k: v.get_secret_value() for k, v in settings.secrets.items()},
-        offers_catalog=Path(settings.offers_catalog) if settings.offers_catalog else None,
-    )
-    failed = False
-    for path in settings.service_paths:
-        try:
-            compile_file(path, context=context)
-        except TranslatorError as exc:
-            print(exc, file=sys.stderr)
-            failed = True
-    return 2 if failed else 0
+    _, reports = compile_services(settings, os.environ)
+    for report in reports:
+        print(report, file=sys.stderr)
+    return 2 if reports else 0
 
 
 def _operation(name: str):
