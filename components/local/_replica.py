@@ -14,12 +14,21 @@ deadline passes (the process is stopped then: a failed create leaves nothing run
 Identity. ``read`` (``pulumi refresh``) keeps the replica only while its process — same pid and
 same start time — runs; otherwise the resource leaves the state and the next ``up`` creates it.
 
+Claims. An ``up`` killed between starting a replica's process and recording it in the state (the
+scaler's own update, interrupted) would leave that process running untracked, and the next ``up``
+would start a second one for the same replica. Every process started for a replica slot is
+written to ``<service>-<n>.claims.json`` at once; ``diff``, which the engine runs for every tracked
+replica on each update, confirms the tracked one; ``create`` stops any live, unconfirmed claim of
+its slot first — an orphan — and leaves a confirmed one alone (create-before-delete replacement).
+
 Logs. ``<state dir>/replicas/<service>-<n>.log``; a new process of the same replica moves the old
 log to ``<service>-<n>.previous.log`` first, so the reason a replica died survives its healing.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -156,6 +165,42 @@ def _previous_log(log_path: Path) -> Path:
     return log_path.with_name(log_path.name.removesuffix(".log") + ".previous.log")
 
 
+def _claims_path(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name.removesuffix(".log") + ".claims.json")
+
+
+def _read_claims(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        claims = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _write_claims(path: Path, claims: dict[str, dict[str, Any]]) -> None:
+    if not claims:
+        path.unlink(missing_ok=True)
+        return
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(claims, sort_keys=True))
+    os.replace(staging, path)
+
+
+def _stop_orphans(path: Path) -> dict[str, dict[str, Any]]:
+    """Stop the live, unconfirmed processes claimed for a slot; returns the claims left."""
+    kept = {}
+    for pid, claim in _read_claims(path).items():
+        ref = ProcessRef(int(pid), int(claim["start_time"]))
+        if not ref.alive():
+            continue
+        if not claim.get("confirmed"):
+            stop(ref)
+            continue
+        kept[pid] = claim
+    _write_claims(path, kept)
+    return kept
+
+
 class ReplicaProvider(ProcessProvider):
     """Creates, reads, updates and deletes replica processes. Holds no state of its own."""
 
@@ -175,15 +220,19 @@ class ReplicaProvider(ProcessProvider):
         cwd = Path(inputs.project_dir) / (inputs.working_dir or "")
         if not cwd.is_dir():
             raise ProcessStartError(f"{label}: working directory {cwd} does not exist")
+        claims_path = _claims_path(log_path)
+        claims = _stop_orphans(claims_path)
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             port = free_port()
             script = replica_script(inputs.setup, inputs.commands, inputs.container_port, port)
             logged = log_path.stat().st_size if log_path.exists() else 0
             ref = spawn(["bash", "--noprofile", "--norc", "-c", script], cwd=cwd, env=_replica_env(inputs, port), log_path=log_path)
+            _write_claims(claims_path, {**claims, str(ref.pid): {"start_time": ref.start_time, "confirmed": False}})
             try:
                 await_listening(ref, LOOPBACK_HOST, port, inputs.ready_timeout_seconds)
                 break
             except NotListeningError as exc:
+                _write_claims(claims_path, claims)  # await_listening stopped it
                 # Another process may take the free port between our probe and the replica's bind
                 # (a busy machine, parallel tests): that alone is worth another port.
                 if exc.died and attempt < _PORT_ATTEMPTS and _lost_port_race(log_path, logged):
@@ -210,6 +259,24 @@ class ReplicaProvider(ProcessProvider):
         )
         return dynamic.CreateResult(f"{inputs.service}-{inputs.replica}-{ref.pid}", state.model_dump())
 
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        self._confirm(olds)
+        return super().diff(id_, olds, news)
+
+    @staticmethod
+    def _confirm(olds: dict[str, Any]) -> None:
+        """The process in the state is this slot's tracked one: never an orphan."""
+        try:
+            state = ReplicaState.model_validate(olds)
+        except ValueError:
+            return
+        path = _claims_path(Path(state.log_path))
+        claims = _read_claims(path)
+        if claims.get(str(state.pid), {}).get("confirmed"):
+            return
+        claims[str(state.pid)] = {"start_time": state.start_time, "confirmed": True}
+        _write_claims(path, claims)
+
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         state = ReplicaState.model_validate(olds)
         inputs = ReplicaInputs.model_validate(news)
@@ -223,6 +290,10 @@ class ReplicaProvider(ProcessProvider):
         state = ReplicaState.model_validate(props)
         stop(ProcessRef(state.pid, state.start_time))
         log_path = Path(state.log_path)
+        claims_path = _claims_path(log_path)
+        claims = _read_claims(claims_path)
+        claims.pop(str(state.pid), None)
+        _write_claims(claims_path, claims)
         try:
             if log_path.stat().st_ino == state.log_inode:
                 log_path.unlink()

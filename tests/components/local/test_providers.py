@@ -359,3 +359,33 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def test_a_process_an_interrupted_up_left_behind_is_stopped_not_duplicated(tmp_path, replicas):
+    provider, create = replicas
+    props = _replica_props(tmp_path)
+    # An `up` started this replica, then was killed before the engine recorded it: the state never
+    # heard of `orphan`, so no diff ever confirms it.
+    _, orphan = create(props)
+    orphan_ref = ProcessRef(orphan["pid"], orphan["start_time"])
+    assert orphan_ref.alive()
+    # The next `up` creates the same replica again: the orphan goes, one process serves.
+    _, tracked = create(props)
+    assert not orphan_ref.alive()
+    assert ProcessRef(tracked["pid"], tracked["start_time"]).alive()
+    assert port_accepts("127.0.0.1", tracked["port"])
+
+
+def test_a_confirmed_replica_survives_the_create_of_its_replacement(tmp_path, replicas):
+    provider, create = replicas
+    props = _replica_props(tmp_path)
+    _, old = create(props)
+    # Every `up` diffs the tracked replica first; a replacement is created before the old one goes.
+    provider.diff("id", old, _replica_props(tmp_path, commands=props["commands"] + ["true"]))
+    _, new = create(_replica_props(tmp_path, commands=props["commands"]))
+    assert ProcessRef(old["pid"], old["start_time"]).alive()
+    assert ProcessRef(new["pid"], new["start_time"]).alive()
+    provider.delete("", old)
+    provider.delete("", new)
+    claims = Path(new["log_path"]).with_name("envsvc-0.claims.json")
+    assert not claims.exists()
