@@ -6,16 +6,21 @@ export PULUMI_SKIP_UPDATE_CHECK := 1
 STACK ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: setup up down test bench k8s-up k8s-down
+.PHONY: setup setup-dev up down test bench k8s-up k8s-down
 
+# Everything the tests need (also k8s-local and actionlint).
 setup:
-	tools/setup.sh
+	tools/setup.sh all
 
-up: setup
+# Only what the dev stack needs: the Python environment, Pulumi and Caddy.
+setup-dev:
+	tools/setup.sh dev
+
+up: setup-dev
 	serveform up --stack $(STACK) --yes
 	serveform endpoints --stack $(STACK)
 
-down: setup
+down: setup-dev
 	serveform destroy --stack $(STACK) --yes
 
 test: setup
@@ -25,10 +30,11 @@ bench: setup
 	for b in bench/*.py; do python "$$b" || exit $$?; done
 
 # The Kubernetes backend on k8s-local: a real control plane on loopback with kwok GPU nodes.
-k8s-up: setup
+k8s-up:
+	tools/setup.sh k8s
 	tools/k8s-local.sh start
 	serveform up --stack k8s --yes
 
-k8s-down: setup
+k8s-down: setup-dev
 	-serveform destroy --stack k8s --yes
 	tools/k8s-local.sh stop

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Provides everything serveform needs on a fresh machine, idempotently:
-#   - the project's Python environment in .venv (editable install with test extras),
-#   - the Pulumi CLI v3.259.0 and its Python shims,
-#   - Caddy v2.11.9 with the DNS-provider and rate-limit modules,
-#   - the k8s-local control plane, kwok, etcd and the Pulumi Kubernetes provider (tools/k8s/build.sh),
-#   - actionlint, which checks the GitHub workflows (tools/actionlint/build.sh).
+# Provides what serveform needs on a fresh machine, idempotently. Two profiles:
+#   dev  (make up)   the Python environment in .venv (serveform + the openai client the printed
+#                    example uses), the Pulumi CLI v3.259.0 with its Python shims, and Caddy
+#                    v2.11.9 with the DNS-provider and rate-limit modules: all the dev stack runs;
+#   k8s  (make k8s-up) dev plus the Kubernetes SDK, k8s-local and the Kubernetes provider;
+#   all  (make test) the above with the test, k8s and cloud extras, plus the k8s-local control
+#                    plane, kwok, etcd, the Pulumi Kubernetes provider (tools/k8s/build.sh) and
+#                    actionlint (tools/actionlint/build.sh).
 # Binaries that cannot be downloaded here are built with Go from the module proxy into
 # ~/.cache/serveform/<name>-<version>/ (outside the checkout, keyed by version), so a
 # second run takes seconds. They are linked into .venv/bin, which the Makefile puts on PATH.
+# The Python environment is installed while Go builds, so a cold `dev` costs about as long
+# as the two Go builds (~5 minutes on 2 cores), not their sum with pip's.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,10 +20,10 @@ PULUMI_VERSION=v3.259.0
 CADDY_VERSION=v2.11.9
 VENV=$ROOT/.venv
 PY=${PYTHON:-python3}
-EXTRAS=${SERVEFORM_EXTRAS:-test,k8s,cloud}
 
 mkdir -p "$CACHE"
-log() { printf '[setup] %s\n' "$*" >&2; }
+T0=$SECONDS
+log() { printf '[setup %3ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 
 # Several checkouts (or test sessions) may run setup at once: one builder at a time.
 exec 9>"$CACHE/.setup.lock"
@@ -29,58 +33,63 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 # Modules the checksum database does not know; their hashes are pinned in the committed go.sum.
 export GONOSUMDB=github.com/caddy-dns,github.com/mholt/caddy-ratelimit,github.com/pulumi
 
+PULUMI_BIN=$CACHE/pulumi-$PULUMI_VERSION/bin
+CADDY_BIN=$CACHE/caddy-$CADDY_VERSION/bin
+caddy_stamp() { cat "$ROOT/tools/caddy/"{go.mod,go.sum,main.go} | sha256sum | cut -c1-12; }
+pulumi_fresh() { [ -x "$PULUMI_BIN/pulumi" ] && [ -x "$PULUMI_BIN/pulumi-resource-pulumi-python" ]; }
+caddy_fresh() { [ -x "$CADDY_BIN/caddy" ] && [ "$(cat "$CADDY_BIN/.stamp" 2>/dev/null)" = "$(caddy_stamp)" ]; }
+
 build_pulumi() {
-  local dest=$CACHE/pulumi-$PULUMI_VERSION/bin
-  mkdir -p "$dest"
-  if [ ! -x "$dest/pulumi" ]; then
-    log "building the Pulumi CLI $PULUMI_VERSION from the Go module proxy (about 4 minutes cold)"
+  mkdir -p "$PULUMI_BIN"
+  if [ ! -x "$PULUMI_BIN/pulumi" ]; then
+    log "pulumi: building the CLI $PULUMI_VERSION from the Go module proxy (about 4 minutes cold)"
     local t0=$SECONDS
     (cd "$ROOT/tools/pulumi" && go build -trimpath \
         -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION" \
-        -o "$dest/pulumi.tmp" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
-    mv "$dest/pulumi.tmp" "$dest/pulumi"
-    log "pulumi built in $((SECONDS - t0)) s"
+        -o "$PULUMI_BIN/pulumi.tmp" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
+    mv "$PULUMI_BIN/pulumi.tmp" "$PULUMI_BIN/pulumi"
+    log "pulumi: built in $((SECONDS - t0)) s"
   fi
-  if [ -x "$dest/pulumi-resource-pulumi-python" ]; then return; fi
+  if [ -x "$PULUMI_BIN/pulumi-resource-pulumi-python" ]; then return; fi
   # The Python shims ship in the sdk module zip (read-only there).
   local sdk
   sdk=$(cd "$ROOT/tools/pulumi" && go list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)
-  install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$dest/"
-  install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$dest/"
+  install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$PULUMI_BIN/"
+  install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$PULUMI_BIN/"
 }
 
 build_caddy() {
-  local dest=$CACHE/caddy-$CADDY_VERSION/bin
-  local stamp
-  stamp=$(cat "$ROOT/tools/caddy/go.mod" "$ROOT/tools/caddy/go.sum" "$ROOT/tools/caddy/main.go" | sha256sum | cut -c1-12)
-  if [ -x "$dest/caddy" ] && [ "$(cat "$dest/.stamp" 2>/dev/null)" = "$stamp" ]; then return; fi
-  log "building Caddy $CADDY_VERSION with DNS modules (about 3 minutes cold)"
-  mkdir -p "$dest"
+  if caddy_fresh; then return; fi
+  log "caddy: building $CADDY_VERSION with the DNS and rate-limit modules (about 2-3 minutes cold)"
+  mkdir -p "$CADDY_BIN"
   local t0=$SECONDS
-  (cd "$ROOT/tools/caddy" && go build -trimpath -ldflags "-s -w" -o "$dest/caddy.tmp" .)
-  mv "$dest/caddy.tmp" "$dest/caddy"
-  echo "$stamp" > "$dest/.stamp"
-  log "caddy built in $((SECONDS - t0)) s"
+  (cd "$ROOT/tools/caddy" && go build -trimpath -ldflags "-s -w" -o "$CADDY_BIN/caddy.tmp" .)
+  mv "$CADDY_BIN/caddy.tmp" "$CADDY_BIN/caddy"
+  caddy_stamp > "$CADDY_BIN/.stamp"
+  log "caddy: built in $((SECONDS - t0)) s"
 }
 
-python_env() {
+python_env() { # python_env EXTRAS
+  local extras=$1 t0=$SECONDS
   if [ ! -x "$VENV/bin/python" ]; then
-    log "creating $VENV"
+    log "python: creating $VENV"
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
   fi
   local stamp
-  stamp=$( (cat "$ROOT/pyproject.toml" "$ROOT/setup.py"; echo "$EXTRAS") | sha256sum | cut -c1-12)
-  if [ "$(cat "$VENV/.serveform-stamp" 2>/dev/null)" != "$stamp" ]; then
-    log "installing serveform[$EXTRAS] into $VENV"
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
-    echo "$stamp" > "$VENV/.serveform-stamp"
-  fi
+  stamp=$( (cat "$ROOT/pyproject.toml" "$ROOT/setup.py"; echo "$extras") | sha256sum | cut -c1-12)
+  # A venv installed with more extras serves a smaller profile too: `make up` after `make test`
+  # must not reinstall.
+  if grep -qxF "$stamp" "$VENV/.serveform-stamps" 2>/dev/null; then return; fi
+  log "python: installing serveform[$extras] into $VENV (about 1-2 minutes cold)"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[$extras]"
+  echo "$stamp" >> "$VENV/.serveform-stamps"
+  log "python: installed in $((SECONDS - t0)) s"
 }
 
 link_tools() {
   local f
-  for f in "$CACHE/pulumi-$PULUMI_VERSION/bin/"* "$CACHE/caddy-$CADDY_VERSION/bin/caddy"; do
+  for f in "$PULUMI_BIN/"* "$CADDY_BIN/caddy"; do
     ln -sf "$f" "$VENV/bin/$(basename "$f")"
   done
   # Our own Python language host, for plain `pulumi preview|up` in the project directory
@@ -94,18 +103,36 @@ SH
   fi
 }
 
+base() { # base EXTRAS: the Python environment (in the background) while Pulumi and Caddy build
+  if ! pulumi_fresh || ! caddy_fresh; then
+    log "cold build: Pulumi and Caddy from source take about 5 minutes on 2 cores (cached afterwards in $CACHE)"
+  fi
+  python_env "$1" &
+  local py=$!
+  build_pulumi
+  build_caddy
+  wait "$py" || { log "python: installing the environment failed"; exit 1; }
+  link_tools
+}
+
 case "${1:-all}" in
   pulumi) build_pulumi ;;
   caddy) build_caddy ;;
-  python) python_env ;;
-  k8s) "$ROOT/tools/k8s/build.sh" all ;;
+  python) python_env "${SERVEFORM_EXTRAS:-test,k8s,cloud}" ;;
+  k8s)
+    base "${SERVEFORM_EXTRAS:-client,k8s}"
+    "$ROOT/tools/k8s/build.sh" all
+    log "ready (k8s: dev + the Kubernetes SDK, k8s-local, the Kubernetes provider)"
+    ;;
+  dev)
+    base "${SERVEFORM_EXTRAS:-client}"
+    log "ready (dev: Python environment, Pulumi, Caddy)"
+    ;;
   all)
-    python_env
-    build_pulumi
-    build_caddy
-    link_tools
+    base "${SERVEFORM_EXTRAS:-test,k8s,cloud}"
     "$ROOT/tools/k8s/build.sh" all
     "$ROOT/tools/actionlint/build.sh" >/dev/null
+    log "ready (all: dev + test extras, k8s-local, actionlint)"
     ;;
-  *) echo "usage: $0 [all|python|pulumi|caddy|k8s]" >&2; exit 2 ;;
+  *) echo "usage: $0 [dev|all|python|pulumi|caddy|k8s]" >&2; exit 2 ;;
 esac
