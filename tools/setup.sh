@@ -25,7 +25,9 @@ mkdir -p "$CACHE"
 T0=$SECONDS
 log() { printf '[setup %3ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 
-# Several checkouts (or test sessions) may run setup at once: one builder at a time.
+# Several checkouts (or test sessions) may run setup at once: one builder of the shared
+# binaries at a time. The lock is held for the Pulumi/Caddy/venv phase only (`base`): the k8s
+# and actionlint builds take their own locks, so a `make up` never waits for a k8s build.
 exec 9>"$CACHE/.setup.lock"
 flock 9
 
@@ -113,6 +115,7 @@ base() { # base EXTRAS: the Python environment (in the background) while Pulumi 
   build_caddy
   wait "$py" || { log "python: installing the environment failed"; exit 1; }
   link_tools
+  exec 9>&-
 }
 
 case "${1:-all}" in
