@@ -21,6 +21,12 @@ written to ``<service>-<n>.claims.json`` at once; ``diff``, which the engine run
 replica on each update, confirms the tracked one; ``create`` stops any live, unconfirmed claim of
 its slot first — an orphan — and leaves a confirmed one alone (create-before-delete replacement).
 
+Restarts. The replica's command runs under a small supervisor (`_supervisor`, the process the
+state records): once the command has listened, it is started again whenever it exits, with
+backoff, as systemd's ``Restart=always`` does on the VMs, so a crashed replica comes back without
+a `refresh`. The count is kept in ``<service>-<n>.restarts.json`` beside the log (`read_restarts`);
+`serveform status` shows it. A supervisor that is itself gone is what `read` notices, as before.
+
 Logs. ``<state dir>/replicas/<service>-<n>.log``; a new process of the same replica moves the old
 log to ``<service>-<n>.previous.log`` first, so the reason a replica died survives its healing.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ import pulumi
 import pulumi.dynamic as dynamic
 from pydantic import BaseModel, ConfigDict
 
+from . import _supervisor
 from ._process import (
     LOOPBACK_HOST,
     NotListeningError,
@@ -52,9 +60,9 @@ from ._process import (
     stop,
 )
 
-__all__ = ["PROVIDER_VERSION", "Replica", "ReplicaProvider", "replica_script", "substitute_port"]
+__all__ = ["PROVIDER_VERSION", "Replica", "ReplicaProvider", "read_restarts", "replica_script", "restarts_path", "substitute_port"]
 
-PROVIDER_VERSION = "1"
+PROVIDER_VERSION = "2"  # 2: commands run under the restarting supervisor
 """Bump when the provider's behaviour changes, so `pulumi preview` shows the change."""
 
 # Inputs whose change needs a new process; anything else updates in place.
@@ -76,6 +84,7 @@ _UPDATE_KEYS = ("provider_version", "ready_timeout_seconds", "cleanup_root")
 # passphrases, cloud credentials) is none of a replica's business.
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "TERM")
 _REDACTED = "[secret]"
+_SUPERVISOR = Path(_supervisor.__file__).resolve()
 _PORT_ATTEMPTS = 3
 _LOG_SCAN_BYTES = 64 * 1024
 _ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE|\[Errno 98\]", re.IGNORECASE)
@@ -169,6 +178,29 @@ def _claims_path(log_path: Path) -> Path:
     return log_path.with_name(log_path.name.removesuffix(".log") + ".claims.json")
 
 
+def restarts_path(log_path: str | os.PathLike[str]) -> Path:
+    """The supervisor's record of a replica's restarts, beside its log."""
+    path = Path(log_path)
+    return path.with_name(path.name.removesuffix(".log") + ".restarts.json")
+
+
+def read_restarts(log_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """``{"restarts", "last_exit", "last_restart_at", "child_pid", "supervisor_pid"}`` of a running
+    replica's supervisor, or None when there is no (readable) record."""
+    try:
+        record = json.loads(restarts_path(log_path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _supervised(script: str, port: int, log_path: Path) -> tuple[list[str], dict[str, str]]:
+    """The supervisor's argv and the extra environment that hands it the replica's command."""
+    # -I: the script's folder (components/local) must not shadow the standard library.
+    argv = [sys.executable, "-I", str(_SUPERVISOR), "--port", str(port), "--restarts", str(restarts_path(log_path))]
+    return argv, {_supervisor.ARGV_ENV: json.dumps(["bash", "--noprofile", "--norc", "-c", script])}
+
+
 def _read_claims(path: Path) -> dict[str, dict[str, Any]]:
     try:
         claims = json.loads(path.read_text())
@@ -192,6 +224,11 @@ def _stop_orphans(path: Path) -> dict[str, dict[str, Any]]:
     for pid, claim in _read_claims(path).items():
         ref = ProcessRef(int(pid), int(claim["start_time"]))
         if not ref.alive():
+            # A supervisor killed outright may leave the command's descendants in its group
+            # (its direct child dies with it): they still hold the slot's port, so they go too.
+            # `stop` leaves a group alone whose id now names another process.
+            if ref.group_alive():
+                stop(ref)
             continue
         if not claim.get("confirmed"):
             stop(ref)
@@ -226,7 +263,8 @@ class ReplicaProvider(ProcessProvider):
             port = free_port()
             script = replica_script(inputs.setup, inputs.commands, inputs.container_port, port)
             logged = log_path.stat().st_size if log_path.exists() else 0
-            ref = spawn(["bash", "--noprofile", "--norc", "-c", script], cwd=cwd, env=_replica_env(inputs, port), log_path=log_path)
+            argv, extra_env = _supervised(script, port, log_path)
+            ref = spawn(argv, cwd=cwd, env={**_replica_env(inputs, port), **extra_env}, log_path=log_path)
             _write_claims(claims_path, {**claims, str(ref.pid): {"start_time": ref.start_time, "confirmed": False}})
             try:
                 await_listening(ref, LOOPBACK_HOST, port, inputs.ready_timeout_seconds)
@@ -294,6 +332,9 @@ class ReplicaProvider(ProcessProvider):
         claims = _read_claims(claims_path)
         claims.pop(str(state.pid), None)
         _write_claims(claims_path, claims)
+        record = read_restarts(log_path)
+        if record is None or record.get("supervisor_pid") == state.pid:  # never a newer process's record
+            restarts_path(log_path).unlink(missing_ok=True)
         try:
             if log_path.stat().st_ino == state.log_inode:
                 log_path.unlink()

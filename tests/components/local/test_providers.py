@@ -389,3 +389,55 @@ def test_a_confirmed_replica_survives_the_create_of_its_replacement(tmp_path, re
     provider.delete("", new)
     claims = Path(new["log_path"]).with_name("envsvc-0.claims.json")
     assert not claims.exists()
+
+
+def test_a_replica_whose_command_dies_is_restarted_on_its_address_and_counted(tmp_path, replicas):
+    provider, create = replicas
+    id_, outs = create(_replica_props(tmp_path))
+    first = _get_json(outs["address"])["pid"]
+    record = _replica.read_restarts(outs["log_path"])
+    assert record["supervisor_pid"] == outs["pid"] and record["child_pid"] == first and record["restarts"] == 0
+    os.kill(first, signal.SIGKILL)  # the server crashes; nobody runs refresh or up
+    assert wait_until(lambda: (_replica.read_restarts(outs["log_path"]) or {}).get("restarts") == 1, 15)
+    assert wait_until(lambda: port_accepts("127.0.0.1", outs["port"]), 15)
+    second = _get_json(outs["address"])["pid"]
+    assert second != first
+    record = _replica.read_restarts(outs["log_path"])
+    assert record["last_exit"] == -signal.SIGKILL and record["child_pid"] == second
+    # Same replica for Pulumi: its supervisor still runs, so refresh keeps it.
+    assert provider.read(id_, outs).id == id_
+    log = Path(outs["log_path"]).read_text()
+    assert "exited with signal 9" in log and "restart 1: started again" in log
+    provider.delete(id_, outs)
+    assert not _replica.restarts_path(outs["log_path"]).exists()
+    assert not ProcessRef(outs["pid"], outs["start_time"]).group_alive()
+
+
+def test_restarts_back_off_exponentially(tmp_path, replicas):
+    # A command that listens, then exits every time it is started again: the delays double.
+    marker = tmp_path / "starts"
+    script = f"echo x >> {marker}; if [ $(wc -l < {marker}) -gt 1 ]; then exit 3; fi; exec {sys.executable} {ENVSERVER} --port $PORT"
+    provider, create = replicas
+    _, outs = create(_replica_props(tmp_path, commands=[script]))
+    os.kill(_get_json(outs["address"])["pid"], signal.SIGTERM)
+    # Restart 1 after 1 s, restart 2 after 2 s more, restart 3 after 4 s more.
+    assert wait_until(lambda: (_replica.read_restarts(outs["log_path"]) or {}).get("restarts", 0) >= 3, 20)
+    log = Path(outs["log_path"]).read_text()
+    delays = [line.rsplit("restarting in ", 1)[1] for line in log.splitlines() if "restarting in " in line]
+    assert delays[:3] == ["1 s", "2 s", "4 s"], log
+    assert _replica.read_restarts(outs["log_path"])["last_exit"] == 3
+
+
+def test_a_supervisor_killed_outright_leaves_nothing_for_the_next_create(tmp_path, replicas):
+    provider, create = replicas
+    props = _replica_props(tmp_path, commands=[f"( {sys.executable} {ENVSERVER} --port 8000 )"])
+    id_, outs = create(props)
+    provider.diff(id_, outs, props)  # tracked: confirmed in the slot's claims
+    server = _get_json(outs["address"])["pid"]
+    os.kill(outs["pid"], signal.SIGKILL)  # the supervisor alone; the server is a grandchild
+    assert wait_until(lambda: not ProcessRef(outs["pid"], outs["start_time"]).alive(), 10)
+    assert provider.read(id_, outs).id == ""  # refresh notices, as before
+    _, new = create(props)  # the next `up`: the old group's leftovers go, the new replica serves
+    ref = ProcessRef.of(server)
+    assert ref is None or not ref.alive()
+    assert _get_json(new["address"])["pid"] != server
