@@ -9,6 +9,10 @@ replicas, readiness, waiting for a replica, retries and request metrics as `<ser
 Caddy checks the bearer token before a request reaches the router; the router checks it again,
 in constant time, so it never serves an unauthenticated request even if reached directly.
 Streams are copied chunk by chunk as they arrive.
+
+`GET /serveform/v1/status` (same token) answers the gateway's readiness view, every service's
+published and ready replicas, so `serveform status` can read it from a gateway it cannot log in
+to (a VM, a pod).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +32,9 @@ from aiohttp import web
 from . import tgi
 from .routes import ServiceRoute
 
-__all__ = ["ModelRoute", "Router", "RouterConfig", "router_config"]
+__all__ = ["ModelRoute", "Router", "RouterConfig", "STATUS_PATH", "router_config"]
+
+STATUS_PATH = "/serveform/v1/status"
 
 _HOP_BY_HOP = frozenset(
     h.lower()
@@ -91,8 +98,9 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
 class Router:
     """The aiohttp application; ``update`` swaps the config without dropping requests in flight."""
 
-    def __init__(self, config: RouterConfig) -> None:
+    def __init__(self, config: RouterConfig, status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.config = config
+        self._status = status
         self._created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
         self.app = web.Application(middlewares=[self._middleware], client_max_size=config.body_limit_bytes)
@@ -100,6 +108,8 @@ class Router:
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_post("/v1/completions", self._completions)
+        if status is not None:
+            self.app.router.add_get(STATUS_PATH, self._status_handler)
         self.app.router.add_route("*", "/{tail:.*}", self._not_found)
         self.app.on_startup.append(self._open)
         self.app.on_cleanup.append(self._close)
@@ -152,6 +162,10 @@ class Router:
             for name, model in sorted(self.config.models.items())
         ]
         return web.json_response({"object": "list", "data": data}, headers=_CORS)
+
+    async def _status_handler(self, request: web.Request) -> web.Response:
+        assert self._status is not None
+        return web.json_response(self._status())
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._forward(request, "chat")

@@ -201,6 +201,16 @@ class _Gateway:
         }
         write_private(self.state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
 
+    def _public_status(self) -> dict[str, Any]:
+        """What the router's status endpoint answers: the readiness view, no local paths or pids."""
+        snapshot = self.prober.snapshot()
+        return {
+            "services": {
+                name: {**snapshot.get(name, {"published": [], "ready": []}), "generation": self.generations.get(name, 0)}
+                for name in sorted(set(snapshot) | set(self.generations))
+            }
+        }
+
     def _prepare(self, settings: GatewaySettings, routes: tuple[ServiceRoute, ...]) -> Path:
         """Render, adapt, fill secrets, validate: the path of a config Caddy can run."""
         assert self.runtime is not None
@@ -231,7 +241,7 @@ class _Gateway:
             settings.body_limit_mb * 1024 * 1024,
         )
         if self.router is None:
-            self.router = Router(config)
+            self.router = Router(config, status=self._public_status)
         else:
             self.router.update(config)
 

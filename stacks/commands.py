@@ -1,4 +1,4 @@
-"""`serveform preview|up|refresh|destroy|endpoints --stack ENV`: thin wrappers over the engine."""
+"""`serveform preview|up|refresh|destroy|endpoints|status|logs --stack ENV`: thin wrappers over the engine."""
 
 from __future__ import annotations
 
@@ -22,8 +22,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     for name, help_text in _OPERATIONS.items():
         parser = sub.add_parser(name, help=help_text, description=help_text)
         _common(parser)
-        if name != "preview":
-            parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (always true here)")
+        if name == "destroy":
+            parser.add_argument("--yes", "-y", action="store_true", help="destroy without asking for confirmation (required when stdin is not a terminal)")
+        elif name != "preview":
+            # `up` and `refresh` never ask; the flag is accepted so `pulumi`-style command lines work.
+            parser.add_argument("--yes", "-y", action="store_true", help="accepted for compatibility with `pulumi`; `serveform %s` never asks" % name)
         if name in ("preview", "up", "destroy", "refresh"):
             parser.add_argument("--target", action="append", default=[], metavar="URN", help="limit to these resources")
         parser.set_defaults(func=_operation(name))
@@ -31,6 +34,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _common(endpoints)
     endpoints.add_argument("--json", action="store_true", help="print one JSON object")
     endpoints.set_defaults(func=_endpoints)
+    status = sub.add_parser("status", help="show every service's replicas, readiness, load and scaler decision")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object (shape: README, `serveform status`)")
+    status.set_defaults(func=_status)
+    logs = sub.add_parser("logs", help="show a service's replica logs, or the gateway's or the scaler's")
+    _common(logs)
+    logs.add_argument("target", metavar="SERVICE", help="a service name, or `gateway`, or `scaler`")
+    logs.add_argument("--replica", "-r", type=int, default=None, metavar="N", help="only replica N (from 0); default: all")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until interrupted")
+    logs.add_argument("--lines", "-n", type=int, default=200, metavar="N", help="how many past lines to show first (200)")
+    logs.set_defaults(func=_logs)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -38,14 +52,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project-dir", type=Path, default=None, help="directory holding Pulumi.yaml")
 
 
-def _engine(args: argparse.Namespace, *, quiet: bool = False):
+def _engine(args: argparse.Namespace, *, quiet: bool = False, on_event: Any = None):
     import os
 
     from .engine import Engine, project_dir
 
     if args.project_dir is not None:
         os.environ["SERVEFORM_PROJECT_DIR"] = str(args.project_dir.resolve())
-    return Engine(stack=args.stack, project=project_dir(), on_output=None if quiet else _print)
+    return Engine(stack=args.stack, project=project_dir(), on_output=None if quiet else _print, on_event=on_event)
 
 
 def _print(line: str) -> None:
@@ -73,18 +87,34 @@ def _preflight(engine: Any) -> int:
 
 def _operation(name: str):
     def run(args: argparse.Namespace) -> int:
+        import contextlib
+
         from pulumi.automation import errors as auto_errors
 
-        engine = _engine(args)
-        if name != "destroy":
+        from .progress import TerminalProgress
+
+        # `preview` prints the engine's diff; the others show a progress line on a terminal and
+        # only their summary elsewhere (warnings still reach stderr).
+        display: Any = contextlib.nullcontext()
+        if name == "preview":
+            engine = _engine(args)
+        elif sys.stdout.isatty():
+            display = TerminalProgress(sys.stdout)
+            engine = _engine(args, quiet=True, on_event=display.on_event)
+        else:
+            engine = _engine(args, quiet=True, on_event=_warnings_to_stderr)
+        if name == "destroy":
+            status = _confirm_destroy(engine, args)
+        else:
             status = _preflight(engine)
-            if status:
-                return status
+        if status:
+            return status
         kwargs: dict[str, Any] = {}
         if args.target:
             kwargs["target"] = args.target
         try:
-            result = getattr(engine, name)(**kwargs)
+            with display:
+                result = getattr(engine, name)(**kwargs)
         except auto_errors.CommandError as exc:
             print(f"serveform {name}: the update failed:\n{_error_text(exc)}", file=sys.stderr)
             return 1
@@ -96,6 +126,38 @@ def _operation(name: str):
         return 0
 
     return run
+
+
+def _warnings_to_stderr(event: Any) -> None:
+    diagnostic = getattr(event, "diagnostic_event", None)
+    if diagnostic is not None and diagnostic.severity == "warning" and not diagnostic.ephemeral:
+        where = f"{diagnostic.urn.rsplit('::', 1)[-1]}: " if diagnostic.urn else ""
+        print(f"warning: {where}{diagnostic.message.rstrip()}", file=sys.stderr)
+
+
+def _confirm_destroy(engine: Any, args: argparse.Namespace) -> int:
+    """Say what `destroy` deletes and keeps, then ask as Pulumi does, unless ``--yes``; 0 to go on."""
+    from .destroy import destroy_summary
+
+    summary = destroy_summary(engine.stack, engine.stack_obj.export_stack().deployment or {})
+    print(summary.text(), file=sys.stderr if args.yes else sys.stdout)
+    if args.yes or not summary.resources:
+        return 0
+    if not sys.stdin.isatty():
+        print(
+            f"serveform destroy: refusing to destroy stack {engine.stack!r} without confirmation: stdin is not a "
+            "terminal. Pass --yes to destroy without asking.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        answer = input(f"Destroy stack {engine.stack!r}? Type 'yes' to confirm: ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        print("serveform destroy: cancelled; nothing was changed.", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _error_text(exc: Exception) -> str:
@@ -182,3 +244,61 @@ def _openai_snippet(base_url: str, token: str, model: str, ca: str | None, addre
             "print(reply.choices[0].message.content)",
         ]
     )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .settings import StackConfigError
+    from .status import collect, render
+
+    engine = _engine(args, quiet=True)
+    try:
+        info = collect(engine)
+    except StackConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2, sort_keys=True) if args.json else render(info))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from .logs import DAEMONS, LogsError, cloud_commands, follow_files, k8s_logs, local_log_files
+    from .settings import StackConfigError, StackSettings
+
+    engine = _engine(args, quiet=True)
+    try:
+        settings = StackSettings.from_config(engine.config(), stack=engine.stack, project_dir=engine.project)
+    except StackConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    outputs = engine.outputs()
+    services = {s["name"]: s for s in outputs.get("services") or []}
+    if args.replica is not None and args.target in DAEMONS:
+        print(f"serveform logs: --replica applies to services, not to the {args.target}", file=sys.stderr)
+        return 2
+    try:
+        if settings.backend == "local":
+            counts = {name: int((s.get("replicas") or {}).get("count") or 0) for name, s in services.items()}
+            paths = local_log_files(settings.state_dir, args.target, args.replica, counts)
+            try:
+                return follow_files(paths, sys.stdout, lines=args.lines, follow=args.follow)
+            except KeyboardInterrupt:
+                return 0
+        if settings.backend == "k8s":
+            from .kube import api_client
+
+            if args.target not in DAEMONS and args.target not in services:
+                raise LogsError(f"no service {args.target!r} in this stack; services: {', '.join(sorted(services)) or 'none'}; or `gateway`, `scaler`")
+            deployment = args.target if args.target in DAEMONS else services[args.target]["group"]
+            namespace = outputs.get("namespace") or settings.k8s.namespace
+            api = api_client(settings)
+            try:
+                return k8s_logs(api, namespace, deployment, args.replica, sys.stdout, follow=args.follow, lines=args.lines)
+            except KeyboardInterrupt:
+                return 0
+            finally:
+                api.close()
+        print("\n".join(cloud_commands(settings, outputs, args.target, args.replica, args.follow)))
+        return 0
+    except LogsError as exc:
+        print(f"serveform logs: {exc}", file=sys.stderr)
+        return 2

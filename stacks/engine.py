@@ -110,6 +110,8 @@ class Engine:
     stack: str
     project: Path
     on_output: Callable[[str], None] | None = None
+    on_event: Callable[[Any], None] | None = None
+    """Gets the engine's structured events (`pulumi.automation.events.EngineEvent`) of up/refresh/destroy."""
 
     def __post_init__(self) -> None:
         from pulumi import automation as auto
@@ -146,13 +148,13 @@ class Engine:
         return self.stack_obj.preview(on_output=self.on_output, diff=True, **kwargs)
 
     def up(self, **kwargs: Any):
-        return self.stack_obj.up(on_output=self.on_output, **kwargs)
+        return self.stack_obj.up(on_output=self.on_output, on_event=self.on_event, **kwargs)
 
     def refresh(self, **kwargs: Any):
-        return self.stack_obj.refresh(on_output=self.on_output, **kwargs)
+        return self.stack_obj.refresh(on_output=self.on_output, on_event=self.on_event, **kwargs)
 
     def destroy(self, **kwargs: Any):
-        return self.stack_obj.destroy(on_output=self.on_output, **kwargs)
+        return self.stack_obj.destroy(on_output=self.on_output, on_event=self.on_event, **kwargs)
 
     def outputs(self) -> Mapping[str, Any]:
         return {k: v.value for k, v in self.stack_obj.outputs().items()}
