@@ -25,9 +25,14 @@ __all__ = ["Progress", "TerminalProgress", "progress_line"]
 REDRAW_INTERVAL_SECONDS = 0.5
 """How often the line is redrawn while nothing happens, so the elapsed times keep moving."""
 _WAITING_SHOWN = 3
-# Component resources and the stack itself finish when their children do: counting them as
-# "waiting" would always name the stack first.
+# The stack and providers are not waited on either (the stack finishes last, always).
 _NOT_WAITED_ON = ("pulumi:pulumi:Stack", "pulumi:providers:")
+
+
+def _custom(meta: Any) -> bool:
+    """Components finish when their children do; only real resources are waited on."""
+    state = meta.new or meta.old
+    return bool(getattr(state, "custom", True)) if state is not None else True
 
 
 def _name(urn: str) -> str:
@@ -57,7 +62,7 @@ class Progress:
         if pre is not None and pre.metadata is not None:
             meta = pre.metadata
             self.seen[meta.urn] = getattr(meta.op, "value", str(meta.op))
-            if not meta.type.startswith(_NOT_WAITED_ON) and self.seen[meta.urn] != "same":
+            if _custom(meta) and not meta.type.startswith(_NOT_WAITED_ON) and self.seen[meta.urn] != "same":
                 self.running.setdefault(meta.urn, self.clock())
             return
         outputs = getattr(event, "res_outputs_event", None)
