@@ -5,6 +5,9 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export PULUMI_SKIP_UPDATE_CHECK := 1
 STACK ?= dev
 PYTEST_ARGS ?=
+# The k8s stack's secrets passphrase on this checkout: generated once, readable by you only, used
+# only by `make k8s-up` / `make k8s-down` (the published passphrase is for the local backend only).
+K8S_PASSPHRASE_FILE := $(CURDIR)/.serveform/k8s-local.passphrase
 
 .PHONY: setup setup-dev up down test bench k8s-up k8s-down
 
@@ -30,11 +33,16 @@ bench: setup
 	for b in bench/*.py; do python "$$b" || exit $$?; done
 
 # The Kubernetes backend on k8s-local: a real control plane on loopback with kwok GPU nodes.
-k8s-up:
+k8s-up: $(K8S_PASSPHRASE_FILE)
 	tools/setup.sh k8s
 	tools/k8s-local.sh start
-	serveform up --stack k8s --yes
+	PULUMI_CONFIG_PASSPHRASE_FILE=$(K8S_PASSPHRASE_FILE) serveform up --stack k8s --yes
 
-k8s-down: setup-dev
-	-serveform destroy --stack k8s --yes
+k8s-down: setup-dev $(K8S_PASSPHRASE_FILE)
+	-PULUMI_CONFIG_PASSPHRASE_FILE=$(K8S_PASSPHRASE_FILE) serveform destroy --stack k8s --yes
 	tools/k8s-local.sh stop
+
+# 256 random bits, created with umask 077 so no other user ever sees it (not even briefly).
+$(K8S_PASSPHRASE_FILE):
+	mkdir -p -m 0700 $(dir $@)
+	umask 077 && head -c 32 /dev/urandom | base64 > $@.tmp && mv $@.tmp $@

@@ -15,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["main"]
+__all__ = ["describe", "main"]
 
 _COMMAND_MODULES = (
     "serveform.translator.commands",  # compile, validate, schema
@@ -49,8 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: no traceback for users
         if args.debug:
             raise
-        print(f"serveform: error: {exc}", file=sys.stderr)
+        print(f"serveform: error: {describe(exc)}", file=sys.stderr)
         return 1
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, never empty: some exceptions (MemoryError, a bare KeyError) carry no text."""
+    if isinstance(exc, MemoryError):
+        return "out of memory (the input is too large; run again with --debug for where it happened)"
+    text = str(exc).strip()
+    if not text or (isinstance(exc, KeyError) and text in ("''", '""')):
+        return f"unexpected {type(exc).__name__} with no message (run again with --debug for a traceback)"
+    if isinstance(exc, KeyError):
+        return f"unexpected missing key {text} (run again with --debug for a traceback)"
+    return text
 
 
 if __name__ == "__main__":

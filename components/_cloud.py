@@ -19,7 +19,7 @@ from typing import Any, TypedDict, TypeVar
 
 import pulumi
 
-from serveform.stacks.settings import StackConfigError, StackSettings
+from serveform.stacks.settings import StackConfigError, StackSettings, policy_problems
 from serveform.translator.plan import ServicePlan
 
 from ._vm import (
@@ -102,6 +102,7 @@ def check_plans(settings: StackSettings, plans: Sequence[ServicePlan], backend: 
             problems.append(("serveform:services", f"{plan.file}: compiled for backend {plan.backend!r}, not {backend!r}"))
         if not _DNS_LABEL.match(plan.name):
             problems.append(("serveform:services", f"{plan.file}: name {plan.name!r}: expected a DNS label (a-z, 0-9, '-')"))
+    problems.extend(policy_problems(settings, plans))
 
 
 def tokens_secret(settings: StackSettings) -> pulumi.Output[str] | None:

@@ -185,15 +185,22 @@ def kubernetes_deployment(
         python="python",
         metrics_url=metrics_url,
         state_path=f"{state_dir}/{stack}.json",
-        # The probes come from the kubelet, not loopback: listen on the pod's addresses.
-        listen=f"0.0.0.0:{port}",
+        # Loopback only: nothing outside the pod needs the scaler, and its probes run inside it.
+        listen=f"127.0.0.1:{port}",
     )
     volume: dict[str, Any] = (
         {"name": "state", "persistentVolumeClaim": {"claimName": state_volume_claim}}
         if state_volume_claim
         else {"name": "state", "emptyDir": {}}
     )
-    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 15, "failureThreshold": 8}
+    # An exec probe: the kubelet cannot reach a loopback listener from outside the pod.
+    healthz = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=5)"
+    probe = {
+        "exec": {"command": ["python", "-c", healthz]},
+        "periodSeconds": 15,
+        "timeoutSeconds": 10,
+        "failureThreshold": 8,
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -221,7 +228,6 @@ def kubernetes_deployment(
                                 {"name": "PULUMI_HOME", "value": f"{state_dir}/pulumi-home"},
                             ],
                             "envFrom": [{"secretRef": {"name": env_secret, "optional": True}}],
-                            "ports": [{"name": "http", "containerPort": port}],
                             "livenessProbe": probe,
                             "readinessProbe": {**probe, "failureThreshold": 3},
                             "volumeMounts": [{"name": "state", "mountPath": state_dir}],

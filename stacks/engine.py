@@ -7,13 +7,22 @@ stacks.
 
 Defaults that let a new user run with no account:
 - state in a `file://` backend under `<project>/.serveform/state` (``PULUMI_BACKEND_URL`` wins);
-- a passphrase secrets provider. ``PULUMI_CONFIG_PASSPHRASE`` (or ``_FILE``) wins; stacks whose
-  backend stays on this machine (local, k8s-local) fall back to a fixed, published passphrase,
-  which protects nothing and is documented as such: everything they hold stays on loopback.
+- a passphrase secrets provider. ``PULUMI_CONFIG_PASSPHRASE`` (or ``_FILE``) wins. Only a stack of
+  the local backend whose state is a `file://` directory on this machine falls back to a fixed,
+  published passphrase, which protects nothing and is documented as such: such a stack holds
+  nothing that leaves loopback, and its state is readable by this user only. The choice is never
+  made by the stack's name. Any other stack without a passphrase, a `secretsprovider` in its
+  stack file or a Pulumi Cloud backend stops with `PassphraseRequired`, naming the stack and what
+  to set.
+
+A `file://` state directory on this machine is kept private: the directory tree 0700 and every
+file 0600, checked before and after each operation (so an existing tree written by an older
+release is fixed at the next command).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -28,16 +37,36 @@ __all__ = [
     "LOCAL_PASSPHRASE",
     "PULUMI_VERSION",
     "Engine",
+    "PassphraseRequired",
     "find_pulumi",
     "project_dir",
     "read_stack_file",
+    "secure_state_dir",
     "workspace_env",
 ]
 
 PULUMI_VERSION = "3.259.0"
 LOCAL_PASSPHRASE = "serveform-local-only"
 _LOCAL_BACKENDS = ("local",)
-_LOCAL_STACKS = ("dev", "k8s")
+# Backends whose own secrets provider applies when the stack file names none (Pulumi Cloud).
+_SERVICE_BACKEND_SCHEMES = ("https://", "http://")
+_PRIVATE_DIR_MODE = 0o700
+_PRIVATE_FILE_MODE = 0o600
+
+
+class PassphraseRequired(RuntimeError):
+    """A stack needs a secrets passphrase (or provider) and its environment gives none."""
+
+    def __init__(self, stack: str, backend: object, backend_url: str) -> None:
+        self.stack = stack
+        where = "a state on this machine" if backend_url.startswith("file://") else f"the state backend {backend_url.split('?')[0]}"
+        super().__init__(
+            f"stack {stack!r} (stacks/Pulumi.{stack}.yaml, serveform:backend {backend or 'unset'}, {where}) needs a "
+            "secrets passphrase: set PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE (a file readable only "
+            "by you), or give the stack a secrets provider (`secretsprovider: awskms://...`, `gcpkms://...`, "
+            "`azurekeyvault://...` in its stack file). The published passphrase "
+            f"{LOCAL_PASSPHRASE!r} is used only for the local backend with a file:// state on this machine"
+        )
 
 
 def project_dir() -> Path:
@@ -83,24 +112,77 @@ def workspace_env(project: Path, stack: str) -> dict[str, str]:
         "SERVEFORM_PROJECT_DIR": str(project),
     }
     if not env["PULUMI_BACKEND_URL"]:
-        state = project / ".serveform" / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        env["PULUMI_BACKEND_URL"] = state.as_uri()
+        env["PULUMI_BACKEND_URL"] = (project / ".serveform" / "state").as_uri()
+    state = _local_state_dir(env["PULUMI_BACKEND_URL"])
+    if state is not None:
+        secure_state_dir(state)
     if "PULUMI_CONFIG_PASSPHRASE" in os.environ:
         env["PULUMI_CONFIG_PASSPHRASE"] = os.environ["PULUMI_CONFIG_PASSPHRASE"]
     elif "PULUMI_CONFIG_PASSPHRASE_FILE" in os.environ:
         env["PULUMI_CONFIG_PASSPHRASE_FILE"] = os.environ["PULUMI_CONFIG_PASSPHRASE_FILE"]
-    elif _is_local_only(project, stack):
-        env["PULUMI_CONFIG_PASSPHRASE"] = LOCAL_PASSPHRASE
+    else:
+        stack_file = _stack_file_or_empty(project, stack)
+        backend = (stack_file.get("config") or {}).get("serveform:backend")
+        if backend in _LOCAL_BACKENDS and state is not None:
+            env["PULUMI_CONFIG_PASSPHRASE"] = LOCAL_PASSPHRASE
+        elif not _has_secrets_provider(stack_file, env["PULUMI_BACKEND_URL"]):
+            raise PassphraseRequired(stack, backend, env["PULUMI_BACKEND_URL"])
     return env
 
 
-def _is_local_only(project: Path, stack: str) -> bool:
+def _stack_file_or_empty(project: Path, stack: str) -> dict[str, Any]:
+    path = project / "stacks" / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _has_secrets_provider(stack_file: Mapping[str, Any], backend_url: str) -> bool:
+    """True when the stack encrypts with a KMS (its stack file says so) or Pulumi Cloud's own provider."""
+    provider = str(stack_file.get("secretsprovider") or "")
+    if provider and not provider.startswith("passphrase"):
+        return True
+    return not provider and backend_url.startswith(_SERVICE_BACKEND_SCHEMES)
+
+
+def _local_state_dir(backend_url: str) -> Path | None:
+    """The directory of a `file://` backend on this machine; None for any other backend."""
+    from urllib.parse import unquote, urlparse
+
+    url = urlparse(backend_url)
+    if url.scheme != "file" or url.netloc not in ("", "localhost"):
+        return None
+    return Path(unquote(url.path)).expanduser()
+
+
+def secure_state_dir(path: Path) -> None:
+    """Create `path` as 0700 and make every directory below it 0700 and every file 0600.
+
+    The state holds the stack's secrets (encrypted) and, in checkpoints, history and backups,
+    plain outputs; another local user must read none of it. Files owned by someone else (a
+    shared state directory) are left alone rather than failing the operation.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR_MODE)
+    uid = os.getuid()
+    _chmod_own(path, _PRIVATE_DIR_MODE, uid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            _chmod_own(Path(root) / name, _PRIVATE_DIR_MODE, uid)
+        for name in files:
+            _chmod_own(Path(root) / name, _PRIVATE_FILE_MODE, uid)
+
+
+def _chmod_own(path: Path, mode: int, uid: int) -> None:
     try:
-        backend = read_stack_file(project, stack).get("serveform:backend")
+        info = path.lstat()
     except FileNotFoundError:
-        return False
-    return backend in _LOCAL_BACKENDS or stack in _LOCAL_STACKS
+        return  # removed meanwhile (a lock released by a concurrent command)
+    if info.st_uid != uid or path.is_symlink() or (info.st_mode & 0o777) == mode:
+        return
+    try:
+        path.chmod(mode)
+    except FileNotFoundError:
+        pass
 
 
 @dataclass
@@ -145,16 +227,30 @@ class Engine:
         return {k: v.value for k, v in self.stack_obj.get_all_config().items()}
 
     def preview(self, **kwargs: Any):
-        return self.stack_obj.preview(on_output=self.on_output, diff=True, **kwargs)
+        with self._private_state():
+            return self.stack_obj.preview(on_output=self.on_output, diff=True, **kwargs)
 
     def up(self, **kwargs: Any):
-        return self.stack_obj.up(on_output=self.on_output, on_event=self.on_event, **kwargs)
+        with self._private_state():
+            return self.stack_obj.up(on_output=self.on_output, on_event=self.on_event, **kwargs)
 
     def refresh(self, **kwargs: Any):
-        return self.stack_obj.refresh(on_output=self.on_output, on_event=self.on_event, **kwargs)
+        with self._private_state():
+            return self.stack_obj.refresh(on_output=self.on_output, on_event=self.on_event, **kwargs)
 
     def destroy(self, **kwargs: Any):
-        return self.stack_obj.destroy(on_output=self.on_output, on_event=self.on_event, **kwargs)
+        with self._private_state():
+            return self.stack_obj.destroy(on_output=self.on_output, on_event=self.on_event, **kwargs)
+
+    @contextlib.contextmanager
+    def _private_state(self):
+        """The CLI writes checkpoints, history and backups with its umask; tighten them after."""
+        state = _local_state_dir(self._workspace_options.env_vars.get("PULUMI_BACKEND_URL", ""))
+        try:
+            yield
+        finally:
+            if state is not None:
+                secure_state_dir(state)
 
     def outputs(self) -> Mapping[str, Any]:
         return {k: v.value for k, v in self.stack_obj.outputs().items()}

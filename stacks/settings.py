@@ -28,9 +28,11 @@ __all__ = [
     "GcpSettings",
     "K8sSettings",
     "LocalSettings",
+    "PolicySettings",
     "StackConfigError",
     "StackSettings",
     "CONFIG_NAMESPACE",
+    "policy_problems",
 ]
 
 CONFIG_NAMESPACE = "serveform"
@@ -172,6 +174,40 @@ class K8sSettings(_Settings):
     ] = None
 
 
+class PolicySettings(_Settings):
+    """`serveform:policy`: what the stack lets its service files ask of the machines they run on.
+
+    Each `allow_*` key left unset takes the backend's default: forbidden on Kubernetes (a shared
+    cluster, where a privileged pod or a hostPath of `/` owns the node and every tenant on it),
+    allowed on the cloud backends (each replica is the only workload of its own VM, as in
+    dstack) and on the local backend (replicas are processes of the deploying user anyway).
+    """
+
+    allow_privileged: Annotated[
+        bool | None, Field(description="Services may ask for `privileged: true` (or `docker: true`).")
+    ] = None
+    allow_host_paths: Annotated[
+        bool | None, Field(description="Services may mount instance (host) paths: `volumes: [{instance_path: ...}]`.")
+    ] = None
+    allow_host_network: Annotated[
+        bool | None,
+        Field(description="Services may share the host's network namespace. No service field asks for it today; "
+              "the key exists so a future one is forbidden by default."),
+    ] = None
+    pod_security: Annotated[
+        Literal["restricted", "baseline", "privileged"] | None,
+        Field(description="Kubernetes: the Pod Security level enforced on the namespace serveform creates. Default: "
+              "`baseline` (no privileged pods, host paths or host networking), `privileged` when the policy allows "
+              "any of those. `restricted` also runs every replica as a non-root user with no capabilities: only "
+              "for images that work so."),
+    ] = None
+
+    def allows(self, key: Literal["privileged", "host_paths", "host_network"], backend: str) -> bool:
+        """Whether `allow_<key>` holds on `backend` (the explicit value, else the backend's default)."""
+        explicit = getattr(self, f"allow_{key}")
+        return explicit if explicit is not None else backend != "k8s"
+
+
 class StackSettings(_Settings):
     """Everything the program reads from one stack's config."""
 
@@ -201,6 +237,7 @@ class StackSettings(_Settings):
     gcp: GcpSettings = GcpSettings()
     azure: AzureSettings = AzureSettings()
     k8s: K8sSettings = K8sSettings()
+    policy: PolicySettings = PolicySettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -273,4 +310,37 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
         elif error["type"] == "missing":
             message = "required, but not set"
         problems.append((key, message))
+    return problems
+
+
+def policy_problems(settings: StackSettings, plans: Any) -> list[tuple[str, str]]:
+    """`(policy key, message)` for every service that asks what `serveform:policy` forbids.
+
+    `plans` are the translator's `ServicePlan`s (duck-typed: this module imports no translator).
+    Each message names the service file and its field, and how to allow it.
+    """
+    backend = settings.backend
+    why = "forbidden by default on the k8s backend (a shared cluster: it would give the pod the node)" if backend == "k8s" else "forbidden by this stack"
+    problems: list[tuple[str, str]] = []
+    for plan in plans:
+        group = plan.replica_group
+        if group.privileged and not settings.policy.allows("privileged", backend):
+            problems.append((
+                "serveform:policy.allow_privileged",
+                f"{plan.file}: privileged: the service asks for a privileged container (`privileged: true` or "
+                f"`docker: true`), {why}; set serveform:policy.allow_privileged: true to allow it",
+            ))
+        for index, volume in enumerate(plan.volumes):
+            if volume.kind == "instance" and not settings.policy.allows("host_paths", backend):
+                problems.append((
+                    "serveform:policy.allow_host_paths",
+                    f"{plan.file}: volumes[{index}].instance_path: the service mounts the host path "
+                    f"{volume.instance_path!r}, {why}; set serveform:policy.allow_host_paths: true to allow it",
+                ))
+        if getattr(group, "host_network", False) and not settings.policy.allows("host_network", backend):
+            problems.append((
+                "serveform:policy.allow_host_network",
+                f"{plan.file}: the service asks for the host's network, {why}; "
+                "set serveform:policy.allow_host_network: true to allow it",
+            ))
     return problems

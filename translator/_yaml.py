@@ -9,6 +9,11 @@ read again with PyYAML's own parser, so the verdict on odd files is dstack's.
 
 Two things ``safe_load`` does silently are errors here: a key repeated in one mapping
 (the last one would win) and several documents in one file.
+
+Hostile files are refused before anything is built: text longer than `MAX_TEXT_CHARS`, and
+documents whose aliases would expand to more than `MAX_EXPANDED_CHARS` (a small file that reuses
+one large anchor thousands of times: PyYAML shares the object, but every later step that copies
+or joins it — the plan, `compile --json`, a command line — pays the full size).
 """
 
 from __future__ import annotations
@@ -20,9 +25,15 @@ import yaml
 
 from .diagnostics import Diagnostic
 
-__all__ = ["Document", "Position", "load"]
+__all__ = ["MAX_EXPANDED_CHARS", "MAX_TEXT_CHARS", "Document", "Position", "load"]
 
 _MAX_DEPTH = 200  # deeper nesting than any service file; keeps the walk off Python's recursion limit
+# Real service files are a few KiB; dstack's longest examples are under 10 KiB. 1 MiB leaves room
+# for long inline scripts and keeps a hostile file from costing seconds and hundreds of MB.
+MAX_TEXT_CHARS = 1024 * 1024
+# What the document may weigh once every alias is expanded (scalar characters plus one per node):
+# four times the text cap, so anchors still save typing, but no alias bomb gets through.
+MAX_EXPANDED_CHARS = 4 * MAX_TEXT_CHARS
 
 try:
     _BaseLoader: type = yaml.CSafeLoader
@@ -218,10 +229,13 @@ def load(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
     """Parse `text`; return the document (None on a syntax error) and the problems found.
 
     Problems here are YAML syntax errors, unknown tags, several documents, excessive
-    nesting and duplicate keys, each with its position. After duplicate keys the document
-    is still returned (the last value wins, as in PyYAML) so that validation can report the
-    file's other problems in the same run.
+    nesting, duplicate keys, oversized text and alias expansion beyond `MAX_EXPANDED_CHARS`,
+    each with its position. After duplicate keys the document is still returned (the last
+    value wins, as in PyYAML) so that validation can report the file's other problems in the
+    same run.
     """
+    if len(text) > MAX_TEXT_CHARS:
+        return None, [too_large(file, len(text))]
     doc, problems = _load(text, file, _BaseLoader)
     if doc is None and _BaseLoader is not yaml.SafeLoader:
         # libyaml and PyYAML's own parser disagree on a few corner cases; dstack uses the
@@ -248,6 +262,9 @@ def _load(text: str, file: str, loader_class: type) -> tuple[Document | None, li
         doc = Document(data=None)
         if node is None:
             return doc, problems
+        bomb = _alias_expansion(node, file)
+        if bomb is not None:
+            return None, [bomb]
         doc.positions[()] = Position(*_mark(node), *_mark(node))
         try:
             doc.data = _Builder(loader, doc, problems, file).build(node, (), 0)
@@ -262,6 +279,59 @@ def _load(text: str, file: str, loader_class: type) -> tuple[Document | None, li
         return doc, problems
     finally:
         loader.dispose()
+
+
+def too_large(file: str, size: int, unit: str = "characters") -> Diagnostic:
+    """The diagnostic for a file above `MAX_TEXT_CHARS` (also used for its size in bytes)."""
+    return Diagnostic(
+        file, 0, 0, "",
+        f"the file is {size} {unit} long, more than the limit of {MAX_TEXT_CHARS} for a service file; "
+        "service files hold configuration, not data (put large scripts in the image or a repository)",
+    )
+
+
+def _alias_expansion(root: yaml.Node, file: str) -> Diagnostic | None:
+    """A diagnostic when the document, aliases expanded, exceeds `MAX_EXPANDED_CHARS`.
+
+    Sizes are computed once per node (memoised on identity), so a billion-laughs document costs
+    time linear in its text. The message points at the anchor whose reuse weighs most.
+    """
+    sizes: dict[int, int] = {}
+    uses: dict[int, int] = {}
+    nodes: dict[int, yaml.Node] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            uses[key] = uses.get(key, 0) + 1
+            return sizes[key]
+        if depth > _MAX_DEPTH:
+            return 0  # reported as too deep by the builder
+        sizes[key] = 0  # a recursive alias counts once (the builder shares the object)
+        nodes[key] = node
+        if isinstance(node, yaml.ScalarNode):
+            total = 1 + len(node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item, depth + 1) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        else:
+            total = 1
+        sizes[key] = total
+        return total
+
+    expanded = size(root, 0)
+    if expanded <= MAX_EXPANDED_CHARS:
+        return None
+    heaviest = max(uses, key=lambda k: uses[k] * sizes[k])
+    anchor = nodes[heaviest]
+    line, column = _mark(anchor)
+    return Diagnostic(
+        file, line, column, "",
+        f"aliases expand the document to {expanded} characters, more than the limit of {MAX_EXPANDED_CHARS}: "
+        f"the anchored value here ({sizes[heaviest]} characters) is reused {uses[heaviest]} times; "
+        "anchors are for small repeated pieces",
+    )
 
 
 def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:

@@ -142,9 +142,13 @@ def compile_file(path: str | os.PathLike[str], context: CompileContext = Compile
     """Compile one service file; raise :class:`TranslatorError` listing every problem."""
     file = os.fspath(path)
     try:
-        raw = Path(file).read_bytes()
+        with open(file, "rb") as handle:
+            # Read one byte past the cap: a 50 MB file is refused without reading it whole.
+            raw = handle.read(_yaml.MAX_TEXT_CHARS * 4 + 1)
     except OSError as exc:
         raise TranslatorError([Diagnostic(file, 0, 0, "", f"cannot read the file: {exc.strerror or exc}")]) from None
+    if len(raw) > _yaml.MAX_TEXT_CHARS * 4:  # more bytes than the most characters could encode
+        raise TranslatorError([_yaml.too_large(file, os.path.getsize(file), "bytes")])
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -7,7 +7,9 @@ unless `serveform:k8s.check_capacity` is false, that some node can hold each ser
 times out). Then it registers, through a provider configured from `serveform:k8s` (kubeconfig,
 context, namespace):
 
-- the namespace (unless `create_namespace` is false);
+- the namespace (unless `create_namespace` is false), labelled for Pod Security admission at the
+  stack's level (`serveform:policy.pod_security`: baseline by default, privileged when the policy
+  allows privileged pods or host paths and a service uses them; see `_security`);
 - one `Volume` per network volume (a claim, static hostPath volume where configured);
 - one `GpuInstanceGroup` per service (Deployment with GPU limits, tolerations, node selection,
   shm, secrets as Kubernetes Secrets, registry credentials as an image pull secret);
@@ -33,11 +35,12 @@ import pulumi_kubernetes as k8s
 from serveform.stacks.settings import StackConfigError, StackSettings
 from serveform.translator.plan import ServicePlan
 
-from . import _caddy, _capacity, _pod
+from . import _caddy, _capacity, _pod, _security
 from . import _scaler_project as _scaler
 from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, PORT_NAME, GpuInstanceGroup, GpuInstanceGroupArgs
 from .scaler import SCALER_TYPE, Scaler, ScalerArgs
+from .scaler import pod_labels as scaler_pod_labels
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
 
 __all__ = [
@@ -102,10 +105,19 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     )
     opts = pulumi.ResourceOptions(provider=provider)
     namespace: pulumi.Input[str] = cfg.namespace
+    level = _security.pod_security_level(
+        settings.policy.pod_security,
+        needs_privileges=any(
+            p.replica_group.privileged or any(v.kind == "instance" for v in p.volumes) for p in plans
+        ),
+    )
     if cfg.create_namespace:
         ns = k8s.core.v1.Namespace(
             "namespace",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=cfg.namespace, labels={"app.kubernetes.io/part-of": "serveform"}),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=cfg.namespace,
+                labels={"app.kubernetes.io/part-of": "serveform", **_security.namespace_labels(level)},
+            ),
             opts=opts,
         )
         namespace = ns.metadata.name
@@ -141,10 +153,12 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
                 },
                 gpu_products=products.get(plan.name, ()),
                 rollout_timeout_seconds=cfg.rollout_timeout_seconds,
+                pod_security=level,
             ),
             opts,
         )
 
+    scales = any(p.scaling for p in plans)
     gateway = Gateway(
         "gateway",
         GatewayArgs(
@@ -158,6 +172,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             https_port=settings.gateway.https_port or 443,
             service_type=cfg.gateway_service_type,
             rollout_timeout_seconds=cfg.rollout_timeout_seconds,
+            scaler_pod_labels=scaler_pod_labels(settings.stack) if scales else None,
         ),
         opts,
     )
@@ -170,6 +185,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
                 metrics_url=gateway.metrics_url,
                 image=image,
                 project_files=scaler_files,
+                deployments=tuple(sorted(p.name for p in plans)),
             ),
             opts,
         )

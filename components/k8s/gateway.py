@@ -16,7 +16,13 @@ Children (logical names `gateway-<role>`):
   secret, is a pod annotation);
 - `gateway-service` Service (`type` from `serveform:k8s.gateway_service_type`, LoadBalancer by
   default): the HTTP and HTTPS ports to the world; its address is the stack's gateway address;
-- `gateway-metrics` Service: Caddy's per-host request metrics for the scaler, inside the cluster.
+- `gateway-metrics` Service: Caddy's per-host request metrics for the scaler, inside the cluster;
+- `gateway-network` NetworkPolicy: the public ports from anywhere, the metrics port from the
+  stack's scaler pods only.
+
+The pod runs under the Pod Security "restricted" profile (`_security`): uid 10001, a read-only
+root filesystem with emptyDirs for its state and `/tmp` (the supervisor's sockets), no
+capabilities — ports 80/443 through the namespaced unprivileged-port sysctl instead.
 
 Replica addresses come from the cluster's DNS: every service's upstreams are the SRV records of
 its headless Service, so nothing here changes when a Deployment scales.
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from . import _security
 from ._caddy import CONFIG_FILE, METRICS_PORT, SECRETS_DIR, STATE_DIR
 from ._pod import labels as _labels
 
@@ -67,6 +74,8 @@ class GatewayArgs:
     """`LoadBalancer` (clouds, k8s-local's loopback balancer), `NodePort` or `ClusterIP`."""
     rollout_timeout_seconds: int = 600
     """How long `up` waits for the Deployment and the load balancer's address."""
+    scaler_pod_labels: dict[str, str] | None = None
+    """Labels of the stack's scaler pods, the only pods that may read the metrics port (None: no scaler)."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -118,8 +127,15 @@ class Gateway(pulumi.ComponentResource):
                 tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="metrics"), period_seconds=5
             ),
             resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "100m", "memory": "192Mi"}),
+            security_context=_security.restricted_container_context(),
+            env=[
+                # The root filesystem is read-only: home, caches and bytecode stay off it.
+                k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),
+                k8s.core.v1.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1"),
+            ],
             volume_mounts=[
                 k8s.core.v1.VolumeMountArgs(name="state", mount_path=STATE_DIR),
+                k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
                 k8s.core.v1.VolumeMountArgs(
                     name="config", mount_path=f"{STATE_DIR}/{CONFIG_FILE}", sub_path=CONFIG_FILE, read_only=True
                 ),
@@ -137,6 +153,10 @@ class Gateway(pulumi.ComponentResource):
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels, annotations={"serveform.dev/gateway-config": checksum}),
                     spec=k8s.core.v1.PodSpecArgs(
                         containers=[container],
+                        security_context=_security.restricted_pod_context(
+                            bind_low_ports=min(args.http_port, args.https_port) < 1024
+                        ),
+                        automount_service_account_token=False,
                         volumes=[
                             k8s.core.v1.VolumeArgs(
                                 name="config",
@@ -149,6 +169,7 @@ class Gateway(pulumi.ComponentResource):
                                 ),
                             ),
                             k8s.core.v1.VolumeArgs(name="state", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()),
+                            k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()),
                         ],
                     ),
                 ),
@@ -177,6 +198,14 @@ class Gateway(pulumi.ComponentResource):
                 ports=[k8s.core.v1.ServicePortArgs(name="metrics", port=METRICS_PORT, target_port="metrics")],
             ),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[deployment])),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-network",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="gateway", namespace=args.namespace, labels=labels),
+            spec=_security.gateway_network_policy_spec(
+                labels, args.scaler_pod_labels or {"serveform.dev/no-scaler": "true"}, ["http", "https"], "metrics"
+            ),
+            opts=child,
         )
         self.address = public.status.apply(_address).apply(lambda a: a or "")
         if args.service_type != "LoadBalancer":

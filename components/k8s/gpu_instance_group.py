@@ -13,7 +13,13 @@ Children (logical names `<service>-<role>`):
   on `/dev/shm`, and the volume claims mounted where the service wants them;
 - `<service>-service` Service (named `<service>`): headless, so the cluster's DNS answers `<service>.<namespace>.svc` with
   the address of every ready pod (and SRV `_http._tcp.<service>...`). The gateway's Caddy
-  resolves it on every request batch, so it follows the Deployment as it scales.
+  resolves it on every request batch, so it follows the Deployment as it scales;
+- `<service>-network` NetworkPolicy: the replicas accept connections on their port from the
+  stack's gateway pods only (no other pod in the cluster reaches them directly).
+
+The container's securityContext follows the namespace's Pod Security level (`_security`):
+no privilege escalation and RuntimeDefault seccomp by default, the full restricted context at
+`restricted`, privileged only for a service the stack's policy allows it.
 
 The Secrets have generated names and are replaced when their contents change; the Deployment
 refers to the new name, so a changed secret rolls the pods.
@@ -29,7 +35,7 @@ import pulumi_kubernetes as k8s
 
 from serveform.translator.plan import ServicePlan
 
-from . import _pod
+from . import _pod, _security
 
 __all__ = ["GPU_INSTANCE_GROUP_TYPE", "GpuInstanceGroup", "GpuInstanceGroupArgs"]
 
@@ -59,6 +65,8 @@ class GpuInstanceGroupArgs:
     """Node product-label values the pods may run on (from the capacity pre-flight); empty = any GPU node."""
     rollout_timeout_seconds: int = 600
     """How long `up` waits for the Deployment's rollout before failing."""
+    pod_security: _security.PodSecurityLevel = "baseline"
+    """The namespace's Pod Security level; the replica's securityContext satisfies it."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -196,7 +204,7 @@ class GpuInstanceGroup(pulumi.ComponentResource):
             ports=[k8s.core.v1.ContainerPortArgs(name=PORT_NAME, container_port=group.container_port)],
             resources=k8s.core.v1.ResourceRequirementsArgs(requests=requests, limits=limits or None),
             readiness_probe=_readiness_probe(plan),
-            security_context=k8s.core.v1.SecurityContextArgs(privileged=True) if group.privileged else None,
+            security_context=_security.replica_container_context(privileged=group.privileged, level=args.pod_security),
             volume_mounts=mounts or None,
         )
         timeout = f"{args.rollout_timeout_seconds}s"
@@ -231,6 +239,12 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                 ports=[k8s.core.v1.ServicePortArgs(name=PORT_NAME, port=group.container_port, target_port=PORT_NAME)],
             ),
             # Headless: Pulumi does not wait for endpoints, so a group scaled to zero deploys too.
+            opts=child,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-network",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=plan.name, namespace=args.namespace, labels=labels),
+            spec=_security.replica_network_policy_spec(labels, _pod.labels(args.stack, "gateway", "gateway"), PORT_NAME),
             opts=child,
         )
         self.deployment_name = deployment.metadata.name

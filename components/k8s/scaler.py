@@ -4,9 +4,13 @@ The Deployment is the scaler package's own manifest (`serveform.scaler.kubernete
 one replica, `Recreate`, probes on its /healthz, state on an emptyDir); this component adds the
 identity it runs as. The scaler reads the gateway's per-host request metrics, writes each
 service's count to the stack config (`serveform:replicas`) and runs `pulumi up`; the only
-objects such an update changes are the services' Deployments. So its ServiceAccount may read and
-update Deployments (and watch the ReplicaSets, Pods and Events that Pulumi's rollout wait reads)
-in the stack's namespace — nothing else, nothing cluster-wide.
+objects such an update changes are the services' Deployments. So its ServiceAccount may update
+the stack's own Deployments by name (`resourceNames`: one per service), list and watch
+Deployments, ReplicaSets, Pods and Events (what Pulumi's rollout wait reads; Kubernetes cannot
+restrict a list by name) in the stack's namespace — nothing else, nothing cluster-wide.
+
+The pod runs under the Pod Security "restricted" profile (`_security`), its /healthz on loopback
+(exec probes), and the `scaler-network` NetworkPolicy admits no ingress at all.
 
 Children (logical names `scaler-<role>`): ServiceAccount, Role, RoleBinding, the `scaler-project`
 ConfigMap (the project's files, see `_scaler_project`), Deployment.
@@ -28,9 +32,10 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
+from . import _security
 from ._pod import labels as _labels
 
-__all__ = ["SCALER_TYPE", "SCALER_ENV_SECRET", "Scaler", "ScalerArgs"]
+__all__ = ["SCALER_TYPE", "SCALER_ENV_SECRET", "Scaler", "ScalerArgs", "pod_labels"]
 
 SCALER_TYPE = "serveform:k8s:Scaler"
 SCALER_ENV_SECRET = "scaler-env"
@@ -55,6 +60,8 @@ class ScalerArgs:
     """An image with serveform and the Pulumi CLI (`serveform:k8s.image`)."""
     project_files: Mapping[str, str] = field(default_factory=dict)
     """Relative path → text of the project files the scaler needs (`_scaler_project.project_files`)."""
+    deployments: tuple[str, ...] = ()
+    """Names of the stack's service Deployments: the only ones the scaler may change."""
 
 
 class Scaler(pulumi.ComponentResource):
@@ -73,9 +80,12 @@ class Scaler(pulumi.ComponentResource):
             f"{name}-role",
             metadata=meta,
             rules=[
+                # Changes by name only: another team's Deployment in a shared namespace is out of reach.
                 k8s.rbac.v1.PolicyRuleArgs(
-                    api_groups=["apps"], resources=["deployments"], verbs=["get", "list", "watch", "patch", "update"]
+                    api_groups=["apps"], resources=["deployments"], resource_names=sorted(args.deployments),
+                    verbs=["get", "patch", "update"],
                 ),
+                k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], resources=["deployments"], verbs=["list", "watch"]),
                 k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], resources=["replicasets"], verbs=["get", "list", "watch"]),
                 k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["pods", "events"], verbs=["get", "list", "watch"]),
             ],
@@ -106,8 +116,22 @@ class Scaler(pulumi.ComponentResource):
             spec=manifest.apply(lambda m: m["spec"]),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[account])),
         )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-network",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="scaler", namespace=args.namespace, labels=labels),
+            spec=_security.scaler_network_policy_spec(pod_labels(args.stack)),
+            opts=child,
+        )
         self.service_account_name = account.metadata.name
         self.register_outputs({"service_account_name": self.service_account_name})
+
+
+def pod_labels(stack: str) -> dict[str, str]:
+    """The labels of the scaler's pods (the scaler package's manifest sets them)."""
+    from serveform.scaler import kubernetes_deployment
+
+    manifest = kubernetes_deployment(stack=stack, namespace="-", image="-", metrics_url="-")
+    return dict(manifest["spec"]["template"]["metadata"]["labels"])
 
 
 def _project_keys(files: Mapping[str, str]) -> dict[str, str]:
@@ -141,11 +165,17 @@ def _manifest(args: ScalerArgs, *, namespace: str, metrics_url: str, project: st
                 {"name": "project-source", "mountPath": PROJECT_SOURCE_DIR, "readOnly": True},
                 {"name": "project", "mountPath": PROJECT_DIR},
             ],
-            "securityContext": container.get("securityContext", {}),
+            "securityContext": _security.restricted_container_context(),
         }
     ]
+    container["securityContext"] = _security.restricted_container_context()
+    # The root filesystem is read-only: Pulumi's and Python's temporary files go to an emptyDir.
+    container["env"] = [*container["env"], {"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}]
+    container["volumeMounts"].append({"name": "tmp", "mountPath": "/tmp"})
+    pod["securityContext"] = _security.restricted_pod_context()
     pod["volumes"] += [
         {"name": "project", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
         {
             "name": "project-source",
             "configMap": {"name": project, "items": [{"key": key, "path": path} for path, key in keys.items()]},
