@@ -118,7 +118,16 @@ class GcpSettings(_Settings):
     project: str | None = None
     region: str | None = None
     zone: str | None = None
-    network: str = "default"
+    network: Annotated[
+        str | None,
+        Field(description="An existing VPC network to use; unset: the stack creates its own (custom subnet, Cloud "
+              "NAT, no rule but serveform's). An existing network must give replicas egress itself (Cloud NAT): "
+              "they have no external address."),
+    ] = None
+    subnetwork: Annotated[str | None, Field(description="The subnet of `network` to use (with `network` only).")] = None
+    subnet_cidr: Annotated[
+        str, Field(pattern=r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$", description="The stack network's subnet range.")
+    ] = "10.64.0.0/20"
     dns_zone: Annotated[str | None, Field(description="Cloud DNS managed zone name of the domain.")] = None
     image: str | None = None
 

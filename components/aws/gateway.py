@@ -113,7 +113,7 @@ class Gateway(pulumi.ComponentResource):
             f"{name}-policy",
             role=role.id,
             policy=pulumi.Output.all(secret_arn, scaler_env_arn).apply(
-                lambda arns: gateway_policy(arns[0], args.region, group_names, zone_id, scaler_env_arn=arns[1])
+                lambda arns: gateway_policy(arns[0], args.region, group_names, zone_id, scaler_env_arn=arns[1], domain=args.domain)
             ),
             opts=child,
         )
@@ -188,8 +188,19 @@ def _stored_secret(
     return secret.arn
 
 
+def acme_challenge_name(domain: str) -> str:
+    """The ACME DNS-01 record of `*.<domain>` and `<domain>`, as Route 53's condition keys spell names."""
+    return f"_acme-challenge.{domain.lower().rstrip('.')}"
+
+
 def gateway_policy(
-    secret_arn: str | None, region: str, group_names: Sequence[str], zone_id: str | None, *, scaler_env_arn: str | None = None
+    secret_arn: str | None,
+    region: str,
+    group_names: Sequence[str],
+    zone_id: str | None,
+    *,
+    scaler_env_arn: str | None = None,
+    domain: str = "",
 ) -> str:
     """The gateway role: discovery, the scaler's desired capacity, its tokens and environment, its DNS challenge."""
     statements: list[dict[str, object]] = [
@@ -219,11 +230,29 @@ def gateway_policy(
             {"Sid": "ReadScalerEnv", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [scaler_env_arn]}
         )
     if zone_id:
+        # Route 53 evaluates these keys on each change batch: only TXT records named
+        # `_acme-challenge.<domain>` (normalised: lower case, no trailing dot; the wildcard
+        # certificate's challenge lives there too), so the role cannot move `*.<domain>` or any
+        # other record of the zone.
         statements.append(
             {
                 "Sid": "AcmeDnsChallenge",
                 "Effect": "Allow",
-                "Action": ["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"],
+                "Action": ["route53:ChangeResourceRecordSets"],
+                "Resource": [f"arn:aws:route53:::hostedzone/{zone_id}"],
+                "Condition": {
+                    "ForAllValues:StringEquals": {
+                        "route53:ChangeResourceRecordSetsNormalizedRecordNames": [acme_challenge_name(domain)],
+                        "route53:ChangeResourceRecordSetsRecordTypes": ["TXT"],
+                    }
+                },
+            }
+        )
+        statements.append(
+            {
+                "Sid": "AcmeDnsChallengeRead",
+                "Effect": "Allow",
+                "Action": ["route53:ListResourceRecordSets"],
                 "Resource": [f"arn:aws:route53:::hostedzone/{zone_id}"],
             }
         )

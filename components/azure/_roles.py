@@ -6,7 +6,6 @@ import uuid
 
 # Built-in roles (their IDs are the same in every tenant).
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
-DNS_ZONE_CONTRIBUTOR = "befefa01-2a29-4197-83a8-272ff33ce314"
 
 _NAMESPACE = uuid.UUID("6f1c2b9e-4d1a-4f0e-9a57-5e7276657366")
 

@@ -5,7 +5,15 @@ replica subnet) and the Key Vault holding the stack's secrets. Caddy with the ro
 replica discovery timer and the scaler run as systemd units (cloud-init from
 `components/templates/gateway/`). Its network security group opens 80 and 443 and nothing else;
 its identity may read the scale sets and their network interfaces and set their capacity in the
-stack's resource group, read the tokens' secret and, for the DNS challenge, edit the DNS zone.
+stack's resource group, read the tokens' secret and, for the DNS challenge, read the DNS zone
+and write its TXT records — nothing else (`ACME_DNS_ACTIONS`, a custom role assigned on the zone).
+
+Why not one record set: Azure DNS does accept role assignments on a single record set
+(`.../dnszones/<zone>/TXT/_acme-challenge`), but Caddy's Azure DNS module deletes the record
+set when the challenge is done and creates it again at the next renewal; an assignment on a
+deleted record set grants nothing on the new one. So the narrowest grant that survives renewals
+is "TXT records of this zone": the gateway can no longer move `*.<domain>` (an A record) or
+any other record type, which the built-in DNS Zone Contributor role allowed.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from .._cloud import GatewayGroupRef, VmGatewayArgs
 from .._vm import SecretRef, gateway_user_data
 from . import _roles
 
-__all__ = ["GATEWAY_PORTS", "GATEWAY_TYPE", "GATEWAY_SUBNET", "REPLICA_SUBNET", "Gateway", "GatewayArgs", "GatewayGroupRef", "relative_record_name"]
+__all__ = ["ACME_DNS_ACTIONS", "GATEWAY_PORTS", "GATEWAY_TYPE", "GATEWAY_SUBNET", "REPLICA_SUBNET", "Gateway", "GatewayArgs", "GatewayGroupRef", "relative_record_name"]
 
 GATEWAY_TYPE = "serveform:azure:Gateway"
 GATEWAY_PORTS = (80, 443)
@@ -38,6 +46,14 @@ GATEWAY_ACTIONS = (
     "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
     "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/networkInterfaces/read",
     "Microsoft.Network/networkInterfaces/read",
+)
+# The ACME DNS challenge on the stack's zone: read the zone, change TXT record sets only.
+ACME_DNS_ACTIONS = (
+    "Microsoft.Network/dnszones/read",
+    "Microsoft.Network/dnszones/recordsets/read",
+    "Microsoft.Network/dnszones/TXT/read",
+    "Microsoft.Network/dnszones/TXT/write",
+    "Microsoft.Network/dnszones/TXT/delete",
 )
 
 
@@ -179,16 +195,24 @@ class Gateway(pulumi.ComponentResource):
         scaler_env = args.scaler_env()
         scaler_env_url = stored_secret("scaler-env", "scaler-env", scaler_env) if scaler_env is not None else None
         if args.dns_zone and args.dns_provider == "azure":
+            dns_group = args.dns_resource_group or args.resource_group_name
+            zone_scope = pulumi.Output.concat(
+                "/subscriptions/", args.subscription_id, "/resourceGroups/", dns_group,
+                "/providers/Microsoft.Network/dnszones/", args.dns_zone,
+            )
+            dns_role = azure.authorization.RoleDefinition(
+                f"{name}-dns-role",
+                role_definition_id=_roles.custom_role_id(args.stack, dns_group, args.dns_zone, "acme-dns"),
+                role_name=f"serveform ACME DNS {args.stack} ({args.dns_zone})",
+                description="serveform gateway: answer the ACME DNS challenge with TXT records only",
+                scope=zone_scope,
+                assignable_scopes=[zone_scope],
+                permissions=[{"actions": list(ACME_DNS_ACTIONS)}],
+                opts=child,
+            )
             azure.authorization.RoleAssignment(
                 f"{name}-dns-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
-                role_definition_id=pulumi.Output.from_input(args.subscription_id).apply(
-                    lambda sub: _roles.role_definition(sub, _roles.DNS_ZONE_CONTRIBUTOR)
-                ),
-                scope=pulumi.Output.concat(
-                    "/subscriptions/", args.subscription_id, "/resourceGroups/", args.dns_resource_group or args.resource_group_name,
-                    "/providers/Microsoft.Network/dnszones/", args.dns_zone,
-                ),
-                opts=child,
+                role_definition_id=dns_role.id, scope=zone_scope, opts=child,
             )
 
         address = azure.network.PublicIPAddress(

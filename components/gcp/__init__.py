@@ -1,8 +1,9 @@
 """The GCP backend: each service as a zonal managed instance group behind one gateway VM.
 
 `deploy(settings, plans)` checks `serveform:gcp` (project, zone inside the region, Cloud DNS
-zone) and hands persistent disks, the gateway and the groups to the VM backends' shared flow in
-`components._cloud` (checks, registration, exports).
+zone), creates the stack's own `Network` (VPC, subnet, Cloud NAT) unless `serveform:gcp.network`
+names an existing one, and hands persistent disks, the gateway and the groups to the VM backends'
+shared flow in `components._cloud` (checks, registration, exports).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from serveform.translator.plan import ServicePlan
 from .. import _cloud
 from .gateway import DEFAULT_MACHINE_TYPE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, GpuInstanceGroup, GpuInstanceGroupArgs, disk_name, group_name
+from .network import NETWORK_TYPE, Network, NetworkArgs
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
 
 __all__ = [
@@ -28,6 +30,9 @@ __all__ = [
     "GatewayArgs",
     "GpuInstanceGroup",
     "GpuInstanceGroupArgs",
+    "NETWORK_TYPE",
+    "Network",
+    "NetworkArgs",
     "Volume",
     "VolumeArgs",
     "deploy",
@@ -48,12 +53,21 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:gcp.zone", f"{cfg.zone!r} is not in serveform:gcp.region {cfg.region!r}"))
     if settings.gateway.tls == "acme_dns" and settings.gateway.dns_provider == "googleclouddns" and not cfg.dns_zone:
         problems.append(("serveform:gcp.dns_zone", "required for tls acme_dns with dns_provider googleclouddns"))
+    if cfg.subnetwork and not cfg.network:
+        problems.append(("serveform:gcp.subnetwork", "set only with serveform:gcp.network (the stack's own network has its own subnet)"))
     caps = _cloud.preflight(settings, plans, "gcp", problems, region=region, zone=cfg.zone)
     assert cfg.project and cfg.zone and region
     project, zone = cfg.project, cfg.zone
 
     provider = gcp.Provider("gcp", project=project, region=region, zone=zone)
     opts = pulumi.ResourceOptions(provider=provider)
+    network: pulumi.Input[str]
+    subnetwork: pulumi.Input[str] | None
+    if cfg.network:
+        network, subnetwork = cfg.network, cfg.subnetwork
+    else:
+        own = Network("network", NetworkArgs(stack=settings.stack, project=project, region=region, subnet_cidr=cfg.subnet_cidr), opts)
+        network, subnetwork = own.network, own.subnetwork
 
     def volume(name: str, common: _cloud.VolumeCommon) -> Volume:
         args = VolumeArgs(**common, disk_name=disk_name(settings.stack, name), zone=zone, labels={"serveform-stack": settings.stack})
@@ -65,7 +79,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             project=project,
             region=region,
             zone=zone,
-            network=cfg.network,
+            network=network,
+            subnetwork=subnetwork,
             machine_type=settings.gateway.instance_type or DEFAULT_MACHINE_TYPE,
             dns_zone=cfg.dns_zone,
         )
@@ -77,7 +92,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             project=project,
             zone=zone,
             image=cfg.image or DEFAULT_IMAGE,
-            network=cfg.network,
+            network=network,
+            subnetwork=subnetwork,
             gateway_service_account=gateway.service_account,
             volumes={name: v.self_link for name, v in volumes.items()},
         )

@@ -2,10 +2,21 @@
 
 Caddy with the OpenAI-compatible router, the replica discovery timer and the scaler run as
 systemd units (cloud-init from `components/templates/gateway/`). A firewall rule opens 80 and
-443 to the gateway's service account only; that account may list instances and resize the
-stack's groups, read the bearer tokens' secret and, for the DNS challenge, change records in
-the stack's Cloud DNS zone. With a zone configured, `*.<domain>` points at the address;
-otherwise the address is exported for the user's DNS.
+443 to the gateway's service account only. That account holds three grants, each as narrow as
+GCP allows:
+
+- `gateway-role`, project-wide but read-only: list and get instances, groups and operations
+  (list calls are checked against the project, so a name condition cannot narrow them);
+- `gateway-scale-role`, bound with an IAM condition naming the stack's own managed instance
+  groups (`resource.name == "projects/P/zones/Z/instanceGroupManagers/serveform-<stack>-<svc>"`):
+  the only write it may make is resizing those;
+- for the DNS challenge, `gateway-dns-role` bound on the stack's Cloud DNS managed zone only
+  (zone-level IAM), plus `dns.managedZones.list` in the read-only role (Caddy finds the zone by
+  listing). Cloud DNS has no per-record-set condition, so the `_acme-challenge` TXT records
+  cannot be singled out here.
+
+It also reads the bearer tokens' secret. With a zone configured, `*.<domain>` points at the
+address; otherwise the address is exported for the user's DNS.
 """
 
 from __future__ import annotations
@@ -18,7 +29,17 @@ import pulumi_gcp as gcp
 from .._cloud import GatewayGroupRef, VmGatewayArgs
 from .._vm import SecretRef, gateway_user_data, short_name
 
-__all__ = ["GATEWAY_PORTS", "GATEWAY_TYPE", "Gateway", "GatewayArgs", "GatewayGroupRef", "gateway_permissions"]
+__all__ = [
+    "GATEWAY_PORTS",
+    "GATEWAY_TYPE",
+    "Gateway",
+    "GatewayArgs",
+    "GatewayGroupRef",
+    "gateway_dns_permissions",
+    "gateway_permissions",
+    "gateway_scale_condition",
+    "gateway_scale_permissions",
+]
 
 GATEWAY_TYPE = "serveform:gcp:Gateway"
 GATEWAY_PORTS = (80, 443)
@@ -38,8 +59,10 @@ class GatewayArgs(VmGatewayArgs):
     """The GCP region (of the static address)."""
     zone: str
     """The GCP zone of the VMs."""
-    network: str
-    """The VPC network."""
+    network: pulumi.Input[str]
+    """The VPC network (the stack's own unless `serveform:gcp.network` names one)."""
+    subnetwork: pulumi.Input[str] | None = None
+    """The subnet of `network` (None: GCP picks the network's subnet in the region)."""
     machine_type: str = DEFAULT_MACHINE_TYPE
     """The gateway VM's machine type (`serveform:gateway.instance_type`)."""
     dns_zone: str | None = None
@@ -88,6 +111,44 @@ class Gateway(pulumi.ComponentResource):
             member=account.member,
             opts=child,
         )
+        if args.groups:
+            scale_role = gcp.projects.IAMCustomRole(
+                f"{name}-scale-role",
+                project=args.project,
+                role_id=short_name("sf", args.stack, "gateway", "scale", limit=64).replace("-", "_"),
+                title=f"serveform gateway scaling ({args.stack})",
+                permissions=gateway_scale_permissions(),
+                opts=child,
+            )
+            gcp.projects.IAMMember(
+                f"{name}-scale-grant",
+                project=args.project,
+                role=scale_role.name,
+                member=account.member,
+                condition={
+                    "title": "own-instance-groups",
+                    "description": f"the managed instance groups of serveform stack {args.stack}",
+                    "expression": gateway_scale_condition(args.project, args.zone, [g.group_name for g in args.groups.values()]),
+                },
+                opts=child,
+            )
+        if zone_for_acme is not None:
+            dns_role = gcp.projects.IAMCustomRole(
+                f"{name}-dns-role",
+                project=args.project,
+                role_id=short_name("sf", args.stack, "gateway", "dns", limit=64).replace("-", "_"),
+                title=f"serveform gateway ACME DNS ({args.stack})",
+                permissions=gateway_dns_permissions(),
+                opts=child,
+            )
+            gcp.dns.DnsManagedZoneIamMember(
+                f"{name}-dns-grant",
+                project=args.project,
+                managed_zone=zone_for_acme,
+                role=dns_role.name,
+                member=account.member,
+                opts=child,
+            )
         def stored_secret(role: str, secret_id: str, value: pulumi.Input[str]) -> pulumi.Output[str]:
             """A Secret Manager secret (`<name>-<role>`) holding ``value``, readable by the account only."""
             secret = gcp.secretmanager.Secret(
@@ -147,7 +208,9 @@ class Gateway(pulumi.ComponentResource):
             zone=args.zone,
             machine_type=args.machine_type,
             boot_disk={"initialize_params": {"image": GATEWAY_IMAGE, "size": ROOT_DISK_GB, "type": "pd-balanced"}},
-            network_interfaces=[{"network": args.network, "access_configs": [{"nat_ip": address.address}]}],
+            network_interfaces=[
+                {"network": args.network, "subnetwork": args.subnetwork, "access_configs": [{"nat_ip": address.address}]}
+            ],
             service_account={"email": account.email, "scopes": ["cloud-platform"]},
             # A changed boot document replaces the VM (metadata_startup_script semantics); the
             # static address moves with it.
@@ -180,23 +243,39 @@ class Gateway(pulumi.ComponentResource):
 
 
 def gateway_permissions(*, acme_dns: bool) -> list[str]:
-    """The gateway's custom role: list replicas, resize groups, (answer the DNS challenge)."""
+    """The gateway's project-wide custom role: read only (list replicas, read groups and operations)."""
     permissions = [
         "compute.instances.list",
         "compute.instances.get",
         "compute.instanceGroupManagers.get",
-        "compute.instanceGroupManagers.update",
         "compute.instanceGroups.get",
         "compute.zoneOperations.get",
     ]
     if acme_dns:
-        permissions += [
-            "dns.changes.create",
-            "dns.changes.get",
-            "dns.managedZones.list",
-            "dns.resourceRecordSets.create",
-            "dns.resourceRecordSets.delete",
-            "dns.resourceRecordSets.list",
-            "dns.resourceRecordSets.update",
-        ]
+        permissions.append("dns.managedZones.list")  # Caddy's Cloud DNS module finds the zone by listing
     return permissions
+
+
+def gateway_scale_permissions() -> list[str]:
+    """Resize a managed instance group: granted under `gateway_scale_condition` only."""
+    return ["compute.instanceGroupManagers.get", "compute.instanceGroupManagers.update"]
+
+
+def gateway_scale_condition(project: str, zone: str, groups: list[str]) -> str:
+    """An IAM condition (CEL) true only for the stack's own managed instance groups, by full name."""
+    names = [f"projects/{project}/zones/{zone}/instanceGroupManagers/{group}" for group in sorted(groups)]
+    by_name = " || ".join(f'resource.name == "{n}"' for n in names)
+    return f'resource.type == "compute.googleapis.com/InstanceGroupManager" && ({by_name})'
+
+
+def gateway_dns_permissions() -> list[str]:
+    """Answer the ACME DNS challenge: granted on the stack's managed zone only."""
+    return [
+        "dns.changes.create",
+        "dns.changes.get",
+        "dns.managedZones.get",
+        "dns.resourceRecordSets.create",
+        "dns.resourceRecordSets.delete",
+        "dns.resourceRecordSets.list",
+        "dns.resourceRecordSets.update",
+    ]

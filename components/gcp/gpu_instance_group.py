@@ -81,8 +81,10 @@ class GpuInstanceGroupArgs:
     """Replicas to run now (the scaler's count, clamped to the plan's bounds)."""
     image: str
     """Boot image (a Deep Learning VM image with NVIDIA drivers and Docker unless the stack names one)."""
-    network: str
-    """The VPC network."""
+    network: pulumi.Input[str]
+    """The VPC network (the stack's own unless `serveform:gcp.network` names one)."""
+    subnetwork: pulumi.Input[str] | None = None
+    """The subnet of `network` (None: GCP picks the network's subnet in the region)."""
     gateway_service_account: pulumi.Input[str]
     """The gateway's service account e-mail: the only source admitted to the service port."""
     volumes: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
@@ -213,8 +215,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                     "disk_type": "pd-balanced",
                 }
             ],
-            # An ephemeral external address for egress (image pulls); the firewall admits the gateway only.
-            network_interfaces=[{"network": args.network, "access_configs": [{}]}],
+            # No external address: egress (image pulls) goes through the network's Cloud NAT, and
+            # nothing on the internet can even try the replica's ports.
+            network_interfaces=[{"network": args.network, "subnetwork": args.subnetwork}],
             service_account={"email": account.email, "scopes": ["cloud-platform"]},
             metadata={"user-data": user_data, "enable-oslogin": "TRUE"},
             labels=labels,

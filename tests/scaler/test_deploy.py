@@ -77,8 +77,11 @@ def test_kubernetes_deployment_manifest():
     [container] = pod["containers"]
     assert container["command"][:6] == ["python", "-m", "serveform.scaler", "run", "--stack", "prod"]
     assert container["command"][container["command"].index("--metrics-url") + 1] == "http://gateway-metrics:9180/metrics"
-    assert container["command"][container["command"].index("--listen") + 1] == "0.0.0.0:9465"
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Loopback only (issue 16): nothing outside the pod reaches the scaler; the probes run inside it.
+    assert container["command"][container["command"].index("--listen") + 1] == "127.0.0.1:9465"
+    assert "ports" not in container
+    probe = container["livenessProbe"]["exec"]["command"]
+    assert probe[:2] == ["python", "-c"] and "http://127.0.0.1:9465/healthz" in probe[2]
     assert container["envFrom"] == [{"secretRef": {"name": "scaler-env", "optional": True}}]
     # No secret value is ever inlined in the manifest.
     assert "PULUMI_CONFIG_PASSPHRASE" not in repr(manifest)

@@ -74,4 +74,8 @@ def test_acme_dns_challenge_gets_the_project_and_the_dns_permissions():
     install = user_data_of(rec, "gateway")
     assert "printf '%s' '{\"gcp_project\": \"acme-ml\"}'" in install
     role = rec.one("gcp:projects/iAMCustomRole:IAMCustomRole", "gateway-role").inputs
-    assert "dns.resourceRecordSets.create" in role["permissions"]
+    assert "dns.resourceRecordSets.create" not in role["permissions"]  # project-wide role: read only
+    dns_role = rec.one("gcp:projects/iAMCustomRole:IAMCustomRole", "gateway-dns-role").inputs
+    assert "dns.resourceRecordSets.create" in dns_role["permissions"]
+    grant = rec.one("gcp:dns/dnsManagedZoneIamMember:DnsManagedZoneIamMember", "gateway-dns-grant").inputs
+    assert grant["managedZone"] == "example-com" and grant["role"]

@@ -322,8 +322,9 @@ def test_scaler_deployment_may_only_touch_deployments_in_its_namespace(nodes):
     rec = _deploy()
     role = rec.one("kubernetes:rbac.authorization.k8s.io/v1:Role", "scaler-role")
     writes = [r for r in role.inputs["rules"] if set(r["verbs"]) & {"patch", "update", "create", "delete"}]
+    # Writes by name only: the stack's own service Deployments (issue 16), never another in the namespace.
     assert writes == [
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "patch", "update"]}
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["chat", "llm"], "verbs": ["get", "patch", "update"]}
     ]
     assert not rec.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")
     scaler = rec.one(DEPLOYMENT, "scaler-deployment")
@@ -361,7 +362,8 @@ def test_scaler_pod_gets_the_project_files_and_runs_on_them(nodes, project):
     assert command[command.index("--project-dir") + 1] == "/srv/serveform"
     assert command[command.index("--state") + 1] == "/var/lib/serveform-scaler/k8s.json"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts == {"state": "/var/lib/serveform-scaler", "project": "/srv/serveform"}
+    # /tmp: the root filesystem is read-only (restricted pod security).
+    assert mounts == {"state": "/var/lib/serveform-scaler", "project": "/srv/serveform", "tmp": "/tmp"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["project"] == {"name": "project", "emptyDir": {}}
     items = volumes["project-source"]["configMap"]["items"]
