@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # no traceback for users unless --debug
         if args.debug:
             raise
-        print(f"serveform scaler: error: {exc}", file=sys.stderr)
+        from serveform.cli import describe  # never an empty message (MemoryError, bare KeyError)
+
+        print(f"serveform scaler: error: {describe(exc)}", file=sys.stderr)
         return 1
 
 
