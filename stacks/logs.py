@@ -24,6 +24,8 @@ __all__ = ["DAEMONS", "LogsError", "cloud_commands", "follow_files", "k8s_logs",
 DAEMONS = ("gateway", "scaler")
 FOLLOW_POLL_SECONDS = 0.2
 TAIL_LINES = 200
+LOG_REQUEST_TIMEOUT_SECONDS = 30.0
+"""The API server asks the node's kubelet for logs; one that never answers must not hang the command."""
 _UNITS = {"gateway": "serveform-gateway.service", "scaler": "serveform-scaler.service", "replica": "serveform-replica.service"}
 
 
@@ -140,14 +142,15 @@ def k8s_logs(api: Any, namespace: str, deployment: str, replica: int | None, out
                     out.write(raw + "\n")
                     out.flush()
                 continue
-            text = core.read_namespaced_pod_log(name, namespace, tail_lines=lines)
-        except k8s_client.ApiException as exc:
+            text = core.read_namespaced_pod_log(name, namespace, tail_lines=lines, _request_timeout=LOG_REQUEST_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - ApiException or the transport's: reported per pod
             node = pod.spec.node_name or "no node yet"
-            reason = (exc.body or exc.reason or "").strip() if isinstance(exc.body or exc.reason, str) else str(exc.status)
-            sys.stderr.write(
-                f"serveform logs: pod {namespace}/{name} (node {node}, {pod.status.phase}): the Kubernetes API "
-                f"gave no logs ({exc.status}): {_api_message(reason)}\n"
-            )
+            if isinstance(exc, k8s_client.ApiException):
+                body = exc.body if isinstance(exc.body, str) else ""
+                why = f"({exc.status}): {_api_message(body.strip() or str(exc.reason))}"
+            else:
+                why = f"({type(exc).__name__}): {exc}"
+            sys.stderr.write(f"serveform logs: pod {namespace}/{name} (node {node}, {pod.status.phase}): the Kubernetes API gave no logs {why}\n")
             status = 1
             continue
         for line in (text or "").splitlines():
@@ -209,7 +212,6 @@ def cloud_commands(settings: Any, outputs: Mapping[str, Any], target: str, repli
         ]
     elif backend == "gcp":
         project = settings.gcp.project or "<project>"
-        zone = settings.gcp.zone or "<zone>"
         region = settings.gcp.region or (settings.regions[0] if settings.regions else "<region>")
         if target in DAEMONS:
             find = (f"gcloud compute instances list --project {project} "
@@ -218,9 +220,10 @@ def cloud_commands(settings: Any, outputs: Mapping[str, Any], target: str, repli
             find = (f"gcloud compute instance-groups managed list-instances {services[target]['group']} --project {project} "
                     f"--region {region} --format='value(instance.basename())' | sed -n {pick + 1}p")
         lines += [
-            f"# {target} on GCP: find the instance, then read its journal over SSH (OS Login)",
+            f"# {target} on GCP: find the instance and its zone, then read its journal over SSH (OS Login)",
             f"INSTANCE=$({find})",
-            f"gcloud compute ssh \"$INSTANCE\" --project {project} --zone {zone} -- {journal}",
+            f"ZONE=$(gcloud compute instances list --project {project} --filter=\"name=$INSTANCE\" --format='value(zone.basename())')",
+            f"gcloud compute ssh \"$INSTANCE\" --project {project} --zone \"$ZONE\" -- {journal}",
         ]
     elif backend == "azure":
         group = settings.azure.resource_group or f"serveform-{stack}"

@@ -109,7 +109,7 @@ def test_aws_log_commands_find_the_instance_and_read_its_journal(tmp_path):
 def test_gcp_and_azure_log_commands(tmp_path):
     gcp = "\n".join(cloud_commands(_settings(tmp_path, "gcp"), _outputs("gcp"), "chat", 0, follow=True))
     assert "gcloud compute instance-groups managed list-instances serveform-prod-chat --project my-proj --region europe-west4" in gcp
-    assert 'gcloud compute ssh "$INSTANCE" --project my-proj --zone europe-west4-a -- sudo journalctl -u serveform-replica.service -f' in gcp
+    assert 'gcloud compute ssh "$INSTANCE" --project my-proj --zone "$ZONE" -- sudo journalctl -u serveform-replica.service -f' in gcp
     azure = "\n".join(cloud_commands(_settings(tmp_path, "azure"), _outputs("azure"), "gateway", None, follow=False))
     assert "az vm run-command invoke -g rg-prod" in azure and "journalctl -u serveform-gateway.service" in azure
     for text in (gcp, azure):
