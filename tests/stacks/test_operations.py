@@ -103,10 +103,21 @@ def test_status_shows_replicas_readiness_load_and_the_last_update(local_project)
     assert chat["replicas"] == {"min": 2, "max": 3, "desired": 2, "published": 2, "ready": 2, "restarts": 0}
     assert chat["rps"] is not None and chat["rps"] >= 0 and chat["window_seconds"] == 300
     assert [d["replica"] for d in chat["replica_details"]] == [0, 1]
+    assert chat["scaler"] is None  # this scaler has decided nothing yet (its target is far away)
+
+    # The scaler's last decision, as its state file keeps it (written as the daemon writes it).
+    from serveform.scaler.state import ScalerState, ServiceRecord, StateStore
+
+    store = StateStore(local_project.state_dir / "scaler" / "scaler-state.json")
+    reason = "2.0 rps over 300s, target 1000 per replica: at minimum"
+    store.save(ScalerState({"chat": ServiceRecord(desired=2, applied=2, last_scaled_at=1796000000.0, reason=reason)}))
+    decision = _chat(_status(local_project))["scaler"]
+    assert decision == {"desired": 2, "applied": 2, "reason": reason, "last_scaled_at": "2026-11-30T00:53:20Z"}
     table = local_project.ok(local_project.serveform("status")).stdout
     assert "SERVICE" in table and "READY" in table and "RESTARTS" in table
     row = next(line for line in table.splitlines() if line.startswith("chat "))
     assert row.split()[3:8] == ["2", "[2..3]", "2", "2", "0"], row
+    assert row.endswith(f"2 ({reason})"), row
     assert f"gateway: 127.0.0.1:{local_project.https_port}" in table
 
 
