@@ -139,7 +139,7 @@ def _confirm_destroy(engine: Any, args: argparse.Namespace) -> int:
     """Say what `destroy` deletes and keeps, then ask as Pulumi does, unless ``--yes``; 0 to go on."""
     from .destroy import destroy_summary
 
-    summary = destroy_summary(engine.stack, engine.stack_obj.export_stack().deployment or {})
+    summary = destroy_summary(engine.stack, engine.stack_obj.export_stack().deployment or {}, args.target)
     print(summary.text(), file=sys.stderr if args.yes else sys.stdout)
     if args.yes or not summary.resources:
         return 0

@@ -8,7 +8,7 @@ edited since the last `up` — the last deployment decides, not the file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +35,16 @@ class DestroySummary:
     resources: int
     """Resources that `destroy` deletes or forgets (the stack and its providers not counted)."""
     volumes: tuple[VolumeFate, ...]
+    targeted: bool = False
+    """Only the resources named with `--target` (and their children)."""
 
     def text(self) -> str:
         if not self.resources:
             return f"Stack {self.stack!r} has no resources: nothing to destroy."
-        lines = [f"Destroying stack {self.stack!r} deletes its {self.resources} resources."]
+        if self.targeted:
+            lines = [f"Destroying the targeted resources of stack {self.stack!r} deletes {self.resources} resource(s)."]
+        else:
+            lines = [f"Destroying stack {self.stack!r} deletes its {self.resources} resources."]
         deleted = [v for v in self.volumes if not v.kept]
         kept = [v for v in self.volumes if v.kept]
         if not self.volumes:
@@ -57,9 +62,22 @@ def _describe(volume: VolumeFate) -> str:
     return volume.name + (f" ({volume.where})" if volume.where else "")
 
 
-def destroy_summary(stack: str, deployment: Mapping[str, Any]) -> DestroySummary:
-    """The summary for ``deployment``, the `deployment` object of `pulumi stack export`."""
+def destroy_summary(stack: str, deployment: Mapping[str, Any], targets: Sequence[str] = ()) -> DestroySummary:
+    """The summary for ``deployment``, the `deployment` object of `pulumi stack export`; with
+    ``targets`` (URNs, as `destroy --target` takes them), only those resources and their children."""
     resources = [r for r in deployment.get("resources") or () if isinstance(r, dict)]
+    if targets:
+        wanted = set(targets)
+        by_urn = {r.get("urn"): r for r in resources}
+
+        def targeted(resource: dict[str, Any]) -> bool:
+            while resource is not None:
+                if resource.get("urn") in wanted:
+                    return True
+                resource = by_urn.get(resource.get("parent"))
+            return False
+
+        resources = [r for r in resources if targeted(r)]
     children: dict[str, list[dict[str, Any]]] = {}
     for resource in resources:
         if resource.get("parent"):
@@ -82,7 +100,7 @@ def destroy_summary(stack: str, deployment: Mapping[str, Any]) -> DestroySummary
         kept = bool(custom) and all(r.get("retainOnDelete") for r in custom)
         volumes.append(VolumeFate(name=resource["urn"].rsplit("::", 1)[-1], type=kind, kept=kept, where=_where(parts)))
     counted = [r for r in resources if not str(r.get("type", "")).startswith(_NOT_COUNTED)]
-    return DestroySummary(stack=stack, resources=len(counted), volumes=tuple(sorted(volumes, key=lambda v: v.name)))
+    return DestroySummary(stack=stack, resources=len(counted), volumes=tuple(sorted(volumes, key=lambda v: v.name)), targeted=bool(targets))
 
 
 def _where(parts: list[dict[str, Any]]) -> str | None:
