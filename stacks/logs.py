@@ -58,7 +58,7 @@ def _tail(path: Path, lines: int) -> tuple[list[str], int]:
     except FileNotFoundError:
         return [], 0
     text = data.decode("utf-8", "replace").splitlines()
-    return text[-lines:], len(data)
+    return (text[-lines:] if lines > 0 else []), len(data)
 
 
 def follow_files(paths: list[Path], out: TextIO, *, lines: int = TAIL_LINES, follow: bool = False,

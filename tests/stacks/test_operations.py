@@ -171,6 +171,7 @@ def test_a_killed_replica_comes_back_by_itself_and_status_counts_it(local_projec
         follow.send_signal(signal.SIGINT)
         followed, _ = follow.communicate(timeout=30)
     assert "exited with signal 9" in followed and "restart 1: started again" in followed, followed
+    assert "serving chat-small" not in followed.split("exited with signal 9")[0]  # --lines 0: only what came after
 
 
 def test_the_gateway_status_endpoint_is_what_remote_status_reads(local_project):
