@@ -74,14 +74,14 @@ class _SyntheticCaddy:
 
     def text(self) -> str:
         elapsed = time.monotonic() - self.started
-        lines = ["# TYPE caddy_http_request_duration_seconds histogram"]
+        # The gateway's shape (tools/caddy/serveform/metrics.go): refusals are never counted.
+        lines = ["# TYPE serveform_requests_total counter"]
         for i, host in enumerate(self.hosts):
             ok = int(elapsed * self.rps * (1 + i % 7))
-            for code, n in (("200", ok), ("401", ok // 10), ("429", ok // 20), ("503", ok // 50)):
-                for le in ("0.005", "0.01", "0.05", "0.1", "0.5", "1", "+Inf"):  # histogram noise, as Caddy has
-                    lines.append(f'caddy_http_request_duration_seconds_bucket{{code="{code}",handler="subroute",host="{host}",method="GET",server="public",le="{le}"}} {n}')
-                lines.append(f'caddy_http_request_duration_seconds_count{{code="{code}",handler="subroute",host="{host}",method="GET",server="public"}} {n}')
-            lines.append(f'caddy_http_requests_in_flight{{handler="subroute",host="{host}",server="public"}} {i % 2}')
+            lines.append(f'serveform_requests_total{{service="s{i}",host="{host}"}} {ok + ok // 50}')
+        lines.append("# TYPE serveform_requests_in_flight gauge")
+        for i, host in enumerate(self.hosts):
+            lines.append(f'serveform_requests_in_flight{{service="s{i}",host="{host}"}} {i % 2}')
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:

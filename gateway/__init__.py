@@ -15,35 +15,36 @@ Public surface::
     GatewayConfigError, CaddyError, Problem
     python -m serveform.gateway run --state-dir DIR
 
-How a request flows: `https://<service>.<domain>` → Caddy (token check → rate limits →
-`reverse_proxy` to the service's ready replicas, found through `dynamic srv` lookups against the
-gateway's loopback DNS responder). `https://gateway.<domain>/v1/...` → Caddy (token check) → the
-router on a unix socket → Caddy's internal loopback server with `Host: <service>.<domain>` → the
-same `reverse_proxy`. Readiness is decided by the gateway's prober (the service's probes, or
-dstack's default one-token chat completion for `format: openai` models) and published through
-the DNS responder, so replica changes never reload Caddy. Route changes (a service added or
-removed, tokens rotated, settings changed) do reload it through the admin endpoint: requests in
-flight to a replica finish on the old config, but requests held waiting for a replica are answered
-503 at once (Caddy cancels the old handlers' wait) — so a deploy that changes routes should not
-coincide with a scale from zero.
+How a request flows: `https://<service>.<domain>` → Caddy → `serveform_gate` (our Caddy module,
+tools/caddy/serveform: Host → service from the routes file, token check, the service's rate
+limits, request counting) → `reverse_proxy` to the service's ready replicas, found through a
+`dynamic srv` lookup (whose name the gate fills in) against the gateway's loopback DNS responder.
+`https://gateway.<domain>/v1/...` → Caddy (token check) → the router on a unix socket → Caddy's
+internal loopback server (which serves only requests carrying the per-gateway secret the router
+holds) with `Host: <service>.<domain>` → the same gate and `reverse_proxy`. Readiness is decided
+by the gateway's prober (the service's probes, or dstack's default one-token chat completion for
+`format: openai` models) and published through the DNS responder. Neither replica changes nor
+route changes (a service added, removed or changed, tokens rotated) reload Caddy: services and
+token digests live in files the module re-reads on `POST /serveform/reload` (admin endpoint), so
+no connection is cut. Only a change of the gateway's own settings (ports, TLS, limits) reloads
+Caddy's config.
 
-Metrics contract for the scaler (Caddy's Prometheus endpoint, loopback only; its URL is
-`metrics_url` in `<state_dir>/status.json`):
+Metrics contract for the scaler (the module's Prometheus text endpoint, loopback unless the
+runtime opens it; its URL is `metrics_url` in `<state_dir>/status.json`):
 
-* Request rate of a service: ``caddy_http_request_duration_seconds_count`` (a counter, one
-  sample per finished request) with labels ``server``, ``handler``, ``host``, ``method``,
-  ``code``. Sum over every series whose ``host`` label, lower-cased and stripped of a
-  ``:port`` suffix, equals ``<service>.<domain>``, EXCEPT ``code="401"`` (refused for auth) and
-  ``code="429"`` (refused by a rate limit). Both the public servers (``server="public"`` /
-  ``"public_http"``) and the router's path (``server="internal"``) count, and each request is
-  counted exactly once: requests to ``gateway.<domain>`` appear under that host on the public
-  server (ignore them) and under the model's service host on the internal server.
-  Requests answered 503 because no replica became ready in time DO count (``code="503"``).
-* Requests waiting right now (e.g. held while a service is at zero replicas):
-  ``caddy_http_requests_in_flight{host=...}`` (same host normalisation). A request held for a
-  replica is in flight for up to `replica_wait_seconds` before it is counted as finished.
-* Counters restart at zero when Caddy restarts or reloads its config (a route change): treat a
-  decrease as a reset.
+* Request rate of a service: ``serveform_requests_total{service, host}``, a counter of the
+  requests handed to the service. Requests refused for auth (401) or by a rate limit (429) are
+  answered by the module and never counted; requests answered 503 because no replica became
+  ready in time DO count. The public listeners and the router's path (the internal listener)
+  both count, each request exactly once: requests to ``gateway.<domain>`` are counted under the
+  model's service host on the internal listener only. Match the ``host`` label, lower-cased and
+  stripped of a ``:port`` suffix, against ``<service>.<domain>``.
+* Requests being handled right now (held ones included, e.g. while a service is at zero
+  replicas): ``serveform_requests_in_flight{service, host}``. A request held for a replica is
+  in flight for up to `replica_wait_seconds` before it is counted.
+* There is one series per served service and nothing else: requests to unknown hosts create no
+  series. Counters keep counting across route changes and config reloads; they restart at zero
+  only when Caddy restarts: treat a decrease as a reset.
 """
 
 from .errors import CaddyError, GatewayConfigError, Problem

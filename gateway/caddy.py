@@ -7,7 +7,9 @@ load would) first; a config that fails is reported and the running one stays.
 from __future__ import annotations
 
 import ctypes
+import http.client
 import json
+import socket
 import os
 import shutil
 import signal
@@ -18,10 +20,14 @@ from pathlib import Path
 
 from .errors import CaddyError
 
-__all__ = ["adapt", "caddy_binary", "fill_secrets", "reload", "start", "validate"]
+__all__ = ["adapt", "admin_post", "caddy_binary", "fill_secrets", "reload", "start", "validate"]
 
 _MIN_VERSION = (2, 9)
-"""Per-host request metrics (`metrics { per_host }`) exist from Caddy 2.9 on."""
+"""The gateway's own modules are built against Caddy 2.11 (tools/caddy); older builds lack them."""
+
+
+REQUIRED_MODULE = "http.handlers.serveform_gate"
+"""Built from tools/caddy/serveform; routing, tokens and request counts depend on it."""
 
 
 def caddy_binary() -> str:
@@ -40,7 +46,10 @@ def check_version(binary: str) -> str:
     except (ValueError, IndexError):
         raise CaddyError(f"{binary}: cannot read its version", out) from None
     if (major, minor) < _MIN_VERSION:
-        raise CaddyError(f"{binary} is {out.split()[0]}; the gateway needs Caddy >= 2.9 (per-host metrics): run tools/setup.sh")
+        raise CaddyError(f"{binary} is {out.split()[0]}; the gateway needs the project's Caddy build: run tools/setup.sh")
+    modules = subprocess.run([binary, "list-modules"], capture_output=True, text=True, timeout=30).stdout.split()
+    if REQUIRED_MODULE not in modules:
+        raise CaddyError(f"{binary} lacks the gateway's own modules ({REQUIRED_MODULE}): run tools/setup.sh to build the project's Caddy")
     return out
 
 
@@ -115,3 +124,43 @@ def reload(binary: str, config_path: Path, admin_address: str, state_dir: Path) 
     )
     if result.returncode != 0:
         raise CaddyError("caddy reload failed; the previous config stays", _last_error(result.stderr))
+
+
+ADMIN_TIMEOUT_SECONDS = 30.0
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def admin_post(admin_address: str, path: str) -> dict:
+    """POST to Caddy's admin endpoint (``unix/<path>`` or ``host:port``); its JSON answer.
+
+    Used for the gateway module's ``/serveform/reload``, which re-reads the routes and token
+    files without a config reload."""
+    if admin_address.startswith("unix/"):
+        connection: http.client.HTTPConnection = _UnixConnection(admin_address[len("unix/"):], ADMIN_TIMEOUT_SECONDS)
+    else:
+        host, _, port = admin_address.rpartition(":")
+        connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=ADMIN_TIMEOUT_SECONDS)
+    try:
+        connection.request("POST", path, body=b"", headers={"Content-Length": "0"})
+        response = connection.getresponse()
+        body = response.read().decode(errors="replace")
+    except OSError as exc:
+        raise CaddyError(f"caddy's admin endpoint {admin_address} did not answer {path}: {exc}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise CaddyError(f"caddy refused {path} ({response.status})", body.strip()[-2000:])
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        raise CaddyError(f"caddy answered {path} with something that is not JSON", body[-2000:]) from None

@@ -30,7 +30,7 @@ from .dns import ZONE
 from .routes import ServiceRoute, routes_from_plans
 from .settings import GatewayRuntime, GatewaySettings
 
-__all__ = ["DNS_ENV_PREFIX", "SRV_REFRESH_MS", "TOKEN_ENV_PREFIX", "render_caddyfile", "template_environment"]
+__all__ = ["DNS_ENV_PREFIX", "SRV_REFRESH_MS", "render_caddyfile", "routes_document", "template_environment"]
 
 SRV_REFRESH_MS = 500
 """How long Caddy caches a service's replica list; bounds how late it sees a replica change."""
@@ -38,9 +38,6 @@ SRV_REFRESH_MS = 500
 DNS_ENV_PREFIX = "SERVEFORM_DNS_"
 """DNS-provider options reach Caddy as `{env.SERVEFORM_DNS_<NAME>}`; the supervisor sets them."""
 
-TOKEN_ENV_PREFIX = "SERVEFORM_TOKEN_"
-"""Bearer tokens reach Caddy as `{env.SERVEFORM_TOKEN_<i>}`: the Caddyfile and Caddy's running
-config never hold a token; the supervisor puts them in Caddy's environment."""
 
 _NAME = re.compile(r"^[A-Za-z0-9._*-]+$")
 _PLACEHOLDER = re.compile(r"\{[A-Za-z0-9_.-]+\}")
@@ -118,26 +115,67 @@ def template_environment() -> jinja2.Environment:
 
 
 def render_routes(settings: GatewaySettings, routes: Sequence[ServiceRoute], runtime: GatewayRuntime) -> str:
-    """The Caddyfile for already-checked routes."""
+    """The Caddyfile of a gateway. It depends on the settings and the runtime only: ``routes``
+    are checked by the caller and served from the routes file (see `routes_document`)."""
+    del routes  # served from the routes file, never from the Caddyfile
     template = template_environment().get_template("Caddyfile.j2")
     return template.render(
         settings=settings,
-        routes=list(routes),
         runtime=runtime,
-        token_placeholders=[f"{{env.{TOKEN_ENV_PREFIX}{i}}}" for i in range(len(settings.tokens))],
-        dns_zone_replicas=f"replicas.{ZONE}",
+        routes_file=str(runtime.routes_file),
         dns_env_prefix=DNS_ENV_PREFIX,
         srv_refresh_ms=SRV_REFRESH_MS,
     )
 
 
+def routes_document(
+    settings: GatewaySettings, routes: Sequence[ServiceRoute], runtime: GatewayRuntime, *, generation: int
+) -> dict[str, Any]:
+    """The routes file the gateway's Caddy modules read (tools/caddy/serveform/state.go): every
+    service's host and settings, and the paths of the files with the digests of the tokens and of
+    the gateway secret. It holds no secret itself."""
+    services = []
+    for route in routes:
+        lookup = runtime.srv_lookups.get(route.name)
+        services.append(
+            {
+                "name": route.name,
+                "host": route.host,
+                "auth": route.auth,
+                "https": route.https,
+                "srv_service": lookup.service if lookup else route.name,
+                "srv_name": lookup.name if lookup else f"replicas.{ZONE}",
+                "rate_limits": [
+                    {
+                        "zone": zone.zone,
+                        "prefix": zone.prefix.rstrip("/"),
+                        "key": zone.key,
+                        "events": zone.events,
+                        "window_seconds": zone.window_seconds,
+                    }
+                    for zone in route.rate_limits
+                ],
+            }
+        )
+    return {
+        "generation": generation,
+        "router_host": settings.router_host,
+        "https_port": settings.https_port,
+        "tls_off": settings.tls == "off",
+        "token_hashes_file": str(runtime.token_hashes_file),
+        "secret_hash_file": str(runtime.secret_hash_file),
+        "services": services,
+    }
+
+
 def render_caddyfile(
     settings: GatewaySettings, plans: Sequence[ServicePlan], runtime: GatewayRuntime | None = None
 ) -> str:
-    """The gateway's Caddyfile for every service on the stack.
+    """The gateway's Caddyfile for a stack.
 
     Raises GatewayConfigError (listing every problem with its file and field) when a plan
-    cannot be served. The text holds no secret: bearer tokens and DNS credentials appear as
-    `{env.*}` placeholders that the supervisor fills from Caddy's environment.
+    cannot be served. The text holds no secret: bearer tokens are read by the gateway's Caddy
+    modules from a 0600 file and DNS credentials appear as `{env.*}` placeholders that the
+    supervisor fills from Caddy's environment.
     """
     return render_routes(settings, routes_from_plans(settings, plans), runtime or GatewayRuntime())

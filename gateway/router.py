@@ -40,9 +40,11 @@ _HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Authorization",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Authorization", "X-Serveform-Gateway-Secret",
     )
 )
+GATEWAY_SECRET_HEADER = "X-Serveform-Gateway-Secret"
+"""Caddy's internal listener serves only requests carrying the gateway's secret (tools/caddy/serveform)."""
 _CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
@@ -72,9 +74,13 @@ class RouterConfig:
     """Base URL of Caddy's internal server, e.g. http://127.0.0.1:8079."""
     stream_timeout_seconds: float
     body_limit_bytes: int
+    gateway_secret: str = ""
+    """Presented to Caddy's internal listener, which serves the router only."""
 
 
-def router_config(routes: tuple[ServiceRoute, ...], tokens: tuple[str, ...], upstream: str, stream_timeout_seconds: float, body_limit_bytes: int) -> RouterConfig:
+def router_config(
+    routes: tuple[ServiceRoute, ...], tokens: tuple[str, ...], upstream: str, stream_timeout_seconds: float, body_limit_bytes: int, gateway_secret: str = ""
+) -> RouterConfig:
     models = {
         r.model.name: ModelRoute(
             name=r.model.name,
@@ -88,7 +94,10 @@ def router_config(routes: tuple[ServiceRoute, ...], tokens: tuple[str, ...], ups
         for r in routes
         if r.model is not None
     }
-    return RouterConfig(tokens=tokens, models=models, upstream=upstream, stream_timeout_seconds=stream_timeout_seconds, body_limit_bytes=body_limit_bytes)
+    return RouterConfig(
+        tokens=tokens, models=models, upstream=upstream, stream_timeout_seconds=stream_timeout_seconds,
+        body_limit_bytes=body_limit_bytes, gateway_secret=gateway_secret,
+    )
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> web.Response:
@@ -198,6 +207,7 @@ class Router:
     def _upstream_headers(self, request: web.Request, model: ModelRoute) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["Host"] = model.host
+        headers[GATEWAY_SECRET_HEADER] = self.config.gateway_secret
         # Caddy set X-Forwarded-For to the client; its internal server trusts loopback, so rate
         # limits and logs keep seeing the real client.
         headers.setdefault("X-Forwarded-For", request.remote or "127.0.0.1")

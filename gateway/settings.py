@@ -195,6 +195,14 @@ class GatewayRuntime(_Frozen):
         Field(description="Address of the metrics listener: loopback, or every address (the scaler runs elsewhere)."),
     ] = "127.0.0.1"
 
+    metrics_auth: Annotated[
+        bool,
+        Field(
+            description="Whether /metrics demands one of the stack's bearer tokens. Set it when the listener "
+            "is not on loopback and the scaler sends the token; otherwise keep the listener pod-local."
+        ),
+    ] = False
+
     @property
     def router_socket_path(self) -> Path:
         return self.router_socket or (self.socket_dir or self.state_dir) / "router.sock"
@@ -202,6 +210,21 @@ class GatewayRuntime(_Frozen):
     @property
     def admin_socket_path(self) -> Path:
         return (self.socket_dir or self.state_dir) / "caddy-admin.sock"
+
+    @property
+    def routes_file(self) -> Path:
+        """The routes file the gateway's Caddy modules read (services, token and secret paths)."""
+        return self.state_dir / "routes.json"
+
+    @property
+    def token_hashes_file(self) -> Path:
+        """SHA-256 digests of the bearer tokens (0600), what Caddy compares: it never sees a token."""
+        return self.state_dir / "secrets" / "token_hashes.json"
+
+    @property
+    def secret_hash_file(self) -> Path:
+        """SHA-256 digest of the per-gateway secret that only the router holds (0600)."""
+        return self.state_dir / "secrets" / "gateway_secret.sha256"
 
     @property
     def caddy_storage(self) -> Path:

@@ -5,9 +5,12 @@ prober, then Caddy on a validated config; `status.json` says the gateway is up. 
 
 * published replica files (``replicas/*.json``) are polled every POLL_SECONDS; changes go to
   the prober, whose ready sets feed the DNS responder — no Caddy reload;
-* SIGHUP (or a changed ``gateway.json`` / secrets file) re-reads the config: render, adapt,
-  validate, then reload Caddy and swap the router's config. A bad config is logged and the
-  running one stays;
+* SIGHUP (or a changed ``gateway.json`` / secrets file) re-reads the config. Services and
+  tokens live in the routes file (and token digests) that the gateway's Caddy modules read:
+  a change of services or tokens rewrites those files and asks Caddy to re-read them
+  (``POST /serveform/reload`` on its admin endpoint) — no config reload, so no connection is
+  cut. Only a change of the gateway's own settings (ports, TLS, limits) renders, adapts,
+  validates and reloads Caddy's config. A bad config is logged and the running one stays;
 * SIGTERM/SIGINT stop everything: Caddy gets SIGTERM (SIGKILL after STOP_GRACE_SECONDS), the
   router and responder close, and the process exits 0 with no child left. Caddy also carries
   PR_SET_PDEATHSIG, so it dies with the supervisor even on SIGKILL.
@@ -31,6 +34,7 @@ import os
 import signal
 import socket
 import hashlib
+import secrets
 import shutil
 import ssl
 import stat
@@ -45,7 +49,7 @@ from . import caddy
 from .dns import DnsResponder
 from .errors import CaddyError, GatewayConfigError, Problem
 from .prober import Prober
-from .render import DNS_ENV_PREFIX, TOKEN_ENV_PREFIX, render_routes
+from .render import DNS_ENV_PREFIX, render_routes, routes_document
 from .router import Router, router_config
 from .routes import ServiceRoute, routes_from_plans
 from .settings import GatewayRuntime, GatewaySettings
@@ -80,7 +84,7 @@ def _free_port() -> int:
 
 # The fields of `gateway.json`'s optional "runtime" object a deployment may set: a gateway in a
 # Kubernetes pod looks replicas up in the cluster's DNS and serves metrics to the scaler's pod.
-RUNTIME_OVERRIDES = ("replica_dns", "srv_lookups", "metrics_address", "metrics_port")
+RUNTIME_OVERRIDES = ("replica_dns", "srv_lookups", "metrics_address", "metrics_port", "metrics_auth")
 
 
 def _runtime_overrides(state_dir: Path) -> dict[str, Any]:
@@ -158,6 +162,10 @@ class _Gateway:
         self.router: Router | None = None
         self.runner: web.AppRunner | None = None
         self.runtime: GatewayRuntime | None = None
+        # The secret only the router presents to Caddy's internal listener; Caddy gets its digest.
+        self.gateway_secret = secrets.token_urlsafe(32)
+        self.caddyfile_text: str | None = None
+        self.routes_generation = 0
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -196,6 +204,8 @@ class _Gateway:
             "https_port": self.settings.https_port,
             "http_port": self.settings.http_port,
             "hosts": {r.name: r.host for r in self.routes},
+            # The routes file generation Caddy serves (its module re-read it before this was written).
+            "routes_generation": self.routes_generation,
             "ca_cert": str(self.runtime.caddy_storage / "pki" / "authorities" / "local" / "root.crt") if self.settings.tls == "internal" else None,
             "services": services,
         }
@@ -211,19 +221,31 @@ class _Gateway:
             }
         }
 
-    def _prepare(self, settings: GatewaySettings, routes: tuple[ServiceRoute, ...]) -> Path:
-        """Render, adapt, fill secrets, validate: the path of a config Caddy can run."""
+    def _write_routes(self, settings: GatewaySettings, routes: tuple[ServiceRoute, ...]) -> int:
+        """Write the files the gateway's Caddy modules read; the new routes generation."""
+        assert self.runtime is not None
+        self.routes_generation = max(self.routes_generation + 1, time.time_ns() // 1000)
+        digests = [hashlib.sha256(t.get_secret_value().encode()).hexdigest() for t in settings.tokens]
+        write_private(self.runtime.token_hashes_file, json.dumps(digests))
+        write_private(self.runtime.secret_hash_file, hashlib.sha256(self.gateway_secret.encode()).hexdigest())
+        document = routes_document(settings, routes, self.runtime, generation=self.routes_generation)
+        write_private(self.runtime.routes_file, json.dumps(document, indent=1, sort_keys=True) + "\n")
+        return self.routes_generation
+
+    def _prepare(self, settings: GatewaySettings, routes: tuple[ServiceRoute, ...]) -> tuple[Path, str]:
+        """Render, adapt, fill secrets, validate: the path of a config Caddy can run, and its Caddyfile."""
         assert self.runtime is not None
         caddyfile = self.state_dir / "Caddyfile"
-        write_private(caddyfile, render_routes(settings, routes, self.runtime))
-        secrets = {f"{TOKEN_ENV_PREFIX}{i}": t.get_secret_value() for i, t in enumerate(settings.tokens)}
-        secrets |= {f"{DNS_ENV_PREFIX}{k.upper()}": v.get_secret_value() for k, v in settings.dns_options.items()}
+        text = render_routes(settings, routes, self.runtime)
+        write_private(caddyfile, text)
+        # Only DNS-provider credentials are filled in; tokens never enter Caddy's config.
+        filled = {f"{DNS_ENV_PREFIX}{k.upper()}": v.get_secret_value() for k, v in settings.dns_options.items()}
         candidate = self.state_dir / "secrets" / "caddy.next.json"
-        write_private(candidate, caddy.fill_secrets(caddy.adapt(self.binary, caddyfile), secrets))
+        write_private(candidate, caddy.fill_secrets(caddy.adapt(self.binary, caddyfile), filled))
         caddy.validate(self.binary, candidate)
         final = self.state_dir / "secrets" / "caddy.json"
         os.replace(candidate, final)
-        return final
+        return final, text
 
     def _load(self) -> tuple[GatewaySettings, tuple[ServiceRoute, ...]]:
         config = read_config(self.state_dir)
@@ -239,6 +261,7 @@ class _Gateway:
             f"http://127.0.0.1:{self.runtime.internal_port}",
             settings.stream_timeout_seconds,
             settings.body_limit_mb * 1024 * 1024,
+            self.gateway_secret,
         )
         if self.router is None:
             self.router = Router(config, status=self._public_status)
@@ -272,7 +295,8 @@ class _Gateway:
         await web.UnixSite(self.runner, str(socket_path)).start()
         os.chmod(socket_path, 0o600)
         self._poll_replicas()
-        config_path = await asyncio.to_thread(self._prepare, settings, routes)
+        self._write_routes(settings, routes)
+        config_path, self.caddyfile_text = await asyncio.to_thread(self._prepare, settings, routes)
         self._start_caddy(config_path)
         await self._wait_listening(settings)
         await self._wait_certificates(settings, routes)
@@ -344,9 +368,16 @@ class _Gateway:
     async def reload(self) -> None:
         try:
             settings, routes = self._load()
-            config_path = await asyncio.to_thread(self._prepare, settings, routes)
             assert self.runtime is not None and self.settings is not None
-            await asyncio.to_thread(caddy.reload, self.binary, config_path, _admin_address(self.settings, self.runtime), self.state_dir)
+            if render_routes(settings, routes, self.runtime) != self.caddyfile_text:
+                # The gateway's own settings changed: only then is Caddy's config reloaded.
+                config_path, text = await asyncio.to_thread(self._prepare, settings, routes)
+                await asyncio.to_thread(caddy.reload, self.binary, config_path, _admin_address(self.settings, self.runtime), self.state_dir)
+                self.caddyfile_text = text
+            # Routes go live before the router learns a new model, and a removed service stops
+            # being routed by Caddy before the router forgets it: nothing is routed to nowhere.
+            self._write_routes(settings, routes)
+            await asyncio.to_thread(caddy.admin_post, _admin_address(settings, self.runtime), "/serveform/reload")
         except (GatewayConfigError, CaddyError) as exc:
             _LOG.error("config not applied, the previous one keeps serving:\n%s", exc)
             return
@@ -381,7 +412,7 @@ class _Gateway:
                 if restarts > RESTARTS_MAX:
                     raise CaddyError(f"caddy keeps exiting; see {self.state_dir / 'caddy.log'}")
                 await asyncio.sleep(min(2**restarts * 0.1, 5))
-                self._start_caddy(self.state_dir / "secrets" / "caddy.json")
+                self._start_caddy(self.state_dir / "secrets" / "caddy.json")  # reads the routes file at start
                 self._write_status()
 
     async def stop(self) -> None:

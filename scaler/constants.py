@@ -47,20 +47,21 @@ DEFAULT_WINDOW_SECONDS = 60
 WINDOW_HISTORY_SLACK_SECONDS = 30
 
 # --- metrics ----------------------------------------------------------------------------------
-# Caddy's admin endpoint serves /metrics (global `metrics { per_host }` adds the host label).
+# Where the scaler reads request counts when the stack names no gateway (the gateway's status.json
+# names its own metrics_url).
 DEFAULT_METRICS_URL = "http://127.0.0.1:2019/metrics"
-# Caddy 2.11's `caddy_http_requests_total` has no status code, so requests refused for auth (401)
-# or by a rate limit (429) can only be left out through the duration histogram's count, which
-# carries `code`. Measured on Caddy 2.11.9 (tests/scaler/data/caddy-2.11.9-per-host.prom): one
-# series per host and code, under the route's outermost handler only, so nothing counts twice.
-# This is the gateway's metrics contract (serveform.gateway docstring): a request held while a
-# service has no replica ends as 503 and does count.
+# serveform's gateway counts requests per service in its own Caddy module (tools/caddy/serveform,
+# metrics.go): one series per served service, so unknown Host headers never add series. Requests
+# refused for auth (401) or by a rate limit (429) are answered by that module and never counted;
+# a request held while a service has no replica ends as 503 and does count. This is the
+# gateway's metrics contract (serveform.gateway docstring). The access-log reader (a Caddy
+# without the module) leaves the refused statuses out itself:
 DEFAULT_EXCLUDED_STATUS_CODES = (401, 429)
-DEFAULT_REQUEST_SELECTOR = 'caddy_http_request_duration_seconds_count{code!~"401|429"}'
+DEFAULT_REQUEST_SELECTOR = "serveform_requests_total"
 DEFAULT_HOST_LABEL = "host"
 # Requests being handled now, per host: a request held while a service is at zero replicas shows
 # here long before it ends and is counted by the selector above.
-DEFAULT_IN_FLIGHT_SELECTOR = "caddy_http_requests_in_flight"
+DEFAULT_IN_FLIGHT_SELECTOR = "serveform_requests_in_flight"
 METRICS_FETCH_TIMEOUT_SECONDS = 5.0
 # A scrape larger than this is refused rather than parsed (100 services x 12 codes is ~1 MiB).
 METRICS_BODY_LIMIT_BYTES = 32 * 1024 * 1024

@@ -36,8 +36,11 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 export GONOSUMDB=github.com/caddy-dns,github.com/mholt/caddy-ratelimit,github.com/pulumi
 
 PULUMI_BIN=$CACHE/pulumi-$PULUMI_VERSION/bin
-CADDY_BIN=$CACHE/caddy-$CADDY_VERSION/bin
-caddy_stamp() { cat "$ROOT/tools/caddy/"{go.mod,go.sum,main.go} | sha256sum | cut -c1-12; }
+# The Caddy build includes the gateway's own modules (tools/caddy/serveform), so its cache is
+# keyed by a hash of every source file: checkouts on different commits never overwrite each
+# other's binary.
+caddy_stamp() { (cd "$ROOT/tools/caddy" && cat go.mod go.sum $(find . -name '*.go' | LC_ALL=C sort)) | sha256sum | cut -c1-12; }
+CADDY_BIN=$CACHE/caddy-$CADDY_VERSION-$(caddy_stamp)/bin
 pulumi_fresh() { [ -x "$PULUMI_BIN/pulumi" ] && [ -x "$PULUMI_BIN/pulumi-resource-pulumi-python" ]; }
 caddy_fresh() { [ -x "$CADDY_BIN/caddy" ] && [ "$(cat "$CADDY_BIN/.stamp" 2>/dev/null)" = "$(caddy_stamp)" ]; }
 

@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from serveform.gateway import publish_replicas, read_status
+from serveform.scaler.constants import DEFAULT_IN_FLIGHT_SELECTOR, DEFAULT_REQUEST_SELECTOR
+from serveform.scaler.metrics import HostMap, Selector, read_scrape
 from serveform.translator.plan import ModelPlan, ProbePlan, RateLimitPlan
 
 from gateway_helpers import TOKENS, json_lines, make_plan, wait_for  # type: ignore[import-not-found]
@@ -23,27 +25,19 @@ from gateway_helpers import TOKENS, json_lines, make_plan, wait_for  # type: ign
 FAST_PROBE = (ProbePlan(url="/health", interval_seconds=1, timeout_seconds=2),)
 
 
-def _series(metrics: str, name: str) -> list[tuple[dict[str, str], float]]:
-    out = []
-    for line in metrics.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match:
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-            out.append((labels, float(match.group(2))))
-    return out
+def _scrape(metrics: str, host: str):
+    """What the scaler reads from a scrape, with its default selectors (the gateway's contract)."""
+    hosts = HostMap.of({host: "svc"})
+    return read_scrape(metrics, hosts, requests=Selector.parse(DEFAULT_REQUEST_SELECTOR), in_flight=Selector.parse(DEFAULT_IN_FLIGHT_SELECTOR))
 
 
-def service_requests(metrics: str, host: str, codes: set[str] | None = None) -> float:
-    """The scaler's reading (see serveform.gateway's docstring): finished requests on `host`, minus 401/429."""
-    total = 0.0
-    for labels, value in _series(metrics, "caddy_http_request_duration_seconds_count"):
-        if labels["host"].lower().rsplit(":", 1)[0] != host:
-            continue
-        if labels["code"] in {"401", "429"}:
-            continue
-        if codes is None or labels["code"] in codes:
-            total += value
-    return total
+def service_requests(metrics: str, host: str) -> float:
+    """The scaler's reading (see serveform.gateway's docstring): requests handed to `host`'s service."""
+    return sum(_scrape(metrics, host).requests.get("svc", {}).values())
+
+
+def in_flight(metrics: str, host: str) -> float:
+    return _scrape(metrics, host).in_flight.get("svc", 0.0)
 
 
 def test_host_routing_auth_and_token_stripping(gateway_factory, replicas):
@@ -144,7 +138,7 @@ def test_request_waits_for_first_replica(gateway_factory, replicas):
     sender = threading.Thread(target=send)
     sender.start()
     # The request is held by Caddy while the service has no replica.
-    wait_for(lambda: any(v > 0 and l["host"].startswith("chat.localhost") for l, v in _series(gateway.metrics(), "caddy_http_requests_in_flight")), what="the request to be held")
+    wait_for(lambda: in_flight(gateway.metrics(), "chat.localhost") > 0, what="the request to be held")
     time.sleep(1.0)
     assert "response" not in result
     replica = replicas("late")
@@ -156,7 +150,7 @@ def test_request_waits_for_first_replica(gateway_factory, replicas):
     assert response.json()["choices"][0]["message"]["content"] == "Echo: cold start"
     assert result["elapsed"] >= 1.0
     # The held request counts towards the service's rate once answered.
-    wait_for(lambda: service_requests(gateway.metrics(), "chat.localhost", {"200"}) == 1, what="the request in the metrics")
+    wait_for(lambda: service_requests(gateway.metrics(), "chat.localhost") == 1, what="the request in the metrics")
 
 
 def test_no_replica_in_time_is_503_and_counted(gateway_factory):
@@ -169,7 +163,6 @@ def test_no_replica_in_time_is_503_and_counted(gateway_factory):
     metrics = gateway.metrics()
     # The scaler sees the 503 (scale from zero) and not the 401.
     assert service_requests(metrics, "chat.localhost") == 1
-    assert service_requests(metrics, "chat.localhost", {"503"}) == 1
 
 
 def test_rate_limits_answer_429_and_do_not_count(gateway_factory, replicas):
@@ -206,8 +199,9 @@ def test_body_limit(gateway_factory, replicas):
 class _Load:
     """Eight clients (GET, POST, streamed POST) looping on one route until stopped."""
 
-    def __init__(self, gateway) -> None:
+    def __init__(self, gateway, router: bool = False) -> None:
         self.gateway = gateway
+        self.router = router
         self.failures: list[str] = []
         self.failed_at: list[float] = []
         self.seen: set[str] = set()
@@ -221,8 +215,10 @@ class _Load:
                 if n % 2:
                     r = await client.get(gateway.url("chat", "/ping"), headers=gateway.auth())
                 else:
+                    # With `router`, half the POSTs go through the OpenAI router (gateway.<domain>).
+                    host = "gateway" if self.router and n % 4 == 2 else "chat"
                     r = await client.post(
-                        gateway.url("chat", "/v1/chat/completions"), headers=gateway.auth(),
+                        gateway.url(host, "/v1/chat/completions"), headers=gateway.auth(),
                         json={"model": "chat-small", "messages": [{"role": "user", "content": "x y"}], "stream": n % 4 == 0},
                     )
                 if r.status_code != 200:
@@ -275,35 +271,53 @@ def test_replica_changes_under_load_fail_no_request(gateway_factory, replicas):
     assert {"test/first", "test/second", "test/third"} <= load.seen
 
 
-def test_route_change_reload_under_load_loses_requests_only_at_the_reload(gateway_factory, replicas):
-    """A route change (a new service) reloads Caddy; requests before and after it are all served.
-
-    Known limit, measured here rather than hidden: a Caddy config reload drops the few requests
-    that reach a connection in the instant the old server shuts down ("Server disconnected
-    without sending a response", at most one per client, never an HTTP error status). Replica
-    changes, the frequent case, never reload Caddy and lose nothing (test above); route changes
-    happen only when `up` adds or removes a service.
-    """
+def test_route_changes_under_load_fail_no_request(gateway_factory, replicas):
+    """Adding a service, changing one, adding a token and removing a service, all under load on
+    the service host and through the router: no request fails. Routes live in the gateway's
+    routes file, which its Caddy module re-reads; Caddy's config is never reloaded, so no
+    keep-alive connection is closed under a client (a config reload did that: issue 15)."""
     first = replicas("first")
     gateway = gateway_factory([make_plan("chat", model=ModelPlan(name="chat-small"), probes=FAST_PROBE)])
     gateway.publish("chat", [first])
     gateway.wait_ready("chat", 1)
-    load = _Load(gateway)
-    window: dict[str, float] = {}
+    load = _Load(gateway, router=True)
+    config_path = gateway.state_dir / "gateway.json"
+    tokens_path = gateway.state_dir / "secrets" / "tokens.json"
+    caddy_log = gateway.state_dir / "caddy.log"
+    loads_before = caddy_log.read_text().count('"msg":"server running"')
 
-    async def changes(loop) -> None:
-        await asyncio.sleep(1)
-        config_path = gateway.state_dir / "gateway.json"
+    def apply(edit) -> None:
         document = json.loads(config_path.read_text())
+        edit(document)
+        config_path.write_text(json.dumps(document))
+        before = gateway.status.get("routes_generation", 0)
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: gateway.status.get("routes_generation", 0) > before, what="the change to be live")
+
+    def add_extra(document) -> None:
         extra = json.loads(json.dumps(document["plans"][0]))
         extra["name"] = extra["route"]["subdomain"] = "extra"
         extra["route"]["model"]["name"] = "extra-model"
         document["plans"].append(extra)
-        config_path.write_text(json.dumps(document))
-        window["start"] = time.monotonic()
-        gateway.process.send_signal(signal.SIGHUP)
-        await loop.run_in_executor(None, lambda: wait_for(lambda: "extra" in gateway.status["hosts"], what="the reload"))
-        window["end"] = time.monotonic()
+
+    def limit_chat(document) -> None:
+        document["plans"][0]["route"]["rate_limits"] = [{"prefix": "/limited", "key": "ip_address", "rps": 1, "burst": 1}]
+
+    def remove_extra(document) -> None:
+        document["plans"] = [p for p in document["plans"] if p["name"] != "extra"]
+
+    async def changes(loop) -> None:
+        await asyncio.sleep(1)
+        await loop.run_in_executor(None, apply, add_extra)
+        assert "extra" in gateway.status["hosts"]
+        await asyncio.sleep(1)
+        await loop.run_in_executor(None, apply, limit_chat)
+        await asyncio.sleep(1)
+        tokens_path.write_text(json.dumps([*TOKENS, "tok-gamma-" + "g" * 32]))
+        await loop.run_in_executor(None, apply, lambda document: None)
+        await asyncio.sleep(1)
+        await loop.run_in_executor(None, apply, remove_extra)
+        assert "extra" not in gateway.status["hosts"]
         await asyncio.sleep(1)
 
     async def drive() -> None:
@@ -312,9 +326,14 @@ def test_route_change_reload_under_load_loses_requests_only_at_the_reload(gatewa
 
     asyncio.run(asyncio.wait_for(drive(), 120))
     assert load.done > 100
-    assert all(f.startswith(("RemoteProtocolError", "ReadError")) for f in load.failures), load.failures[:5]
-    assert len(load.failures) <= 8, load.failures
-    assert all(window["start"] <= t <= window["end"] + 0.5 for t in load.failed_at), (window, load.failed_at)
+    assert not load.failures, load.failures[:5]
+    # The changes took effect without a config reload.
+    assert caddy_log.read_text().count('"msg":"server running"') == loads_before
+    with gateway.client() as client:
+        assert client.get(gateway.url("extra", "/ping"), headers=gateway.auth()).status_code == 404
+        assert client.get(gateway.url("chat", "/ping"), headers={"Authorization": "Bearer tok-gamma-" + "g" * 32}).status_code == 200
+        codes = [client.get(gateway.url("chat", "/limited"), headers=gateway.auth()).status_code for _ in range(6)]
+        assert 429 in codes
 
 
 def test_bad_reload_keeps_serving_and_good_reload_applies(gateway_factory, replicas):
@@ -420,7 +439,6 @@ def test_plain_http_when_tls_is_off(gateway_factory, replicas):
             json={"model": "chat-small", "messages": [{"role": "user", "content": "plain"}]},
         )
         assert answer.json()["choices"][0]["message"]["content"] == "Echo: plain"
-    # Plain-HTTP host labels carry the port; the scaler strips it (see the metrics contract).
     assert service_requests(gateway.metrics(), "chat.localhost") == 2
 
 
@@ -457,4 +475,5 @@ def test_render_command_prints_the_caddyfile(tmp_path):
 
     write_config(tmp_path, GatewaySettings(tls="off"), [make_plan("chat")])
     result = subprocess.run([sys.executable, "-m", "serveform.gateway", "render", "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "http://chat.localhost:80 {" in result.stdout
+    # Services are served from the routes file, so the Caddyfile names none of them.
+    assert result.returncode == 0 and "http://:80 {" in result.stdout and "chat.localhost" not in result.stdout

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from pydantic import SecretStr, ValidationError
 
 from serveform.gateway import GatewayConfigError, GatewayRuntime, GatewaySettings, render_caddyfile
-from serveform.gateway.render import TemplateValueError, caddy_quote, caddy_quote_placeholder
+from serveform.gateway.render import TemplateValueError, caddy_quote, caddy_quote_placeholder, routes_document
+from serveform.gateway.routes import routes_from_plans
 from serveform.translator.plan import ModelPlan, ProbePlan, RateLimitPlan
 
 from gateway_helpers import make_plan  # type: ignore[import-not-found]
@@ -58,15 +59,6 @@ def _validate(caddy: str, text: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def _hosts(config: dict) -> set[str]:
-    hosts = set()
-    for server in config["apps"]["http"]["servers"].values():
-        for route in server.get("routes", []):
-            for match in route.get("match", []):
-                hosts.update(match.get("host", []))
-    return hosts
-
-
 @pytest.mark.parametrize("tls", ["internal", "acme_dns", "on_demand", "off"])
 def test_golden(tls):
     text = render_caddyfile(_settings(tls), _plans(), RUNTIME)
@@ -75,8 +67,10 @@ def test_golden(tls):
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text(), f"rendered Caddyfile differs from {golden}; rerun with SERVEFORM_UPDATE_GOLDEN=1 if intended"
-    # No secret in the rendered file: tokens are placeholders Caddy fills at run time.
-    assert "tok-alpha" not in text and "{env.SERVEFORM_TOKEN_1}" in text
+    # No secret in the rendered file, not even a placeholder: Caddy's modules read token digests.
+    assert "tok-alpha" not in text and "SERVEFORM_TOKEN" not in text
+    # Nor any service: they are served from the routes file, so a route change reloads nothing.
+    assert "chat" not in text and text == render_caddyfile(_settings(tls), [], RUNTIME)
 
 
 @pytest.mark.parametrize("tls", ["internal", "on_demand", "off"])
@@ -98,18 +92,20 @@ def test_acme_dns_wildcard_covers_service_hosts(caddy, tmp_path):
     assert "automate" not in json.dumps(config["apps"]["tls"].get("certificates", {}))
 
 
-def test_auth_matcher_shape(caddy, tmp_path):
-    config = _adapt(caddy, render_caddyfile(_settings("internal"), _plans(), RUNTIME), tmp_path)
-    text = json.dumps(config)
-    # One header matcher whose accepted values are OR'ed: every token, both scheme spellings.
-    assert '{"not": [{"header": {"Authorization": ["Bearer {env.SERVEFORM_TOKEN_0}", "bearer {env.SERVEFORM_TOKEN_0}", ' \
-           '"Bearer {env.SERVEFORM_TOKEN_1}", "bearer {env.SERVEFORM_TOKEN_1}"]}}]}' in text
-
-
-def test_no_tokens_means_nothing_passes():
-    text = render_caddyfile(GatewaySettings(domain="localhost"), _plans(), RUNTIME)
-    chat_site = text.split("# service chat")[1].split("# service web")[0]
-    assert "handle {\n\t\t\timport serveform_unauthorized" in chat_site
+def test_routes_document_holds_every_service_setting_and_no_secret():
+    routes = routes_from_plans(_settings("internal"), _plans())
+    document = routes_document(_settings("internal"), routes, RUNTIME, generation=7)
+    assert document["generation"] == 7 and document["router_host"] == "gateway.localhost"
+    assert document["token_hashes_file"] == "/var/lib/serveform-gateway/secrets/token_hashes.json"
+    chat, web = document["services"]
+    assert (chat["name"], chat["host"], chat["auth"], chat["https"]) == ("chat", "chat.localhost", True, True)
+    assert (web["auth"], web["https"]) == (False, False)
+    assert (chat["srv_service"], chat["srv_name"]) == ("chat", "replicas.serveform.internal")
+    assert chat["rate_limits"] == [
+        {"zone": "chat_0", "prefix": "/v1", "key": "{client_ip}", "events": 3, "window_seconds": 2},
+        {"zone": "chat_1", "prefix": "", "key": "{http.request.header.X-User}", "events": 5, "window_seconds": 1},
+    ]
+    assert "tok-alpha" not in json.dumps(document)
 
 
 def test_plan_problems_are_reported_together():
@@ -169,7 +165,8 @@ _HOSTILE = st.lists(
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=_HOSTILE, prefix=_HOSTILE, header=_HOSTILE, name=_HOSTILE)
 def test_hostile_inputs_cannot_change_the_config_shape(caddy, tmp_path, path, prefix, header, name):
-    """Whatever a service file holds, the result is a clear error or a config with exactly our hosts."""
+    """Whatever a service file holds, the result is a clear error, or routes with exactly our hosts
+    and the Caddyfile every stack with these settings gets."""
     try:
         plans = [
             make_plan("chat", readiness_path="/" + path, rate_limits=(RateLimitPlan(prefix="/" + prefix, rps=1), RateLimitPlan(key="header", header=header or "X", rps=1))),
@@ -182,26 +179,32 @@ def test_hostile_inputs_cannot_change_the_config_shape(caddy, tmp_path, path, pr
     except GatewayConfigError as exc:
         assert all(p.file.endswith(".dstack.yml") and p.field for p in exc.problems)
         return
-    config = _adapt(caddy, text, tmp_path)
-    assert _hosts(config) == {"chat.localhost", f"{name or 'x'}.localhost", "gateway.localhost", "127.0.0.1"}
+    assert text == render_caddyfile(_settings("internal"), [], RUNTIME)
+    document = routes_document(_settings("internal"), routes_from_plans(_settings("internal"), plans), RUNTIME, generation=1)
+    assert {s["host"] for s in document["services"]} == {"chat.localhost", f"{name or 'x'}.localhost"}
 
 
 def test_runtime_for_a_cluster(caddy, tmp_path):
-    """Kubernetes: replicas from the cluster's DNS (headless Services), metrics open to the pod network."""
+    """Kubernetes: replicas from the cluster's DNS (headless Services), metrics open to the pod
+    network but only with the stack's token."""
     from serveform.gateway import SrvLookup
 
     runtime = RUNTIME.model_copy(update={
         "replica_dns": "system",
         "srv_lookups": {"chat": SrvLookup(service="http", name="chat.serveform.svc.cluster.local"), "web": SrvLookup(service="http", name="web.serveform.svc.cluster.local")},
         "metrics_address": "0.0.0.0",
+        "metrics_auth": True,
     })
     config = _adapt(caddy, render_caddyfile(_settings("internal"), _plans(), runtime), tmp_path)
     text = json.dumps(config)
     assert "127.0.0.1:5353" not in text and "replicas.serveform.internal" not in text
     servers = config["apps"]["http"]["servers"]
     assert servers["metrics"]["listen"] == ["0.0.0.0:9180"]
+    assert [h for h in _walk(config) if isinstance(h, dict) and h.get("handler") == "serveform_metrics"][0]["require_token"] is True
     proxies = [h for h in _walk(config) if isinstance(h, dict) and h.get("handler") == "reverse_proxy" and "dynamic_upstreams" in h]
-    assert {(p["dynamic_upstreams"]["service"], p["dynamic_upstreams"]["name"]) for p in proxies} == {
+    assert {(p["dynamic_upstreams"]["service"], p["dynamic_upstreams"]["name"]) for p in proxies} == {("{serveform.srv_service}", "{serveform.srv_name}")}
+    document = routes_document(_settings("internal"), routes_from_plans(_settings("internal"), _plans()), runtime, generation=1)
+    assert {(s["srv_service"], s["srv_name"]) for s in document["services"]} == {
         ("http", "chat.serveform.svc.cluster.local"), ("http", "web.serveform.svc.cluster.local"),
     }
 

@@ -69,21 +69,20 @@ class FakeCaddy:
 
     def __init__(self) -> None:
         self.ok = 0
-        self.refused = 0
+        self.other = 12345
         self.in_flight = 0
         self.scrapes = 0
         self.padding = 0
 
     def text(self) -> str:
-        filler = [f'caddy_http_request_size_bytes_bucket{{host="h{i}.localhost",le="+Inf"}} {i}' for i in range(self.padding)]
+        filler = [f'serveform_other_metric{{host="h{i}.localhost"}} {i}' for i in range(self.padding)]
         return "\n".join(
             filler
             + [
-                "# TYPE caddy_http_request_duration_seconds histogram",
-                f'caddy_http_request_duration_seconds_count{{code="200",handler="subroute",host="{HOST}",method="GET",server="public"}} {self.ok}',
-                f'caddy_http_request_duration_seconds_count{{code="401",handler="subroute",host="{HOST}",method="GET",server="public"}} {self.refused}',
-                f'caddy_http_request_duration_seconds_count{{code="200",handler="subroute",host="other.localhost",method="GET",server="public"}} 12345',
-                f'caddy_http_requests_in_flight{{handler="subroute",host="{HOST}",server="public"}} {self.in_flight}',
+                "# TYPE serveform_requests_total counter",
+                f'serveform_requests_total{{service="chat",host="{HOST}"}} {self.ok}',
+                f'serveform_requests_total{{service="other",host="other.localhost"}} {self.other}',
+                f'serveform_requests_in_flight{{service="chat",host="{HOST}"}} {self.in_flight}',
                 "",
             ]
         )
@@ -167,8 +166,8 @@ async def test_from_zero_up_and_back_down_through_the_daemon(tmp_path):
         await _until(lambda: stack.ups == [{"chat": 1}], what="scale from zero")
         caddy.in_flight = 0
 
-        # Refused requests do not count: a flood of 401s changes nothing.
-        caddy.refused += 100_000
+        # Another service's requests do not count (the gateway never counts refusals at all).
+        caddy.other += 100_000
         clock.now += 40
         await _until(lambda: caddy.scrapes >= 8, what="more scrapes")
         assert stack.ups == [{"chat": 1}]

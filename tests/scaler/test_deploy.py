@@ -115,10 +115,10 @@ def test_spawn_local_runs_a_real_scaler_process(tmp_path):
     (project / "stacks" / "Pulumi.dev.yaml").write_text(
         "config:\n  serveform:backend: local\n  serveform:services: [chat.dstack.yml]\n"
     )
-    # Caddy's metrics endpoint, as a static file served by a real HTTP server on loopback.
+    # The gateway's metrics endpoint, as a static file served by a real HTTP server on loopback.
     www = tmp_path / "www"
     www.mkdir()
-    (www / "metrics").write_text('caddy_http_request_duration_seconds_count{code="200",host="chat.localhost"} 5\n')
+    (www / "metrics").write_text('serveform_requests_total{service="chat",host="chat.localhost"} 5\n')
     caddy_port, listen_port = _free_port(), _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(caddy_port), "--bind", "127.0.0.1", "--directory", str(www)],

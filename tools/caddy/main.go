@@ -1,5 +1,7 @@
 // Command caddy is the gateway's Caddy: the standard distribution plus the
-// DNS-provider modules that wildcard certificates need, and a rate limiter.
+// DNS-provider modules that wildcard certificates need, a rate limiter, and the
+// gateway's own modules (./serveform: routing by Host without reloads, tokens,
+// request counts for the scaler).
 package main
 
 import (
@@ -11,6 +13,8 @@ import (
 	_ "github.com/caddy-dns/route53"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	_ "github.com/mholt/caddy-ratelimit"
+
+	_ "serveform.dev/tools/caddy/serveform"
 )
 
 func main() {

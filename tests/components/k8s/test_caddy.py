@@ -20,6 +20,8 @@ import pytest
 
 from serveform.components.k8s import _caddy
 from serveform.components.k8s.gpu_instance_group import PORT_NAME
+from serveform.gateway.render import routes_document
+from serveform.gateway.routes import routes_from_plans
 from serveform.stacks.settings import StackSettings
 from serveform.translator import CompileContext, compile_text
 
@@ -86,12 +88,15 @@ def test_caddy_accepts_the_cluster_caddyfile_and_it_resolves_headless_services(t
     text = _caddy.gateway_caddyfile(_settings(gateway={"tls": tls}), _plans("chat", "llm"), "team-a", PORT_NAME)
     config = _adapt(text, tmp_path)
     proxies = _upstream_sources(config)
-    names = sorted({p["dynamic_upstreams"]["name"] for p in proxies})
-    assert names == ["chat.team-a.svc.cluster.local", "llm.team-a.svc.cluster.local"]
+    # The gateway's module names each service's SRV lookup per request from its routes file.
+    routes = routes_from_plans(_caddy.gateway_settings(_settings(gateway={"tls": tls})), _plans("chat", "llm"))
+    document = routes_document(_caddy.gateway_settings(_settings()), routes, _caddy.cluster_runtime(_plans("chat", "llm"), "team-a", PORT_NAME), generation=1)
+    assert sorted(s["srv_name"] for s in document["services"]) == ["chat.team-a.svc.cluster.local", "llm.team-a.svc.cluster.local"]
+    assert {s["srv_service"] for s in document["services"]} == {"http"}
     for proxy in proxies:
         upstreams = proxy["dynamic_upstreams"]
         assert upstreams["source"] == "srv"
-        assert upstreams["service"] == "http" and upstreams["proto"] == "tcp"
+        assert upstreams["service"] == "{serveform.srv_service}" and upstreams["name"] == "{serveform.srv_name}" and upstreams["proto"] == "tcp"
         assert "resolver" not in upstreams
         assert "resolver" not in proxy.get("transport", {})
     servers = config["apps"]["http"]["servers"]
@@ -160,10 +165,11 @@ def test_the_gateway_supervisor_runs_the_pod_files(tmp_path):
             assert time.monotonic() < deadline, "the gateway did not come up"
             time.sleep(0.05)
         rendered = (state / "Caddyfile").read_text()
-        assert "name chat.team-a.svc.cluster.local" in rendered and "name llm.team-a.svc.cluster.local" in rendered
+        routes = json.loads((state / "routes.json").read_text())
+        assert sorted(s["srv_name"] for s in routes["services"]) == ["chat.team-a.svc.cluster.local", "llm.team-a.svc.cluster.local"]
         assert "resolvers 127.0.0.1" not in rendered and "tok-123" not in rendered
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-            assert b"caddy_" in response.read()
+            assert b'serveform_requests_total{service="chat",host="chat.example.com"} 0' in response.read()
         # The router answers on gateway.<domain>: a request without a token is refused by Caddy.
         request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/models", headers={"Host": "gateway.example.com"})
         try:
