@@ -24,6 +24,7 @@ __all__ = ["DAEMONS", "LogsError", "cloud_commands", "follow_files", "k8s_logs",
 DAEMONS = ("gateway", "scaler")
 FOLLOW_POLL_SECONDS = 0.2
 TAIL_LINES = 200
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 LOG_REQUEST_TIMEOUT_SECONDS = 30.0
 """The API server asks the node's kubelet for logs; one that never answers must not hang the command."""
 _UNITS = {"gateway": "serveform-gateway.service", "scaler": "serveform-scaler.service", "replica": "serveform-replica.service"}
@@ -150,7 +151,7 @@ def k8s_logs(api: Any, namespace: str, deployment: str, replica: int | None, out
                 why = f"({exc.status}): {_api_message(body.strip() or str(exc.reason))}"
             else:
                 why = f"({type(exc).__name__}): {exc}"
-            sys.stderr.write(f"serveform logs: pod {namespace}/{name} (node {node}, {pod.status.phase}): the Kubernetes API gave no logs {why}\n")
+            sys.stderr.write(f"serveform logs: pod {namespace}/{name} (node {node}, {pod.status.phase}): the Kubernetes API gave no logs {why}{_simulated(core, node)}\n")
             status = 1
             continue
         for line in (text or "").splitlines():
@@ -159,6 +160,17 @@ def k8s_logs(api: Any, namespace: str, deployment: str, replica: int | None, out
     if follow and len(pods) > 1:
         sys.stderr.write("serveform logs: --follow streams one pod; add --replica N\n")
     return status
+
+
+def _simulated(core: Any, node: str) -> str:
+    """A hint when the node is one of kwok's (k8s-local): they run no container, so have no logs."""
+    try:
+        annotations = core.read_node(node, _request_timeout=LOG_REQUEST_TIMEOUT_SECONDS).metadata.annotations or {}
+    except Exception:  # noqa: BLE001 - only a hint; no permission to read nodes is fine
+        return ""
+    if annotations.get(KWOK_NODE_ANNOTATION) == "fake":
+        return f"\n  node {node} is simulated by kwok (k8s-local): its pods run no container, so there are no logs to read"
+    return ""
 
 
 def _api_message(body: str) -> str:
