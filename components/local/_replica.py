@@ -58,6 +58,7 @@ from ._process import (
     remove_empty_dirs,
     spawn,
     stop,
+    wait_until,
 )
 
 __all__ = ["PROVIDER_VERSION", "Replica", "ReplicaProvider", "read_restarts", "replica_script", "restarts_path", "substitute_port"]
@@ -85,6 +86,8 @@ _UPDATE_KEYS = ("provider_version", "ready_timeout_seconds", "cleanup_root")
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "TERM")
 _REDACTED = "[secret]"
 _SUPERVISOR = Path(_supervisor.__file__).resolve()
+SUPERVISOR_ACK_TIMEOUT_SECONDS = 10.0
+"""How long `create` waits, after the port accepts, for the supervisor to have seen it too."""
 _PORT_ATTEMPTS = 3
 _LOG_SCAN_BYTES = 64 * 1024
 _ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE|\[Errno 98\]", re.IGNORECASE)
@@ -201,6 +204,23 @@ def _supervised(script: str, port: int, log_path: Path) -> tuple[list[str], dict
     return argv, {_supervisor.ARGV_ENV: json.dumps(["bash", "--noprofile", "--norc", "-c", script])}
 
 
+def _await_supervisor(ref: ProcessRef, log_path: Path) -> None:
+    """Return once the supervisor has seen the command listen (from then on it restarts it).
+
+    Raises `NotListeningError` (died) after stopping the group when the supervisor exits first:
+    the command died before the supervisor saw it serve, a failed start like any other.
+    """
+    def started() -> bool:
+        record = read_restarts(log_path) or {}
+        return record.get("supervisor_pid") == ref.pid and bool(record.get("started"))
+
+    if wait_until(lambda: started() or not ref.alive(), SUPERVISOR_ACK_TIMEOUT_SECONDS) and started():
+        return
+    died = not ref.alive()
+    stop(ref)
+    raise NotListeningError(died=died, timeout_seconds=SUPERVISOR_ACK_TIMEOUT_SECONDS)
+
+
 def _read_claims(path: Path) -> dict[str, dict[str, Any]]:
     try:
         claims = json.loads(path.read_text())
@@ -268,6 +288,7 @@ class ReplicaProvider(ProcessProvider):
             _write_claims(claims_path, {**claims, str(ref.pid): {"start_time": ref.start_time, "confirmed": False}})
             try:
                 await_listening(ref, LOOPBACK_HOST, port, inputs.ready_timeout_seconds)
+                _await_supervisor(ref, log_path)
                 break
             except NotListeningError as exc:
                 _write_claims(claims_path, claims)  # await_listening stopped it

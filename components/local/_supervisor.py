@@ -7,7 +7,8 @@ argv, so tools that look for the service's command line find the replica once, n
 
 Lifecycle:
 
-* starting: the command runs; once it accepts connections on ``127.0.0.1:PORT`` it has started.
+* starting: the command runs; once it accepts connections on ``127.0.0.1:PORT`` it has started
+  (``"started": true`` in FILE, which the provider's ``create`` waits for).
   If it exits before that, the supervisor exits with the same status and restarts nothing, so
   the replica's ``create`` fails with the log tail exactly as without a supervisor (and can try
   another port when the first was taken);
@@ -87,7 +88,7 @@ class _Supervisor:
         self.env = {k: v for k, v in os.environ.items() if k != ARGV_ENV}
         self.stopping = False
         self.child: subprocess.Popen[bytes] | None = None
-        self.record = {"supervisor_pid": os.getpid(), "child_pid": None, "restarts": 0, "last_exit": None, "last_restart_at": None}
+        self.record = {"supervisor_pid": os.getpid(), "child_pid": None, "started": False, "restarts": 0, "last_exit": None, "last_restart_at": None}
 
     def _start(self) -> float:
         self.child = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
@@ -121,6 +122,10 @@ class _Supervisor:
                 self._remove_record()
                 return 0 if self.stopping else (128 - code if code < 0 else code)
             time.sleep(_POLL_SECONDS)
+        # The provider's `create` returns only once it reads this, so a command that dies right
+        # after `create` returned is restarted, never taken for a failed start.
+        self.record["started"] = True
+        _write_record(self.record_path, self.record)
         delay = RESTART_DELAY_INITIAL_SECONDS
         while True:
             code = self.child.wait()
