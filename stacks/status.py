@@ -292,8 +292,11 @@ def _remote_gateway(status: dict[str, Any], settings: Any, outputs: Mapping[str,
     gateway["reachable"] = True
     readiness = document.get("services") or {}
     for service in status["services"]:
-        view = readiness.get(service["name"]) or {}
-        # On k8s the Kubernetes API has already said; the gateway's view is the one that routes.
+        view = readiness.get(service["name"])
+        if view is None:
+            # A gateway that finds replicas in cluster DNS (k8s) probes none itself: the
+            # Kubernetes API's counts stand. On VMs discovery publishes every group.
+            continue
         service["replicas"]["published"] = len(view.get("published") or ())
         service["replicas"]["ready"] = len(view.get("ready") or ())
 

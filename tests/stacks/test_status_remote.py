@@ -37,12 +37,12 @@ def _outputs(backend: str) -> dict:
     }
 
 
-def _config(backend: str, https_port: int) -> dict:
+def _config(backend: str, https_port: int, gateway: dict | None = None) -> dict:
     return {
         "serveform:backend": backend,
         "serveform:domain": "models.example.com",
         "serveform:services": ["chat.dstack.yml"],
-        "serveform:gateway": {"https_port": https_port},
+        "serveform:gateway": gateway or {"https_port": https_port},
         "serveform:tokens": ["a-token"],
         "serveform:aws": {"region": "eu-west-1"},
         "serveform:gcp": {"project": "my-proj", "region": "europe-west4", "zone": "europe-west4-a"},
@@ -53,9 +53,9 @@ def _config(backend: str, https_port: int) -> dict:
 class _Engine:
     """What `collect` reads of an Engine: outputs, decrypted config, the stack's history."""
 
-    def __init__(self, project: Path, backend: str, https_port: int) -> None:
+    def __init__(self, project: Path, backend: str, https_port: int, gateway: dict | None = None) -> None:
         self.stack, self.project = "prod", project
-        self._backend, self._port = backend, https_port
+        self._backend, self._port, self._gateway = backend, https_port, gateway
         ended = datetime(2026, 12, 1, 10, 0, 5, tzinfo=timezone.utc)
         update = SimpleNamespace(kind="update", result="succeeded", start_time=datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc), end_time=ended)
         self.stack_obj = SimpleNamespace(history=lambda page_size, page: [update])
@@ -64,7 +64,7 @@ class _Engine:
         return _outputs(self._backend)
 
     def config(self) -> dict:
-        return _config(self._backend, self._port)
+        return _config(self._backend, self._port, self._gateway)
 
 
 @pytest.mark.parametrize("backend", ["aws", "gcp", "azure"])
@@ -86,6 +86,41 @@ def test_vm_status_names_an_unreachable_gateway_and_keeps_what_the_outputs_say(t
     assert "gateway status unreachable: https://gateway.models.example.com" in table
     row = next(line for line in table.splitlines() if line.startswith("chat "))
     assert row.split()[2:8] == ["-", "2", "[1..4]", "-", "-", "-"], row
+
+
+def test_vm_status_reads_the_gateways_readiness_view_with_the_stacks_token(tmp_path):
+    """A gateway that answers (plain HTTP here, `tls: off`): published and ready come from it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's spelling
+            seen.append((self.path, self.headers["Host"], self.headers["Authorization"]))
+            body = json.dumps({"services": {"chat": {"published": ["10.0.1.5:8000", "10.0.1.6:8000"], "ready": ["10.0.1.5:8000"]}}})
+            self.send_response(200 if self.headers["Authorization"] == "Bearer a-token" else 401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    (tmp_path / "chat.dstack.yml").write_text(SERVICE)
+    server = HTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        status = collect(_Engine(tmp_path, "gcp", 443, gateway={"tls": "off", "http_port": port}))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("/serveform/v1/status", "gateway.models.example.com", "Bearer a-token")]
+    assert status["gateway"] == {"address": f"127.0.0.1:{port}", "reachable": True, "error": None}
+    (chat,) = status["services"]
+    assert (chat["replicas"]["desired"], chat["replicas"]["published"], chat["replicas"]["ready"]) == (2, 2, 1)
 
 
 def _settings(tmp_path: Path, backend: str) -> StackSettings:
