@@ -192,3 +192,16 @@ def test_identity_tokens_reach_curl_from_files_never_as_arguments(tmp_path: Path
     assert FAKE_TOKEN in (log / "header-files").read_text(), f"{cloud}: curl never got the token from a file\n{result.stderr}"
     leftovers = [p for p in tmp_path.glob("tmp.*")]
     assert leftovers == [], f"{cloud}: header files left behind: {leftovers}"
+
+
+def test_gcp_existing_network_is_used_as_named_and_replicas_still_have_no_external_address() -> None:
+    config = {"serveform:gcp": {"project": "acme-ml", "zone": "us-central1-a", "network": "shared-vpc", "subnetwork": "serving"}}
+    rec = deploy("gcp", make_settings("gcp", config), [example_plans("gcp")["http-server-service"]])
+    assert rec.of_type("gcp:compute/network:Network") == [] and rec.of_type("gcp:compute/routerNat:RouterNat") == []
+    for template in rec.of_type("gcp:compute/instanceTemplate:InstanceTemplate"):
+        (interface,) = template.inputs["networkInterfaces"]
+        assert interface["network"] == "shared-vpc" and interface["subnetwork"] == "serving"
+        assert not interface.get("accessConfigs")
+    with pytest.raises(Exception, match="serveform:gcp.subnetwork"):
+        deploy("gcp", make_settings("gcp", {"serveform:gcp": {"project": "p", "zone": "us-central1-a", "subnetwork": "s"}}),
+               [example_plans("gcp")["http-server-service"]])
