@@ -113,7 +113,7 @@ def tokens_secret(settings: StackSettings) -> pulumi.Output[str] | None:
 
 
 def desired_replicas(settings: StackSettings, plan: ServicePlan) -> int:
-    """The scaler's count from `serveform:replicas` if set, else the plan's initial count, in bounds."""
+    """The count the program resolved for this run (`serveform.stacks.replicas`), in bounds."""
     count = settings.replicas.get(plan.name, plan.replicas.initial)
     return max(plan.replicas.min, min(plan.replicas.max, count))
 
@@ -431,8 +431,9 @@ def scaler_unit(settings: StackSettings, plans: Sequence[ServicePlan]) -> str | 
 def project_files(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict[str, str]:
     """What the scaler on the gateway host needs of the project: Pulumi.yaml, the stack file, the services.
 
-    `serveform:replicas` is left out of the copied stack file: the scaler owns it on the host,
-    and the gateway's boot document must not change (and replace the VM) when it scales.
+    The scaler's `up` rebuilds the stack from the last deployment's inputs (kept in the stack's
+    state), so these files are the program and the stack's secrets settings; replica counts are
+    not in them, and the gateway's boot document does not change (nor replace the VM) when it scales.
     """
     if not any(p.scaling for p in plans):
         return {}
@@ -448,9 +449,6 @@ def project_files(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict
     stack_file = root / project.get("stackConfigDir", ".") / f"Pulumi.{settings.stack}.yaml"
     if stack_file.exists():
         document = yaml.safe_load(stack_file.read_text()) or {}
-        config = dict(document.get("config") or {})
-        config.pop("serveform:replicas", None)
-        document["config"] = config
         files[stack_file.relative_to(root).as_posix()] = yaml.safe_dump(document, sort_keys=True)
     for plan in plans:
         relative = _relative(plan.file, settings.project_dir)

@@ -5,30 +5,54 @@
 Everything that can be wrong with the input is checked before the first resource is registered:
 a bad stack config or service file fails the run with the translator's report, and Pulumi
 changes nothing.
+
+Replica counts are not read from the stack file: every run reads the last deployment's counts
+back from the stack itself (`serveform.stacks.replicas`). A scale run (`SERVEFORM_SCALE` set, by
+the scaler or `serveform scale`) rebuilds the stack from the last deployment's inputs with new
+counts, so it never applies an edit of the working tree.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pulumi
 from pulumi.runtime import config as _runtime_config
+from pulumi.runtime.sync_await import _sync_await
 
+from serveform.stacks.replicas import (
+    DEPLOYMENT_OUTPUT,
+    REPLICAS_OUTPUT,
+    DeployedInputs,
+    ScaleRequest,
+    counts_from_output,
+    describe_drift,
+    resolve_counts,
+)
 from serveform.stacks.services import compile_services
 from serveform.stacks.settings import CONFIG_NAMESPACE, StackConfigError, StackSettings
 from serveform.translator.plan import ServicePlan
 
-__all__ = ["build", "compile_plans", "load_settings", "run"]
+__all__ = ["build", "compile_plans", "last_deployment", "load_settings", "run", "stack_config"]
 
 
-def load_settings() -> StackSettings:
-    """The `serveform:*` config of the running stack, validated."""
+def stack_config() -> dict[str, Any]:
+    """The running stack's `serveform:*` config as the engine passes it (objects as JSON text)."""
     merged = {**_runtime_config.get_config_env(), **_runtime_config.CONFIG.get()}
-    ours = {k: v for k, v in merged.items() if k.startswith(f"{CONFIG_NAMESPACE}:")}
+    return {k: v for k, v in merged.items() if k.startswith(f"{CONFIG_NAMESPACE}:")}
+
+
+def load_settings(config: Mapping[str, Any] | None = None) -> StackSettings:
+    """The `serveform:*` config of the running stack (or `config`), validated."""
     project = os.environ.get("SERVEFORM_PROJECT_DIR") or os.getcwd()
-    return StackSettings.from_config(ours, stack=pulumi.get_stack(), project_dir=Path(project))
+    return StackSettings.from_config(
+        stack_config() if config is None else config, stack=pulumi.get_stack(), project_dir=Path(project)
+    )
 
 
 def compile_plans(settings: StackSettings) -> list[ServicePlan]:
@@ -42,6 +66,19 @@ def compile_plans(settings: StackSettings) -> list[ServicePlan]:
     return [result.plan for result in results]
 
 
+def last_deployment() -> dict[str, Any]:
+    """The outputs of this stack's last deployment ({} before the first one).
+
+    Read through a StackReference to the stack itself: the engine reads the stack's checkpoint
+    under the lock this update holds, on any backend, in `preview` too. The value decides how
+    many replica resources to register, so it is awaited here rather than used as an Output.
+    """
+    name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
+    reference = pulumi.StackReference("last-deployment", stack_name=name)
+    outputs = _sync_await(reference.outputs.future())
+    return dict(outputs or {})
+
+
 def build(settings: StackSettings, plans: list[ServicePlan]) -> None:
     """Hand the plans to the stack's backend (`components/<backend>/deploy`)."""
     backend = importlib.import_module(f"serveform.components.{settings.backend}")
@@ -51,7 +88,50 @@ def build(settings: StackSettings, plans: list[ServicePlan]) -> None:
 def run() -> None:
     """The program: validate everything first, then register resources."""
     try:
-        settings = load_settings()
-    except StackConfigError as exc:
+        request = ScaleRequest.from_environ()
+        config = stack_config()
+        if request is None:
+            settings = load_settings(config)
+    except (StackConfigError, ValueError) as exc:
         raise pulumi.RunError(str(exc)) from None
-    build(settings, compile_plans(settings))
+    previous = last_deployment()
+    if request is None:
+        plans = compile_plans(settings)
+    else:
+        settings, plans, config = _deployed_inputs(previous, request, config)
+    counts = resolve_counts(plans, counts_from_output(previous.get(REPLICAS_OUTPUT)), request, datetime.now(timezone.utc))
+    for name, count in sorted(counts.items()):
+        # Shown by `preview` and `up` under Diagnostics: each count and where it came from.
+        pulumi.log.info(f"{name}: {count.count} replica(s), {count.describe()}")
+    settings = settings.model_copy(update={"replicas": {name: c.count for name, c in counts.items()}})
+    build(settings, plans)
+    pulumi.export(REPLICAS_OUTPUT, {name: c.to_output() for name, c in sorted(counts.items())})
+    pulumi.export(DEPLOYMENT_OUTPUT, pulumi.Output.secret(DeployedInputs(config=config, plans=tuple(plans)).to_output()))
+
+
+def _deployed_inputs(
+    previous: Mapping[str, Any], request: ScaleRequest, live_config: Mapping[str, Any]
+) -> tuple[StackSettings, list[ServicePlan], Mapping[str, Any]]:
+    """Settings and plans of the last deployment, for a scale run; logs what the working tree changes."""
+    deployed = DeployedInputs.from_output(previous.get(DEPLOYMENT_OUTPUT))
+    if deployed is None:
+        raise pulumi.RunError(
+            f"stack {pulumi.get_stack()} has no deployment to scale: run `serveform up --stack {pulumi.get_stack()}` first"
+        )
+    unknown = sorted(set(request.counts) - {p.name for p in deployed.plans})
+    if unknown:
+        raise pulumi.RunError(f"cannot scale {', '.join(unknown)}: no such service in the last deployment of stack {pulumi.get_stack()}")
+    try:
+        settings = load_settings(deployed.config)
+    except StackConfigError as exc:
+        raise pulumi.RunError(f"the last deployment's stack config no longer validates: {exc}") from None
+    try:
+        live = load_settings(live_config)
+        live_plans, reports = compile_services(live, os.environ)
+        drift = describe_drift(deployed, live_config, [r.plan for r in live_plans])
+        drift += [f"the working tree does not compile: {report}" for report in reports]
+    except StackConfigError as exc:
+        drift = [f"the working tree's stack config does not validate: {exc}"]
+    for line in drift:
+        pulumi.log.warn(f"{line}; this scale update applies only replica counts (the next reviewed `up` applies it)")
+    return settings, list(deployed.plans), deployed.config

@@ -1,9 +1,9 @@
-"""serveform.scaler: Caddy's request rates in, `serveform:replicas` of the stack out.
+"""serveform.scaler: Caddy's request rates in, a stack's replica counts out.
 
 Run time data flow: Caddy's Prometheus text (or JSON access log) → `metrics` (per-service
 counters) → `window` (request rate over the service's `scaling.window`) → `policy` (a pure
 `(now, window stats, saved state) -> Decision`) → `state` (on disk) → `applier` (one worker per
-stack: write `serveform:replicas`, run `pulumi up`). `daemon` runs that loop; `deploy` says how
+stack: a scale `pulumi up` with the decided counts). `daemon` runs that loop; `deploy` says how
 it runs on a gateway host (systemd), in Kubernetes and on the local stack. The scaler never
 builds resources and never imports `serveform.components`.
 

@@ -1,9 +1,12 @@
 """Applying decided replica counts to a stack: one worker per stack, coalescing, retrying.
 
-`Applier` is the one-method seam between the daemon and Pulumi: write these counts into the
-stack's `serveform:replicas` and run `up`. `PulumiApplier` does that through the Automation API
-on the project directory (the program runs through the project's language host, so this module
-never imports the components). `ApplyWorker` runs one applier in one thread:
+`Applier` is the one-method seam between the daemon and Pulumi: run a scale `up` of the stack
+with these counts. `PulumiApplier` does that through the Automation API on the project directory
+(the program runs through the project's language host, so this module never imports the
+components): the counts travel in the update's environment as a `ScaleRequest`, the program
+rebuilds the stack from the last deployment's inputs with them (`serveform.stacks.replicas`), and
+the update targets the services' replica resources. Nothing is written to the stack file, and
+nothing of the working tree is applied. `ApplyWorker` runs one applier in one thread:
 
 - `submit` records the newest desired count per service and returns at once; counts submitted
   while an `up` runs are merged, so the next `up` jumps straight to the newest counts;
@@ -34,7 +37,6 @@ from .constants import (
     APPLY_BACKOFF_INITIAL_SECONDS,
     APPLY_BACKOFF_JITTER_RATIO,
     APPLY_BACKOFF_MAX_SECONDS,
-    REPLICAS_CONFIG_KEY,
     SCALER_TARGETS_OUTPUT,
 )
 
@@ -60,10 +62,10 @@ class StackBusyError(ApplyError):
 
 
 class Applier(Protocol):
-    """Writes replica counts into a stack and updates it."""
+    """Applies replica counts to a stack."""
 
     def apply(self, counts: Mapping[str, int], *, message: str) -> None:
-        """Set `serveform:replicas.<service>` for each entry and run `up`; raise ApplyError on failure."""
+        """Run a scale `up` with these counts; raise ApplyError on failure."""
         ...
 
 
@@ -238,9 +240,11 @@ def _fmt(counts: Mapping[str, int]) -> str:
 class PulumiApplier:
     """Applies counts to one stack of the project with the real Pulumi CLI (Automation API).
 
-    The workspace is the project directory, so the stack config written is the stack's file
-    (`stacks/Pulumi.<stack>.yaml`, only its `serveform:replicas` key) and `up` runs the project's
-    own program (`__main__.py`) through its language host, exactly as `pulumi up` would.
+    The workspace is the project directory and `up` runs the project's own program
+    (`__main__.py`) through its language host, exactly as `pulumi up` would, with the counts in
+    `SERVEFORM_SCALE`: a scale run, which rebuilds the stack from its last deployment's inputs.
+    `source` says who decided ("scaler", or "manual" for `serveform scale`); the stack's
+    `replicas` output records it.
     """
 
     def __init__(
@@ -251,12 +255,14 @@ class PulumiApplier:
         env: Mapping[str, str] | None = None,
         use_targets: bool = True,
         on_output: Callable[[str], None] | None = None,
+        source: str = "scaler",
     ) -> None:
         self.stack_name = stack
         self.project_dir = Path(project_dir)
         self._env = dict(env) if env is not None else None
         self._use_targets = use_targets
         self._on_output = on_output
+        self._source = source
         self._stack = None
 
     def _select(self):
@@ -271,16 +277,15 @@ class PulumiApplier:
             self._stack = auto.select_stack(stack_name=self.stack_name, work_dir=str(self.project_dir), opts=opts)
         return self._stack
 
-    def read_replicas(self) -> dict[str, int]:
-        """The counts currently in the stack config."""
-        import json
+    def outputs(self) -> dict[str, object]:
+        """The stack's outputs, secrets decrypted ({} before the first deployment)."""
+        return {k: v.value for k, v in self._select().outputs().items()}
 
-        stack = self._select()
-        value = stack.get_all_config().get(REPLICAS_CONFIG_KEY)
-        if value is None:
-            return {}
-        raw = json.loads(value.value) if isinstance(value.value, str) else value.value
-        return {str(k): int(v) for k, v in (raw or {}).items()}
+    def read_replicas(self) -> dict[str, int]:
+        """The counts of the stack's last deployment (its `replicas` output)."""
+        from ..stacks.replicas import REPLICAS_OUTPUT, counts_from_output
+
+        return {s: c.count for s, c in counts_from_output(self.outputs().get(REPLICAS_OUTPUT)).items()}
 
     def targets(self, services: Collection[str]) -> list[str] | None:
         """URNs (or URN globs) the program exported for these services, or None for the whole stack."""
@@ -304,15 +309,19 @@ class PulumiApplier:
     def apply(self, counts: Mapping[str, int], *, message: str) -> None:
         from pulumi import automation as auto
 
+        from ..stacks.replicas import SCALE_ENV, ScaleRequest
+
+        request = ScaleRequest(counts={s: int(n) for s, n in counts.items()}, source=self._source)
         try:
             stack = self._select()
-            stack.set_all_config(
-                {f"{REPLICAS_CONFIG_KEY}.{s}": auto.ConfigValue(value=str(int(n))) for s, n in counts.items()},
-                path=True,
-            )
             target = self.targets(counts) if self._use_targets else None
             kwargs = {"target": target, "target_dependents": True} if target else {}
-            stack.up(message=message[:1000], color="never", on_output=self._on_output, **kwargs)
+            # The CLI passes its environment to the program: the request reaches only this `up`.
+            stack.workspace.env_vars[SCALE_ENV] = request.to_env()
+            try:
+                stack.up(message=message[:1000], color="never", on_output=self._on_output, **kwargs)
+            finally:
+                stack.workspace.env_vars.pop(SCALE_ENV, None)
         except auto.ConcurrentUpdateError as exc:
             cleared = self.clear_dead_lock()
             if cleared:

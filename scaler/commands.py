@@ -1,5 +1,6 @@
-"""`serveform scaler run | replay`: parse arguments, call the scaler, render.
+"""`serveform scale` and `serveform scaler run | replay`: parse arguments, call the scaler, render.
 
+    serveform scale SERVICE N --stack ENV
     serveform scaler run --stack ENV [--dry-run] [--metrics-url URL] [--interval S] [--listen ADDR]
     serveform scaler replay --service FILE --trace CSV [--json]
 
@@ -29,7 +30,19 @@ _EXIT_BAD_INPUT = 2
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register `serveform scaler ...`."""
+    """Register `serveform scale` and `serveform scaler ...`."""
+    scale = subparsers.add_parser(
+        "scale",
+        help="set a service's replica count (like kubectl scale); the scaler carries on from it",
+        description="Run a scale update of the stack: the last deployment with SERVICE at N replicas. "
+        "Nothing of the working tree is applied; the count is kept by every later `up` until the "
+        "scaler decides otherwise or the service's replicas range no longer allows it.",
+    )
+    scale.add_argument("service", help="the service's name")
+    scale.add_argument("count", type=_count, help="the replica count (within the service's replicas range)")
+    scale.add_argument("--stack", "-s", required=True, help="stack (environment) name: stacks/Pulumi.<stack>.yaml")
+    scale.add_argument("--project-dir", type=Path, default=None, help="directory holding Pulumi.yaml")
+    scale.set_defaults(func=_scale)
     parser = subparsers.add_parser(
         "scaler",
         help="the autoscaler: run the daemon of a stack, or replay a request trace through a policy",
@@ -43,11 +56,11 @@ def add_scaler_commands(sub: argparse._SubParsersAction) -> None:
     """Register `run` and `replay` (also used by `python -m serveform.scaler`)."""
     run = sub.add_parser(
         "run",
-        help="read Caddy's request rates and keep serveform:replicas of a stack in line with them",
-        description="Every few seconds: Caddy metrics -> request-rate windows -> RPS policy -> stack config -> pulumi up.",
+        help="read Caddy's request rates and keep a stack's replica counts in line with them",
+        description="Every few seconds: Caddy metrics -> request-rate windows -> RPS policy -> a scale `up` of the stack.",
     )
     run.add_argument("--stack", required=True, help="the stack to scale (stacks/Pulumi.<stack>.yaml)")
-    run.add_argument("--dry-run", action="store_true", help="decide and log, but never write the stack or run up")
+    run.add_argument("--dry-run", action="store_true", help="decide and log, but never run up")
     run.add_argument("--metrics-url", help="Caddy's Prometheus endpoint (default: metrics_url of the gateway's status.json)")
     run.add_argument(
         "--gateway-state-dir",
@@ -179,3 +192,50 @@ def _replay(args: argparse.Namespace) -> int:
     replica_seconds = sum(p.replicas for p in points)
     out.write(f"# {len(points)} s replayed, peak {peak} replicas, {replica_seconds} replica-seconds\n")
     return 0
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of replicas, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more replicas, got {value}")
+    return value
+
+
+def _scale(args: argparse.Namespace) -> int:
+    import os
+
+    from ..stacks.engine import project_dir
+    from .applier import ApplyError, PulumiApplier
+
+    if args.project_dir is not None:
+        os.environ["SERVEFORM_PROJECT_DIR"] = str(args.project_dir.resolve())
+    project = project_dir()
+    applier = PulumiApplier(args.stack, project, source="manual", on_output=_echo)
+    try:
+        deployed = applier.read_replicas()
+    except Exception as exc:
+        print(f"serveform scale: cannot read stack {args.stack}: {exc}", file=sys.stderr)
+        return 1
+    if args.service not in deployed:
+        known = ", ".join(sorted(deployed)) or "none"
+        print(
+            f"serveform scale: stack {args.stack} has no deployed service {args.service!r} (deployed: {known})",
+            file=sys.stderr,
+        )
+        return _EXIT_BAD_INPUT
+    try:
+        applier.apply({args.service: args.count}, message=f"serveform scale {args.service} {args.count}")
+    except ApplyError as exc:
+        print(f"serveform scale: {exc}", file=sys.stderr)
+        return 1
+    now = applier.read_replicas().get(args.service)
+    print(f"serveform scale: {args.service} runs {now} replica(s)" + ("" if now == args.count else f" ({args.count} is outside its replicas range)"))
+    return 0
+
+
+def _echo(line: str) -> None:
+    sys.stdout.write(line if line.endswith("\n") else line + "\n")
+    sys.stdout.flush()

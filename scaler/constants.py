@@ -26,7 +26,6 @@ __all__ = [
     "HEALTHY_TICK_INTERVALS",
     "METRICS_BODY_LIMIT_BYTES",
     "METRICS_FETCH_TIMEOUT_SECONDS",
-    "REPLICAS_CONFIG_KEY",
     "SCALER_TARGETS_OUTPUT",
     "SERVICE_CATALOG_REFRESH_SECONDS",
     "STATE_FILE_NAME",
@@ -81,8 +80,6 @@ HEALTHY_TICK_INTERVALS = 3
 SERVICE_CATALOG_REFRESH_SECONDS = 30.0
 
 # --- applier ----------------------------------------------------------------------------------
-# The one stack config key the scaler writes (a map service -> count); people own every other key.
-REPLICAS_CONFIG_KEY = "serveform:replicas"
 # A stack output the program may export, {service: [URN or URN glob, ...]}: when present, `up`
 # is limited to those resources (and their dependents); otherwise the whole stack is updated.
 SCALER_TARGETS_OUTPUT = "scalerTargets"

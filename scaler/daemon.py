@@ -5,9 +5,11 @@ policies, hand changes to the `ApplyWorker`, persist the state. `run` wraps it i
 that scrapes Caddy over HTTP (or tails its access log), re-reads the stack's service list now and
 then, and serves `/metrics` and `/healthz` on loopback.
 
-Which services: the stack config (`stacks/Pulumi.<stack>.yaml`) lists the service files under
-`serveform:services`; each is compiled with the translator and watched if it has `scaling` and a
-replica range. Its route host is `<name>.<serveform:domain>`, as the gateway serves it.
+Which services: those of the stack's last deployment (its `deployment` output: the compiled
+plans and config it was built from), each watched if it has `scaling` and a replica range; before
+a first deployment, the service files the stack config lists. A route's host is
+`<name>.<serveform:domain>`, as the gateway serves it. Counts start from the deployment's
+`replicas` output, so a `serveform scale` becomes the scaler's new starting point.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from .constants import (
     HEALTHY_TICK_INTERVALS,
     METRICS_BODY_LIMIT_BYTES,
     METRICS_FETCH_TIMEOUT_SECONDS,
-    REPLICAS_CONFIG_KEY,
     SERVICE_CATALOG_REFRESH_SECONDS,
     STATE_FILE_NAME,
 )
@@ -63,52 +64,69 @@ class WatchedService:
     """The route's host, `<name>.<domain>`, as it appears in Caddy's `host` label."""
     policy: RpsPolicy
     configured: int | None = None
-    """The count in the stack config (`serveform:replicas`), if any."""
+    """The count the stack's last deployment runs (its `replicas` output), if deployed."""
     initial: int = 0
-    """The count the stack runs when the config has none (the plan's `replicas.initial`)."""
+    """The count the stack runs before its first deployment (the plan's `replicas.initial`)."""
 
     @property
     def deployed(self) -> int:
         return self.configured if self.configured is not None else self.initial
 
 
-def load_services(project_dir: str | os.PathLike[str], stack: str) -> tuple[list[WatchedService], list[str]]:
-    """The stack's scaled services, and one message per service file that failed to compile."""
-    from ..stacks.engine import read_stack_file
-    from ..translator import CompileContext, TranslatorError, compile_file
+def load_services(
+    project_dir: str | os.PathLike[str], stack: str, outputs: Mapping[str, object] | None = None
+) -> tuple[list[WatchedService], list[str]]:
+    """The stack's scaled services, and one message per service file that failed to compile.
 
-    project = Path(project_dir)
-    config = read_stack_file(project, stack)
-    domain = str(config.get("serveform:domain") or "localhost")
-    backend = str(config.get("serveform:backend") or "local")
-    regions = config.get("serveform:regions") or ()
-    replicas = config.get(REPLICAS_CONFIG_KEY) or {}
-    context = CompileContext(backend=backend, domain=domain, regions=tuple(regions), require_env=False)
+    `outputs` are the stack's outputs: the services and counts of its last deployment. Without
+    a deployment (None, or no `deployment` output) the working tree's stack file is read.
+    """
+    from ..stacks.replicas import DEPLOYMENT_OUTPUT, REPLICAS_OUTPUT, DeployedInputs, counts_from_output
+
+    outputs = outputs or {}
+    deployed = DeployedInputs.from_output(outputs.get(DEPLOYMENT_OUTPUT))
+    counts = counts_from_output(outputs.get(REPLICAS_OUTPUT))
+    if deployed is not None:
+        plans, problems = list(deployed.plans), []
+        domain = str(deployed.config.get("serveform:domain") or "localhost")
+    else:
+        plans, problems, domain = _working_tree_plans(Path(project_dir), stack)
     services: list[WatchedService] = []
-    problems: list[str] = []
-    for rel in config.get("serveform:services") or ():
-        try:
-            plan = compile_file(project / str(rel), context).plan
-        except TranslatorError as exc:
-            problems.append(str(exc))
-            continue
-        except OSError as exc:
-            problems.append(f"{rel}: {exc}")
-            continue
+    for plan in plans:
         policy = policy_for(plan)
         if policy is None:
             continue
-        configured = replicas.get(plan.name) if isinstance(replicas, Mapping) else None
+        deployed_count = counts.get(plan.name)
         services.append(
             WatchedService(
                 name=plan.name,
                 host=f"{plan.route.subdomain}.{domain}",
                 policy=policy,
-                configured=int(configured) if configured is not None else None,
+                configured=deployed_count.count if deployed_count is not None else None,
                 initial=plan.replicas.initial,
             )
         )
     return services, problems
+
+
+def _working_tree_plans(project: Path, stack: str) -> tuple[list, list[str], str]:
+    from ..stacks.engine import read_stack_file
+    from ..translator import CompileContext, TranslatorError, compile_file
+
+    config = read_stack_file(project, stack)
+    domain = str(config.get("serveform:domain") or "localhost")
+    backend = str(config.get("serveform:backend") or "local")
+    regions = config.get("serveform:regions") or ()
+    context = CompileContext(backend=backend, domain=domain, regions=tuple(regions), require_env=False)
+    plans, problems = [], []
+    for rel in config.get("serveform:services") or ():
+        try:
+            plans.append(compile_file(project / str(rel), context).plan)
+        except TranslatorError as exc:
+            problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"{rel}: {exc}")
+    return plans, problems, domain
 
 
 def default_state_path(project_dir: str | os.PathLike[str], stack: str) -> Path:
@@ -167,9 +185,10 @@ class Scaler:
             if record is None:
                 continue
             if not record.pending and record.applied != service.deployed and service.configured is not None:
-                # Someone else wrote the count (a person, or a restored stack): the stack is the truth.
+                # Someone else set the count (`serveform scale`, a narrowed range, a restored stack):
+                # the deployment is the truth and the scaler's new starting point.
                 log.info(
-                    "%s: the stack has %d replicas, not the %s the scaler applied; following the stack",
+                    "%s: the stack runs %d replicas, not the %s the scaler applied; following the stack",
                     service.name,
                     service.deployed,
                     record.applied,
@@ -180,7 +199,7 @@ class Scaler:
                         desired=service.deployed,
                         applied=service.deployed,
                         last_scaled_at=record.last_scaled_at,
-                        reason="count found in the stack config",
+                        reason="count set outside the scaler (serveform scale or a range change)",
                     ),
                 )
         if state is not self._state:
@@ -413,11 +432,20 @@ async def run(
     counters = {"scrapes": 0, "errors": 0}
     healthy_after = HEALTHY_TICK_INTERVALS * config.interval_seconds
 
+    reader = applier if isinstance(applier, PulumiApplier) else None
+    if reader is None and config.services is None:
+        reader = PulumiApplier(config.stack, config.project_dir)
+
     def load() -> None:
         if config.services is not None:
             scaler.set_services(config.services)
             return
-        services, problems = load_services(config.project_dir, config.stack)
+        try:
+            outputs = reader.outputs() if reader is not None else None
+        except Exception as exc:  # never deployed, or the backend is unreachable for now
+            log.warning("cannot read the outputs of stack %s (using its stack file): %s", config.stack, _short(exc))
+            outputs = None
+        services, problems = load_services(config.project_dir, config.stack, outputs)
         for problem in problems:
             log.error("service file skipped: %s", problem)
         scaler.set_services(services)
@@ -534,6 +562,11 @@ async def _fetch(http, url: str) -> bytes:
                 raise ValueError(f"{url}: metrics larger than {METRICS_BODY_LIMIT_BYTES} bytes")
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _pulumi_log(line: str) -> None:

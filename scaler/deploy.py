@@ -2,7 +2,7 @@
 Deployment, a background process of the local stack. All three start the same command,
 `python -m serveform.scaler run --stack STACK ...` (`scaler_argv`).
 
-One scaler per stack: two writers of `serveform:replicas` would undo each other's decisions, so
+One scaler per stack: two writers of the counts would undo each other's decisions, so
 the Deployment has one replica with the `Recreate` strategy and the unit is a single service.
 """
 

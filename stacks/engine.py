@@ -254,10 +254,3 @@ class Engine:
 
     def outputs(self) -> Mapping[str, Any]:
         return {k: v.value for k, v in self.stack_obj.outputs().items()}
-
-    def set_replicas(self, counts: Mapping[str, int]) -> None:
-        """Write `serveform:replicas.<service>` (the scaler's key) for the given services."""
-        for service, count in sorted(counts.items()):
-            self.stack_obj.set_config(
-                f"serveform:replicas.{service}", self._auto.ConfigValue(value=str(int(count))), path=True
-            )

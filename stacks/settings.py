@@ -2,11 +2,9 @@
 
 Stack config lives in `stacks/Pulumi.<stack>.yaml` (Pulumi's `stackConfigDir`). Every key sits
 under the `serveform:` namespace; objects are YAML mappings there and reach the program as JSON
-strings, which `StackSettings.from_config` accepts too. Ownership of keys:
-
-- people (reviewed in the repository): everything but `serveform:replicas`;
-- the scaler: `serveform:replicas` only (a map of service name → replica count), so that its
-  writes never rewrite a reviewed key.
+strings, which `StackSettings.from_config` accepts too. Every key is reviewed in the repository;
+nothing writes the file but people. Replica counts are not stack config: they live in the
+stack's outputs (`serveform.stacks.replicas`), so no `up` of the reviewed file reverts the scaler.
 
 A bad value raises `StackConfigError`, which names the stack file and the key, before the
 program registers any resource.
@@ -45,6 +43,12 @@ LOCAL_HTTPS_PORT = 8443
 
 # A domain becomes `<service>.<domain>` host names and a `*.<domain>` certificate: DNS labels only.
 _DOMAIN_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+
+
+_REPLICAS_MOVED = (
+    "replica counts are no longer stack config: they are kept in the stack's outputs and changed by the "
+    "scaler or `serveform scale SERVICE N --stack STACK`; remove this key (the count it held is not applied)"
+)
 
 
 class StackConfigError(ValueError):
@@ -230,7 +234,13 @@ class StackSettings(_Settings):
     secrets: Annotated[
         dict[str, SecretStr], Field(description="Values for bare env names and registry passwords.")
     ] = {}
-    replicas: Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(description="Owned by the scaler.")] = {}
+    replicas: Annotated[
+        dict[str, Annotated[int, Field(ge=0)]],
+        Field(
+            description="Each service's count for this run, resolved by the program from the last deployment "
+            "(serveform.stacks.replicas); never read from the stack file."
+        ),
+    ] = {}
     gateway: GatewayConfig = GatewayConfig()
     retain_volumes: Annotated[
         bool,
@@ -278,6 +288,9 @@ class StackSettings(_Settings):
             namespace, _, name = key.rpartition(":")
             if namespace and namespace != CONFIG_NAMESPACE:
                 continue  # other providers' keys (aws:region, kubernetes:context, ...)
+            if name == "replicas":
+                # Counts in a reviewed file would be reverted by, or revert, the scaler.
+                raise StackConfigError(stack, [(f"{CONFIG_NAMESPACE}:replicas", _REPLICAS_MOVED)])
             data[name] = _decode(value)
         data["stack"] = stack
         data["project_dir"] = str(project_dir)

@@ -1,11 +1,11 @@
 """The project files the scaler's pod needs to run `pulumi up` of this stack.
 
-The scaler rewrites `serveform:replicas` in the stack's config file and runs the project's
-program, so its pod needs the project: `Pulumi.yaml`, the program's `__main__.py`, the stack's
-config file and every service file the stack deploys. They ride in a ConfigMap (the stack file's
-secrets are ciphertext there; the passphrase is in the Secret `scaler-env`). Because the program
-itself renders this ConfigMap from the files it was run with, an `up` by the scaler writes its own
-replica counts back into it, so a restarted scaler pod starts from the counts it last applied.
+The scaler runs the project's program with its counts (a scale `up`, which rebuilds the stack
+from the last deployment's inputs kept in the stack's state), so its pod needs the project:
+`Pulumi.yaml`, the program's `__main__.py`, the stack's config file (its secrets settings) and
+every service file the stack deploys. They ride in a ConfigMap (the stack file's secrets are
+ciphertext there; the passphrase is in the Secret `scaler-env`). Counts are not in these files:
+a restarted scaler pod reads them from the stack's `replicas` output.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The Deployment is the scaler package's own manifest (`serveform.scaler.kubernetes_deployment`:
 one replica, `Recreate`, probes on its /healthz, state on an emptyDir); this component adds the
 identity it runs as. The scaler reads the gateway's per-host request metrics, writes each
-service's count to the stack config (`serveform:replicas`) and runs `pulumi up`; the only
+service's count and runs a scale `pulumi up` (the counts in its environment); the only
 objects such an update changes are the services' Deployments. So its ServiceAccount may update
 the stack's own Deployments by name (`resourceNames`: one per service), list and watch
 Deployments, ReplicaSets, Pods and Events (what Pulumi's rollout wait reads; Kubernetes cannot
@@ -16,8 +16,8 @@ Children (logical names `scaler-<role>`): ServiceAccount, Role, RoleBinding, the
 ConfigMap (the project's files, see `_scaler_project`), Deployment.
 
 The image must hold serveform (and the Pulumi CLI). An init container copies the project files
-from the ConfigMap into a writable `emptyDir` at PROJECT_DIR (the scaler rewrites the stack's
-config file there), and the scaler runs with `--project-dir PROJECT_DIR` and its `--state` file
+from the ConfigMap into a writable `emptyDir` at PROJECT_DIR (Pulumi writes its workspace files
+there), and the scaler runs with `--project-dir PROJECT_DIR` and its `--state` file
 on the `state` volume. The Pulumi state backend URL and passphrase come from the Secret
 `scaler-env` (`PULUMI_BACKEND_URL`, `PULUMI_CONFIG_PASSPHRASE`), which serveform does not create:
 they are credentials of the deploying environment (`kubectl create secret generic scaler-env

@@ -5,8 +5,8 @@
 - a `Gateway` (Caddy + the OpenAI router) on loopback, serving `<service>.<domain>`;
 - a generated bearer token (`gateway-token`, a Pulumi secret) when `serveform:tokens` is empty;
 - a `Volume` per network volume name, shared by the services that mount it;
-- a `ReplicaGroup` per service, with `serveform:replicas.<service>` (the scaler's key) or the
-  plan's initial count, clamped to the plan's bounds;
+- a `ReplicaGroup` per service, with the count the program resolved (`serveform.stacks.replicas`:
+  the last deployment's, the scaler's or `serveform scale`'s), clamped to the plan's bounds;
 - a `Scaler` (the scaler daemon, applying its counts with `up` on this stack) when some
   service has a replica range and a scaling policy.
 
@@ -53,7 +53,7 @@ __all__ = [
 
 
 def replica_count(settings: "StackSettings", plan: ServicePlan) -> int:
-    """`serveform:replicas.<service>` or the plan's initial count, clamped to the plan's bounds."""
+    """The count the program resolved for this run, clamped to the plan's bounds."""
     wanted = settings.replicas.get(plan.name, plan.replicas.initial)
     return max(plan.replicas.min, min(plan.replicas.max, wanted))
 

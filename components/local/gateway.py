@@ -9,7 +9,7 @@ notices it died and the next `up` starts it again, `destroy` stops it and remove
 Locally the gateway listens on loopback only, on unprivileged ports (`serveform:gateway`
 `http_port`/`https_port`, default 8080/8443), and TLS comes from Caddy's internal CA, whose root
 certificate (`ca_cert`) clients trust explicitly. Replica addresses are not part of the config:
-each `ReplicaGroup` publishes them, so the scaler's count changes (`serveform:replicas`) never
+each `ReplicaGroup` publishes them, so the scaler's count changes never
 reload Caddy; editing a service file does, since its plan is part of the config.
 """
 

@@ -3,7 +3,7 @@
 It runs the scaler package's daemon (`python -m serveform.scaler run --stack STACK`, built by
 `serveform.scaler.deploy.scaler_argv`): it reads the gateway's request metrics (the metrics URL
 is in the gateway's `status.json`), decides each service's replica count and applies it by
-writing `serveform:replicas.<service>` and running `up` on this same stack. Its `/metrics` and
+running a scale `up` of this same stack (`serveform.scaler.applier`). Its `/metrics` and
 `/healthz` listen on a loopback port chosen when it starts (output `address`); its decisions
 survive restarts in `<state_dir>/scaler-state.json`.
 

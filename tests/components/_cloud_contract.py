@@ -167,8 +167,9 @@ def test_exports(recording, request):
 def test_scaler_count_is_clamped_into_bounds(request):
     mod = request.module
     plans = example_plans(mod.BACKEND)
-    rec = deploy(mod.BACKEND, make_settings(mod.BACKEND, mod.CONFIG, **{"serveform:replicas": {"llama31-service": 9}}),
-                 [plans["llama31-service"]])
+    # The program resolves counts (serveform.stacks.replicas) and hands them over in the settings.
+    settings = make_settings(mod.BACKEND, mod.CONFIG).model_copy(update={"replicas": {"llama31-service": 9}})
+    rec = deploy(mod.BACKEND, settings, [plans["llama31-service"]])
     assert _by_name(rec.outputs["services"])["llama31-service"]["replicas"]["count"] == 4
     assert mod.desired_of(rec, "llama31-service") == 4
 

@@ -1,9 +1,10 @@
 """`PulumiApplier` against the real Pulumi CLI: a throwaway project on a file:// backend in a temp
 dir, run through the project's language host (no inline program, no components imported).
 
-The program exports what it read from `serveform:replicas`, so the test sees what `up` saw; it
-can be told to hold the stack's lock for a while (a file flag), to make a real
-ConcurrentUpdateError."""
+The program plays serveform's contract for counts: it reads the last deployment's `replicas` output
+back through a StackReference to itself, applies the `ScaleRequest` in `SERVEFORM_SCALE` and exports
+the result, so the test sees what `up` saw; it can be told to hold the stack's lock for a while (a
+file flag), to make a real ConcurrentUpdateError."""
 
 from __future__ import annotations
 
@@ -14,17 +15,21 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from serveform.scaler.applier import ApplyWorker, PulumiApplier, StackBusyError
 
 PROGRAM = '''\
-import os, time
+import json, os, time
 from pathlib import Path
 import pulumi
+from pulumi.runtime.sync_await import _sync_await
 
-config = pulumi.Config("serveform")
-replicas = config.get_object("replicas") or {}
+name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
+last = _sync_await(pulumi.StackReference("last", stack_name=name).outputs.future()) or {}
+request = json.loads(os.environ.get("SERVEFORM_SCALE") or "{}")
+replicas = {s: int(n) for s, n in (last.get("replicas") or {}).items()}
+replicas.update(request.get("counts", {}))
+pulumi.export("source", request.get("source"))
 hold = Path(__file__).with_name("hold")
 if hold.exists():
     Path(__file__).with_name("holding").write_text("1")
@@ -74,16 +79,28 @@ def _outputs(proj: Path, env: dict[str, str]) -> dict:
     return json.loads(out.stdout)
 
 
-def test_apply_writes_only_the_replicas_key_and_runs_up(project):
+def test_apply_runs_a_scale_up_and_never_writes_the_stack_file(project):
     proj, env = project
+    stack_file = (proj / "stacks" / "Pulumi.test.yaml").read_text()
     applier = PulumiApplier("test", proj, env=env)
     applier.apply({"chat": 2}, message="serveform scaler: chat=2 (test)")
-    config = yaml.safe_load((proj / "stacks" / "Pulumi.test.yaml").read_text())["config"]
-    assert config == {"serveform:domain": "example.test", "serveform:replicas": {"chat": 2}}
+    assert (proj / "stacks" / "Pulumi.test.yaml").read_text() == stack_file
     assert _outputs(proj, env)["replicas"] == {"chat": 2}
-    applier.apply({"chat": 3, "other": 0}, message="serveform scaler: two services")
-    assert _outputs(proj, env)["replicas"] == {"chat": 3, "other": 0}
-    assert applier.read_replicas() == {"chat": 3, "other": 0}
+    assert _outputs(proj, env)["source"] == "scaler"
+    applier.apply({"other": 0}, message="serveform scaler: another service")
+    # The count of chat came back from the last deployment, not from any file.
+    assert _outputs(proj, env)["replicas"] == {"chat": 2, "other": 0}
+    # The request reached that `up` only: a plain `up` keeps the counts and carries no request.
+    subprocess.run(["pulumi", "up", "--yes", "--skip-preview", "--non-interactive"], cwd=proj, env=env, check=True, capture_output=True)
+    assert _outputs(proj, env)["replicas"] == {"chat": 2, "other": 0}
+    assert _outputs(proj, env).get("source") is None
+    assert (proj / "stacks" / "Pulumi.test.yaml").read_text() == stack_file
+
+
+def test_a_manual_applier_marks_its_request(project):
+    proj, env = project
+    PulumiApplier("test", proj, env=env, source="manual").apply({"chat": 3}, message="serveform scale chat 3")
+    assert _outputs(proj, env)["source"] == "manual"
 
 
 def test_apply_limits_up_to_the_exported_targets(project):

@@ -260,36 +260,63 @@ def test_scaler_core_follows_a_count_someone_else_wrote(tmp_path):
     [decision] = first.evaluate(1001)
     assert decision.target == 3
     first.mark_applied({"chat": 3})
-    # A person set the count to 2 in the stack config: the restarted scaler follows it.
+    # A person ran `serveform scale chat 2`: the restarted scaler follows the deployment.
     second = Scaler(store=store, worker=None, clock=Clock())
     second.set_services([_service(min_replicas=1, configured=2)])
     assert second.scale_state("chat").replicas == 2
     assert second.scale_state("chat").last_scaled_at == 1001
 
 
-def test_load_services_from_a_stack_config(tmp_path):
-    (tmp_path / "stacks").mkdir()
-    (tmp_path / "svc").mkdir()
-    (tmp_path / "svc" / "chat.dstack.yml").write_text(
+def _write_services(root):
+    (root / "stacks").mkdir()
+    (root / "svc").mkdir()
+    (root / "svc" / "chat.dstack.yml").write_text(
         "type: service\nname: chat\nimage: python:3.11\ncommands: [python -m http.server 8000]\nport: 8000\n"
         "replicas: 0..4\nscaling:\n  metric: rps\n  target: 2.5\n  scale_up_delay: 10s\n  scale_down_delay: 1m\n"
     )
-    (tmp_path / "svc" / "fixed.dstack.yml").write_text(
+    (root / "svc" / "fixed.dstack.yml").write_text(
         "type: service\nname: fixed\nimage: python:3.11\ncommands: [x]\nport: 8000\nreplicas: 2\n"
     )
-    (tmp_path / "svc" / "broken.dstack.yml").write_text("type: service\nname: broken\nport: nope\n")
-    (tmp_path / "stacks" / "Pulumi.t.yaml").write_text(
+    (root / "svc" / "broken.dstack.yml").write_text("type: service\nname: broken\nport: nope\n")
+    (root / "stacks" / "Pulumi.t.yaml").write_text(
         "config:\n  serveform:backend: local\n  serveform:domain: example.test\n"
         "  serveform:services: [svc/chat.dstack.yml, svc/fixed.dstack.yml, svc/broken.dstack.yml]\n"
-        "  serveform:replicas:\n    chat: 3\n"
     )
+
+
+def test_load_services_from_a_stack_config_before_a_first_deployment(tmp_path):
+    _write_services(tmp_path)
     services, problems = load_services(tmp_path, "t")
     assert [s.name for s in services] == ["chat"]
     chat = services[0]
-    assert chat.host == "chat.example.test" and chat.configured == 3 and chat.deployed == 3
+    assert chat.host == "chat.example.test" and chat.configured is None and chat.deployed == 0
     assert (chat.policy.min_replicas, chat.policy.max_replicas, chat.policy.target_rps) == (0, 4, 2.5)
     assert (chat.policy.scale_up_delay_seconds, chat.policy.scale_down_delay_seconds) == (10, 60)
     assert len(problems) == 1 and "broken.dstack.yml" in problems[0]
+
+
+def test_load_services_follows_the_last_deployment_not_the_working_tree(tmp_path):
+    from serveform.stacks.replicas import DeployedInputs
+    from serveform.translator import CompileContext, compile_file
+
+    _write_services(tmp_path)
+    context = CompileContext(backend="local", domain="deployed.test", require_env=False)
+    deployed_plan = compile_file(tmp_path / "svc" / "chat.dstack.yml", context).plan
+    # Edited after the deployment: another target and range; the scaler keeps to what is deployed.
+    (tmp_path / "svc" / "chat.dstack.yml").write_text(
+        "type: service\nname: chat\nimage: python:3.11\ncommands: [x]\nport: 8000\n"
+        "replicas: 1..9\nscaling:\n  metric: rps\n  target: 99\n"
+    )
+    inputs = DeployedInputs(config={"serveform:domain": "deployed.test"}, plans=(deployed_plan,))
+    outputs = {
+        "deployment": inputs.to_output(),
+        "replicas": {"chat": {"count": 3.0, "source": "manual", "set_at": "2026-12-06T01:00:00Z"}},
+    }
+    services, problems = load_services(tmp_path, "t", outputs)
+    assert problems == []
+    [chat] = services
+    assert chat.host == "chat.deployed.test" and chat.configured == 3 and chat.deployed == 3
+    assert (chat.policy.max_replicas, chat.policy.target_rps) == (4, 2.5)
 
 
 def test_run_refuses_bad_selector(tmp_path, capsys):

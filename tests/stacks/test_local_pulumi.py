@@ -68,13 +68,20 @@ def test_pulumi_refresh_and_up_heal_a_killed_replica(project):
     project.ok(project.pulumi("up", "--yes", "--expect-no-changes"))
 
 
-def test_the_scalers_config_key_scales_by_one(project):
+def test_serveform_scale_adds_one_replica_and_plain_pulumi_up_keeps_it(project):
     before = project.replicas()
-    project.ok(project.pulumi("config", "set", "--path", "serveform:replicas.chat", "3"))
-    project.ok(project.pulumi("up", "--yes"))
+    stack_file = (project.root / "stacks" / f"Pulumi.{project.stack}.yaml").read_text()
+    scaled = project.ok(project.serveform("scale", "chat", "3"))
+    assert "chat runs 3 replica(s)" in scaled.stdout
     after = project.replicas()
     assert set(after) == {"chat-replica-0", "chat-replica-1", "chat-replica-2"}
     assert all(after[name]["pid"] == before[name]["pid"] for name in before)
+    # The count is in the stack, not in the reviewed file, and a plain `pulumi up` keeps it.
+    assert (project.root / "stacks" / f"Pulumi.{project.stack}.yaml").read_text() == stack_file
+    previewed = project.ok(project.pulumi("preview", "--diff"))
+    assert "chat: 3 replica(s), set by `serveform scale` at" in previewed.stdout + previewed.stderr, previewed.stdout
+    project.ok(project.pulumi("up", "--yes", "--expect-no-changes"))
+    assert set(project.replicas()) == set(after)
     endpoints = project.endpoints()
     assert endpoints["services"][0]["name"] == "chat"
     with project.client("chat.localhost", token=endpoints["token"], ca_cert=endpoints["gateway"]["ca_cert"]) as client:

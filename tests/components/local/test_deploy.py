@@ -107,7 +107,7 @@ async def _deploy(settings: StackSettings, plans: list[ServicePlan]) -> None:
 
 
 async def test_registers_gateway_token_volume_and_one_replica_per_count(tmp_path, mocks):
-    await _deploy(_settings(tmp_path, **{"serveform:replicas": json.dumps({"chat": 3})}), [_plan()])
+    await _deploy(_settings(tmp_path).model_copy(update={"replicas": {"chat": 3}}), [_plan()])
     services, _ = await _resolve(_exports()["services"])
 
     replicas = sorted(r.name for r in mocks.of_type(REPLICA))
@@ -123,9 +123,9 @@ async def test_registers_gateway_token_volume_and_one_replica_per_count(tmp_path
 
 
 @pytest.mark.parametrize(("configured", "expected"), [(None, 2), (0, 1), (9, 3), (3, 3)])
-async def test_replica_count_is_config_or_initial_clamped_to_bounds(tmp_path, mocks, configured, expected):
-    config = {} if configured is None else {"serveform:replicas": json.dumps({"chat": configured})}
-    await _deploy(_settings(tmp_path, **config), [_plan()])
+async def test_replica_count_is_the_resolved_or_initial_count_clamped_to_bounds(tmp_path, mocks, configured, expected):
+    counts = {} if configured is None else {"chat": configured}
+    await _deploy(_settings(tmp_path).model_copy(update={"replicas": counts}), [_plan()])
     services, _ = await _resolve(_exports()["services"])
     assert len(mocks.of_type(REPLICA)) == expected
     assert services[0]["replicas"] == {"min": 1, "max": 3, "count": expected}
@@ -269,7 +269,7 @@ async def test_a_state_dir_deeper_than_a_unix_socket_path_deploys(tmp_path, mock
 
 
 async def test_a_service_scaled_to_zero_keeps_its_route_with_no_addresses(tmp_path, mocks):
-    await _deploy(_settings(tmp_path, **{"serveform:replicas": json.dumps({"chat": 0})}), [_plan(replicas=(0, 2, 1))])
+    await _deploy(_settings(tmp_path).model_copy(update={"replicas": {"chat": 0}}), [_plan(replicas=(0, 2, 1))])
     assert mocks.of_type(REPLICA) == []
     (publication,) = mocks.of_type(PUBLICATION)
     assert publication.inputs["addresses"] == []
