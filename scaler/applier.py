@@ -10,6 +10,9 @@ nothing of the working tree is applied. `ApplyWorker` runs one applier in one th
 
 - `submit` records the newest desired count per service and returns at once; counts submitted
   while an `up` runs are merged, so the next `up` jumps straight to the newest counts;
+- each change carries the count the scaler believed the stack had (`expected`): the program
+  leaves a service alone whose count someone else changed since (`serveform scale`, a narrowed
+  range), and `apply` returns the counts the stack really runs, which the scaler then follows;
 - a locked stack (another `up` of the same stack, a person or CI) or a failed run is retried
   after an exponential backoff with jitter; a count stays pending until an `up` with it
   succeeds, so no decision is lost;
@@ -64,8 +67,12 @@ class StackBusyError(ApplyError):
 class Applier(Protocol):
     """Applies replica counts to a stack."""
 
-    def apply(self, counts: Mapping[str, int], *, message: str) -> None:
-        """Run a scale `up` with these counts; raise ApplyError on failure."""
+    def apply(
+        self, counts: Mapping[str, int], *, message: str, expected: Mapping[str, int] | None = None
+    ) -> Mapping[str, int] | None:
+        """Run a scale `up` with these counts, each applied only where the stack still runs its
+        `expected` count; return the counts the stack runs afterwards (None: as asked). Raise
+        ApplyError on failure."""
         ...
 
 
@@ -103,6 +110,7 @@ class ApplyWorker:
         self._rng = rng or random.Random()
         self._cond = threading.Condition()
         self._pending: dict[str, int] = {}
+        self._expected: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures_in_a_row = 0
@@ -112,13 +120,26 @@ class ApplyWorker:
         self._reasons: dict[str, str] = {}
 
     # --- the daemon's side ----------------------------------------------------------------
-    def submit(self, counts: Mapping[str, int], *, reasons: Mapping[str, str] | None = None) -> None:
-        """Make these the newest desired counts; returns at once."""
+    def submit(
+        self,
+        counts: Mapping[str, int],
+        *,
+        reasons: Mapping[str, str] | None = None,
+        expected: Mapping[str, int] | None = None,
+    ) -> None:
+        """Make these the newest desired counts; returns at once.
+
+        `expected` is the count each service had when the scaler decided; for coalesced
+        decisions the first one counts, since that is what the stack still runs.
+        """
         if not counts:
             return
         with self._cond:
             self._pending.update({s: int(n) for s, n in counts.items()})
             self._reasons.update(reasons or {})
+            for service, count in (expected or {}).items():
+                if service in counts:
+                    self._expected.setdefault(service, int(count))
             self._cond.notify_all()
 
     def pending(self) -> dict[str, int]:
@@ -172,6 +193,7 @@ class ApplyWorker:
             if not self._pending:
                 return None
             batch = dict(self._pending)
+            expected = {s: self._expected[s] for s in batch if s in self._expected}
             reasons = {s: self._reasons.get(s, "") for s in batch}
             self._running = True
             self._attempts += 1
@@ -179,7 +201,7 @@ class ApplyWorker:
             f"{s}={n}" + (f" ({reasons[s]})" if reasons[s] else "") for s, n in sorted(batch.items())
         )
         try:
-            self._applier.apply(batch, message=message)
+            result = self._applier.apply(batch, message=message, expected=expected or None)
         except Exception as exc:  # every failure is retried: a decision is never dropped
             busy = isinstance(exc, StackBusyError)
             with self._cond:
@@ -207,10 +229,16 @@ class ApplyWorker:
                 # A newer count submitted meanwhile stays pending.
                 if self._pending.get(service) == count:
                     del self._pending[service]
+                    self._expected.pop(service, None)
             self._cond.notify_all()
-        log.info("applied %s", _fmt(batch))
+        actual = {**batch, **{s: int(n) for s, n in (result or {}).items() if s in batch}}
+        kept = {s: n for s, n in actual.items() if n != batch[s]}
+        if kept:
+            log.info("applied %s; kept counts set outside the scaler since its decision: %s", _fmt(batch), _fmt(kept))
+        else:
+            log.info("applied %s", _fmt(batch))
         if self._on_applied is not None:
-            self._on_applied(batch)
+            self._on_applied(actual)
         return None
 
     def _backoff(self, failures: int) -> float:
@@ -306,12 +334,16 @@ class PulumiApplier:
             urns.extend(str(u) for u in entry)
         return sorted(set(urns))
 
-    def apply(self, counts: Mapping[str, int], *, message: str) -> None:
+    def apply(
+        self, counts: Mapping[str, int], *, message: str, expected: Mapping[str, int] | None = None
+    ) -> dict[str, int] | None:
         from pulumi import automation as auto
 
-        from ..stacks.replicas import SCALE_ENV, ScaleRequest
+        from ..stacks.replicas import REPLICAS_OUTPUT, SCALE_ENV, ScaleRequest, counts_from_output
 
-        request = ScaleRequest(counts={s: int(n) for s, n in counts.items()}, source=self._source)
+        request = ScaleRequest(
+            counts={s: int(n) for s, n in counts.items()}, source=self._source, expected=dict(expected or {})
+        )
         try:
             stack = self._select()
             target = self.targets(counts) if self._use_targets else None
@@ -319,7 +351,7 @@ class PulumiApplier:
             # The CLI passes its environment to the program: the request reaches only this `up`.
             stack.workspace.env_vars[SCALE_ENV] = request.to_env()
             try:
-                stack.up(message=message[:1000], color="never", on_output=self._on_output, **kwargs)
+                result = stack.up(message=message[:1000], color="never", on_output=self._on_output, **kwargs)
             finally:
                 stack.workspace.env_vars.pop(SCALE_ENV, None)
         except auto.ConcurrentUpdateError as exc:
@@ -329,6 +361,9 @@ class PulumiApplier:
             raise StackBusyError(f"stack {self.stack_name}: {_tail(exc)}") from None
         except auto.CommandError as exc:
             raise ApplyError(f"stack {self.stack_name}: {_tail(exc)}") from None
+        out = result.outputs.get(REPLICAS_OUTPUT)
+        running = counts_from_output(out.value if out is not None else None)
+        return {s: running[s].count for s in counts if s in running} or None
 
     def clear_dead_lock(self) -> str | None:
         """Remove the stack's lock when the update holding it is dead; returns what was removed.

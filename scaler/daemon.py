@@ -193,15 +193,8 @@ class Scaler:
                     service.deployed,
                     record.applied,
                 )
-                state = state.with_record(
-                    service.name,
-                    ServiceRecord(
-                        desired=service.deployed,
-                        applied=service.deployed,
-                        last_scaled_at=record.last_scaled_at,
-                        reason="count set outside the scaler (serveform scale or a range change)",
-                    ),
-                )
+                # Its delays count from now: a person's count holds at least one delay.
+                state = state.with_record(service.name, _followed(service.deployed, self._clock()))
         if state is not self._state:
             self._save(state)
         # Decisions saved but not applied before a restart are handed to the worker once; later
@@ -237,6 +230,7 @@ class Scaler:
         state = self._state
         changes: dict[str, int] = {}
         reasons: dict[str, str] = {}
+        expected: dict[str, int] = {}
         for name, service in sorted(self._services.items()):
             decision = service.policy.decide(now, self._windows.stats(name, now), self.scale_state(name))
             decisions.append(decision)
@@ -248,18 +242,29 @@ class Scaler:
                 state = state.with_decision(decision)
                 changes[name] = decision.target
                 reasons[name] = decision.reason
+                expected[name] = decision.current
         if changes:
             # Persist before applying: a crash after this line resumes the decision at start.
             self._save(state)
             if self._worker is not None and not self.dry_run:
-                self._worker.submit(changes, reasons=reasons)
+                self._worker.submit(changes, reasons=reasons, expected=expected)
         self.last_tick_at = now
         return decisions
 
     def mark_applied(self, counts: Mapping[str, int]) -> None:
-        """The worker's callback: these counts are in the stack now."""
+        """The worker's callback: the stack runs these counts now.
+
+        A count other than the one decided was set by someone else after the decision (the
+        update kept it): the scaler follows it, and its delays count from now.
+        """
         with self._lock:
-            self._save(self._state.with_applied(counts))
+            state = self._state.with_applied(counts)
+            for service, count in counts.items():
+                record = state.get(service)
+                if record is not None and record.desired != count:
+                    log.info("%s: the stack kept %d replicas set outside the scaler; following it", service, count)
+                    state = state.with_record(service, _followed(count, self._clock()))
+            self._save(state)
 
     def _save(self, state: ScalerState) -> None:
         self._state = state
@@ -326,6 +331,15 @@ class Scaler:
         if rss is not None:
             family("process_resident_memory_bytes", "gauge", "Resident memory of the scaler process.", [("", rss)])
         return "\n".join(lines) + "\n"
+
+
+def _followed(count: int, now: float) -> ServiceRecord:
+    return ServiceRecord(
+        desired=count,
+        applied=count,
+        last_scaled_at=now,
+        reason="count set outside the scaler (serveform scale or a range change)",
+    )
 
 
 def _summary(services: Iterable[WatchedService], limit: int = 10) -> str:

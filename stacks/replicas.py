@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -94,9 +94,18 @@ class ScaleRequest:
 
     counts: Mapping[str, int]
     source: Literal["scaler", "manual"]
+    expected: Mapping[str, int] = field(default_factory=dict)
+    """Per service, the count the requester believed the stack runs: where the last deployment
+    has another (someone scaled it since), that service's count is kept (compare-and-set)."""
 
     def to_env(self) -> str:
-        return json.dumps({"counts": {s: int(n) for s, n in sorted(self.counts.items())}, "source": self.source})
+        return json.dumps(
+            {
+                "counts": {s: int(n) for s, n in sorted(self.counts.items())},
+                "source": self.source,
+                "expected": {s: int(n) for s, n in sorted(self.expected.items())},
+            }
+        )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> ScaleRequest | None:
@@ -107,6 +116,7 @@ class ScaleRequest:
         try:
             data = json.loads(raw)
             counts = {str(s): int(n) for s, n in dict(data["counts"]).items()}
+            expected = {str(s): int(n) for s, n in dict(data.get("expected") or {}).items()}
             source = data.get("source", "manual")
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{SCALE_ENV}: expected {{\"counts\": {{service: count}}, \"source\": ...}}: {exc}") from None
@@ -115,7 +125,7 @@ class ScaleRequest:
         negative = sorted(s for s, n in counts.items() if n < 0)
         if negative:
             raise ValueError(f"{SCALE_ENV}: counts: {', '.join(negative)}: a count is 0 or more")
-        return cls(counts=counts, source=source)
+        return cls(counts=counts, source=source, expected=expected)
 
 
 def counts_from_output(value: Any) -> dict[str, ReplicaCount]:
@@ -142,15 +152,26 @@ def resolve_counts(
     request: ScaleRequest | None,
     now: datetime,
 ) -> dict[str, ReplicaCount]:
-    """Each service's count for this `up`: requested, else kept, else initial; always in range."""
+    """Each service's count for this `up`: requested, else kept, else initial; always in range.
+
+    A requested count is not applied where the request `expected` another count than the last
+    deployment runs: someone changed it after the requester decided, and the later word stands.
+    """
     stamp = now.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     resolved: dict[str, ReplicaCount] = {}
     for plan in plans:
         low, high = plan.replicas.min, plan.replicas.max
-        if request is not None and plan.name in request.counts:
+        kept = previous.get(plan.name)
+        stale = (
+            request is not None
+            and plan.name in request.expected
+            and kept is not None
+            and kept.count != request.expected[plan.name]
+        )
+        if request is not None and plan.name in request.counts and not stale:
             wanted = ReplicaCount(request.counts[plan.name], request.source, stamp)
-        elif plan.name in previous:
-            wanted = previous[plan.name]
+        elif kept is not None:
+            wanted = kept
         else:
             wanted = ReplicaCount(plan.replicas.initial, "initial")
         if not low <= wanted.count <= high:

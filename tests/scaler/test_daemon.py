@@ -15,7 +15,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from serveform.scaler.applier import StackBusyError
+from serveform.scaler.applier import ApplyWorker, StackBusyError
 from serveform.scaler.daemon import Scaler, ScalerConfig, WatchedService, load_services, run
 from serveform.scaler.policy import RpsPolicy
 from serveform.scaler.state import StateStore
@@ -56,7 +56,7 @@ class FakeStack:
         self.ups: list[dict[str, int]] = []
         self.lock = threading.Lock()
 
-    def apply(self, counts: Mapping[str, int], *, message: str) -> None:
+    def apply(self, counts: Mapping[str, int], *, message: str, expected: Mapping[str, int] | None = None) -> None:
         if self.busy:
             raise StackBusyError("locked")
         with self.lock:
@@ -260,11 +260,45 @@ def test_scaler_core_follows_a_count_someone_else_wrote(tmp_path):
     [decision] = first.evaluate(1001)
     assert decision.target == 3
     first.mark_applied({"chat": 3})
-    # A person ran `serveform scale chat 2`: the restarted scaler follows the deployment.
-    second = Scaler(store=store, worker=None, clock=Clock())
+    # A person ran `serveform scale chat 2`: the restarted scaler follows the deployment, and
+    # its delays count from when it noticed, so the person's count holds at least one delay.
+    second = Scaler(store=store, worker=None, clock=Clock(1500.0))
     second.set_services([_service(min_replicas=1, configured=2)])
     assert second.scale_state("chat").replicas == 2
-    assert second.scale_state("chat").last_scaled_at == 1001
+    assert second.scale_state("chat").last_scaled_at == 1500.0
+
+
+def test_a_decision_the_stack_did_not_take_is_followed(tmp_path):
+    # The scale `up` kept a count someone set after the decision (compare-and-set in the program):
+    # the worker reports what the stack runs and the scaler carries on from that.
+    store = StateStore(tmp_path / "state.json")
+    clock = Clock()
+
+    class KeepsTwo:
+        def __init__(self):
+            self.expected = []
+
+        def apply(self, counts, *, message, expected=None):
+            self.expected.append(dict(expected or {}))
+            return {"chat": 2}  # `serveform scale chat 2` ran between the decision and this `up`
+
+    applier = KeepsTwo()
+    scaler_ref = []
+    worker = ApplyWorker(applier, on_applied=lambda counts: scaler_ref[0].mark_applied(counts))
+    scaler = Scaler(store=store, worker=worker, clock=clock)
+    scaler_ref.append(scaler)
+    scaler.set_services([_service(min_replicas=1, configured=1)])
+    scaler.observe(1000, {"chat": {"s": 0}})
+    scaler.observe(1001, {"chat": {"s": 900}})
+    clock.now = 1001
+    [decision] = scaler.evaluate(1001)
+    assert decision.target == 3
+    clock.now = 1002
+    assert worker.run_once() is None
+    assert applier.expected == [{"chat": 1}]  # what the scaler believed the stack ran
+    record = scaler.state.get("chat")
+    assert (record.desired, record.applied, record.last_scaled_at) == (2, 2, 1002)
+    assert worker.pending() == {}
 
 
 def _write_services(root):

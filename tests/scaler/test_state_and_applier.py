@@ -86,7 +86,7 @@ class FakeStack:
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
 
-    def apply(self, counts: Mapping[str, int], *, message: str) -> None:
+    def apply(self, counts: Mapping[str, int], *, message: str, expected: Mapping[str, int] | None = None) -> None:
         self.attempts += 1
         self.entered.set()
         if self.gate is not None:

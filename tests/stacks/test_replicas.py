@@ -140,3 +140,13 @@ def test_drift_names_what_the_working_tree_changed():
     assert "service new is in the working tree but not deployed" in drift
     assert any(line.startswith("service chat: replica_group changed") for line in drift)
     assert describe_drift(inputs, dict(inputs.config), list(inputs.plans)) == []
+
+
+def test_a_request_expecting_another_count_keeps_the_one_set_since():
+    # The scaler decided 0 believing the stack ran 1; `serveform scale chat 3` ran meanwhile.
+    manual = ReplicaCount(3, "manual", "2026-12-06T01:00:00Z")
+    stale = ScaleRequest(counts={"chat": 0}, source="scaler", expected={"chat": 1})
+    assert resolve_counts([plan()], {"chat": manual}, stale, NOW) == {"chat": manual}
+    fresh = ScaleRequest(counts={"chat": 0}, source="scaler", expected={"chat": 3})
+    assert resolve_counts([plan()], {"chat": manual}, fresh, NOW)["chat"] == ReplicaCount(0, "scaler", "2026-12-06T01:02:03Z")
+    assert ScaleRequest.from_environ({SCALE_ENV: stale.to_env()}) == stale
