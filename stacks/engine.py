@@ -254,3 +254,14 @@ class Engine:
 
     def outputs(self) -> Mapping[str, Any]:
         return {k: v.value for k, v in self.stack_obj.outputs().items()}
+
+    def scale(self, counts: Mapping[str, int], *, source: str = "manual", **kwargs: Any):
+        """A scale `up` (see serveform.stacks.replicas): the last deployment with these counts."""
+        from .replicas import SCALE_ENV, ScaleRequest
+
+        # The inline program runs in this process: the request reaches it through os.environ.
+        os.environ[SCALE_ENV] = ScaleRequest(counts=dict(counts), source=source).to_env()
+        try:
+            return self.up(**kwargs)
+        finally:
+            os.environ.pop(SCALE_ENV, None)

@@ -1,8 +1,8 @@
 """The one-way data flow of the design, enforced on the source's imports.
 
-file → translator → plan → components → Pulumi; at run time Caddy → scaler → stack config → up.
+file → translator → plan → components → Pulumi; at run time Caddy → scaler → replica counts → a scale `up`.
 The translator imports nothing of Pulumi, the gateway, the scaler or the components; the scaler
-never imports the components (it changes stack config and runs `up`, it never builds resources);
+never imports the components (it runs scale `up`s with counts, it never builds resources);
 the gateway knows nothing of Pulumi or the components.
 """
 

@@ -2,7 +2,7 @@
 
 One stack with two services — `chat` (CPU, autoscaled 1..3, a secret env from stack secrets)
 and `llm` (two A100s, shm, a network volume, a secret env) — goes through `preview`, `up`, a
-no-change `up`, replica changes written to `serveform:replicas` as the scaler does, and
+no-change `up`, scale `up`s as the scaler and `serveform scale` run them (kept by a plain `up`), and
 `destroy`. Every check reads the cluster through the Kubernetes API. A second stack asks for
 more GPUs than any node has and must fail fast with a message naming the service file.
 """
@@ -239,16 +239,15 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     caddyfile = core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/name=gateway").items[0].data["Caddyfile"]
     assert f"name llm.{namespace}.svc.cluster.local" in caddyfile
     _assert_gateway_pod_runs_serveforms_gateway(core, apps, namespace)
-    _assert_scaler_pod_gets_the_project(core, apps, namespace, project, chat_replicas=None)
+    _assert_scaler_pod_gets_the_project(core, apps, namespace, project)
 
     # A second `up` with nothing changed changes nothing.
     again = engine.up()
     mark("no-change up")
     assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
 
-    # The scaler's move: serveform:replicas.chat = 3, then `up`.
-    engine.set_replicas({"chat": 3})
-    scaled = engine.up()
+    # A scale `up` (what the scaler and `serveform scale` run): chat at 3, nothing else changes.
+    scaled = engine.scale({"chat": 3})
     mark("scale-up up")
     assert scaled.summary.resource_changes.get("update") == 1, scaled.summary.resource_changes
     assert apps.read_namespaced_deployment("chat", namespace).spec.replicas == 3
@@ -258,11 +257,21 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
         what="3 chat pods Running",
     )
     assert len(running) == 3
-    # The program that changed the Deployment also wrote the new count into the scaler's project.
-    _assert_scaler_pod_gets_the_project(core, apps, namespace, project, chat_replicas=3)
-    # ...and back down to 1.
-    engine.set_replicas({"chat": 1})
+    # The count is the stack's, not the reviewed file's: the scaler's project is unchanged, and
+    # a plain `up` of the reviewed files (what CI runs) keeps 3.
+    _assert_scaler_pod_gets_the_project(core, apps, namespace, project)
+    assert set(engine.up().summary.resource_changes) == {"same"}
+    assert apps.read_namespaced_deployment("chat", namespace).spec.replicas == 3
+    assert engine.outputs()["replicas"]["chat"]["source"] == "manual"
+    # Narrowing the reviewed range clamps the count at the next `up`.
+    chat_file = project / "services" / "chat.dstack.yml"
+    chat_file.write_text(CHAT.replace("replicas: 1..3", "replicas: 1..2"))
     engine.up()
+    assert apps.read_namespaced_deployment("chat", namespace).spec.replicas == 2
+    assert engine.outputs()["replicas"]["chat"]["source"] == "clamped"
+    chat_file.write_text(CHAT)
+    # ...and back down to 1.
+    engine.scale({"chat": 1})
     mark("scale-down up")
     poll(
         lambda: len(_running_pods(core, namespace, "chat")) == 1,
@@ -311,7 +320,7 @@ def _assert_gateway_pod_runs_serveforms_gateway(core: k8s_client.CoreV1Api, apps
 
 
 def _assert_scaler_pod_gets_the_project(
-    core: k8s_client.CoreV1Api, apps: k8s_client.AppsV1Api, namespace: str, project: Path, chat_replicas: int | None
+    core: k8s_client.CoreV1Api, apps: k8s_client.AppsV1Api, namespace: str, project: Path
 ) -> None:
     """The scaler pod copies the project files from a ConfigMap and runs `--project-dir` on them."""
     deployment = apps.read_namespaced_deployment("scaler", namespace)
@@ -335,11 +344,6 @@ def _assert_scaler_pod_gets_the_project(
     assert paths["services/chat.dstack.yml"] == CHAT
     for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
         assert secret not in json.dumps(files)
-    if chat_replicas is not None:
-        import yaml
-
-        config = yaml.safe_load(paths["stacks/Pulumi.k8s.yaml"])["config"]
-        assert int(config["serveform:replicas"]["chat"]) == chat_replicas
 
 
 def test_more_gpus_than_any_node_fails_up_fast(tmp_path: Path, k8s_local: K8sLocal, kube, clean_environ) -> None:

@@ -9,8 +9,17 @@ order, on one stack:
 2. locust load far above the target scales it to 2 serving replicas;
 3. without load it scales back to its minimum, 0 — no replica resource, no replica process;
 4. after idling, a first request succeeds again;
-5. the scaler killed (with the `up` it runs) in the middle of a scale-up and started again
+5. an edit of the service file in the working tree, never deployed, is not applied by the
+   scaler's updates: a replica it adds runs what was deployed;
+6. `serveform scale chat 3` holds (a CI `up` keeps it, the scaler follows it) until the scaler's
+   next decision; narrowing the reviewed range clamps the count at the next `up`;
+7. the scaler killed (with the `up` it runs) in the middle of a scale-up and started again
    converges to the decided count, with exactly one process per replica.
+
+Under load in (2), and after it, an `up` from a fresh clone of the project's git repository —
+what CI runs on merge — keeps the scaler's count: counts live in the stack, not in the reviewed
+files, which the scaler never writes (`git status` stays clean). The clone takes the project's
+path, as a CI checkout has a fixed one; the local backend's state directory is outside it.
 
 Every check counts replicas that serve (distinct `X-Replica` answers through the gateway) or
 that exist (stack resources, live processes), never log lines.
@@ -29,7 +38,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -53,7 +61,7 @@ probes:
   - type: http
     url: /health
     interval: 1s
-replicas: 0..2
+replicas: {range}
 scaling:
   metric: rps
   target: 2
@@ -69,8 +77,15 @@ LOCUST_LIMIT_SECONDS = 150
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    project = fixtures.make_project(tmp_path_factory.mktemp("scaler-e2e"), "scalee2e")
-    project.write_service(text=SERVICE.format(chat_server=fixtures.CHAT_SERVER))
+    base = tmp_path_factory.mktemp("scaler-e2e")
+    project = fixtures.make_project(base, "scalee2e")
+    project.write_service(text=SERVICE.format(chat_server=fixtures.CHAT_SERVER, range="0..2"))
+    stack_file = project.root / "stacks" / "Pulumi.scalee2e.yaml"
+    config = json.loads(stack_file.read_text())
+    project.local_state_dir = base / "local-state"
+    config["config"]["serveform:local"] = {"state_dir": str(project.local_state_dir)}
+    stack_file.write_text(json.dumps(config, indent=2) + "\n")
+    _git(project, "init", "-q")
     extra: list[subprocess.Popen] = []
     project.extra_processes = extra
     yield project
@@ -87,6 +102,33 @@ def stack(tmp_path_factory):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _git(stack, *args: str) -> str:
+    identity = ["-c", "user.name=serveform-test", "-c", "user.email=test@serveform.invalid"]
+    done = subprocess.run(["git", *identity, *args], cwd=stack.root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"git {args}: {done.stderr}"
+    return done.stdout
+
+
+def _commit(stack, message: str) -> None:
+    """A reviewed change: everything in the project, committed."""
+    _git(stack, "add", "-A")
+    _git(stack, "commit", "-q", "--allow-empty", "-m", message)
+
+
+def _ci_up(stack) -> None:
+    """What CI runs on merge: `serveform up` from a fresh clone of the repository."""
+    assert _git(stack, "status", "--porcelain") == "", "something wrote into the reviewed files"
+    worktree = stack.root.with_name(f"{stack.root.name}.worktree-{time.monotonic_ns()}")
+    stack.root.rename(worktree)
+    subprocess.run(["git", "clone", "-q", str(worktree), str(stack.root)], check=True, timeout=60)
+    stack.ok(stack.serveform("up", "--yes"))
+
+
+def _replicas_output(stack) -> dict:
+    """The stack's `replicas` output: {service: {count, source, set_at}}."""
+    return json.loads(stack.ok(stack.pulumi("stack", "output", "replicas", "--json")).stdout)
 
 
 def _endpoints(stack) -> dict:
@@ -180,14 +222,22 @@ def test_deployed_idle_then_a_first_request_scales_from_zero(stack):
     # The `up` that started the replica finishes (and is recorded) after the replica serves.
     stack.wait_for(lambda: _scaler_state(stack)["services"]["chat"]["applied"] == 1, 60, "the scale-up recorded")
     print(f"first request from zero answered in {held:.1f}s")
+    _commit(stack, "the reviewed project, as deployed")
 
 
-def test_load_above_the_target_scales_up(stack):
+def test_load_above_the_target_scales_up_and_a_ci_up_keeps_it(stack):
     load = _locust(stack, users=4, rps_per_user=5)  # ~20 rps against a target of 2 per replica
     try:
         _serving(stack, {"chat/0", "chat/1"}, SCALE_UP_TIMEOUT_SECONDS, "two serving replicas under load")
+        assert _replicas_output(stack)["chat"]["source"] == "scaler"
+        _ci_up(stack)  # during the load
+        assert _replica_resources(stack) == {"chat-replica-0", "chat-replica-1"}
+        assert _replicas_output(stack)["chat"]["count"] == 2
+        _serving(stack, {"chat/0", "chat/1"}, 60, "both replicas serving after CI's up")
     finally:
         _stop(load)
+    _ci_up(stack)  # after it: the count is still the scaler's
+    assert _replicas_output(stack)["chat"]["count"] == _scaler_state(stack)["services"]["chat"]["applied"] == 2
     assert _replica_resources(stack) == {"chat-replica-0", "chat-replica-1"}
     assert len(_replica_processes(stack)) == 2
     metrics = httpx.get(f"http://{_scaler_address(stack)}/metrics", timeout=5).text
@@ -199,15 +249,56 @@ def test_without_load_it_scales_back_to_its_minimum(stack):
     stack.wait_for(lambda: _replica_processes(stack) == [], 30, "replica processes to stop")
     stack.wait_for(lambda: _scaler_state(stack)["services"]["chat"]["applied"] == 0, 60, "the scale-down recorded")
     assert _scaler_state(stack)["services"]["chat"]["desired"] == 0
-    config = yaml.safe_load((stack.root / "stacks" / "Pulumi.scalee2e.yaml").read_text())["config"]
-    assert config["serveform:replicas"] == {"chat": 0}
-    assert config["serveform:services"] == ["chat.dstack.yml"]  # the reviewed keys are untouched
+    assert _replicas_output(stack)["chat"]["count"] == 0
+    assert _git(stack, "status", "--porcelain") == ""  # the scaler wrote nothing into the project
 
 
 def test_after_idling_a_first_request_succeeds(stack):
     with _client(stack, timeout=90) as client:
         response = client.get("/health")
     assert response.status_code == 200 and response.headers["x-replica"] == "chat/0"
+
+
+def test_the_scalers_updates_never_apply_working_tree_edits(stack):
+    service_file = stack.root / "chat.dstack.yml"
+    service_file.write_text(service_file.read_text().replace("MODEL_NAME=chat-small", "MODEL_NAME=chat-edited"))
+    load = _locust(stack, users=4, rps_per_user=5)
+    try:
+        _serving(stack, {"chat/0", "chat/1"}, SCALE_UP_TIMEOUT_SECONDS, "two serving replicas under load")
+        with _client(stack) as client:
+            models = {client.get("/").text.strip() for _ in range(20)}
+    finally:
+        _stop(load)
+    # Both replicas, the one the scaler added included, run the deployed file's environment.
+    assert models == {"chat server chat/0 serving chat-small", "chat server chat/1 serving chat-small"}, models
+    assert _replicas_output(stack)["chat"]["source"] == "scaler"
+    _git(stack, "checkout", "--", "chat.dstack.yml")
+
+
+def test_serveform_scale_holds_until_the_scalers_next_decision_and_a_narrowed_range_clamps(stack):
+    service_file = stack.root / "chat.dstack.yml"
+    service_file.write_text(service_file.read_text().replace("replicas: 0..2", "replicas: 0..3"))
+    _commit(stack, "chat: up to 3 replicas")
+    stack.ok(stack.serveform("up", "--yes"))
+
+    assert "chat runs 3 replica(s)" in stack.ok(stack.serveform("scale", "chat", "3")).stdout
+    assert _replica_resources(stack) == {"chat-replica-0", "chat-replica-1", "chat-replica-2"}
+    assert _replicas_output(stack)["chat"]["source"] == "manual"
+    _ci_up(stack)  # a reviewed `up` keeps the person's count
+    assert _replicas_output(stack)["chat"]["count"] == 3
+    # The scaler takes it as its new starting point rather than undoing it.
+    stack.wait_for(lambda: _scaler_state(stack)["services"]["chat"]["desired"] == 3, 90, "the scaler to follow 3")
+    assert _replica_resources(stack) == {"chat-replica-0", "chat-replica-1", "chat-replica-2"}
+
+    service_file.write_text(service_file.read_text().replace("replicas: 0..3", "replicas: 0..2"))
+    _commit(stack, "chat: back to 2 replicas at most")
+    stack.ok(stack.serveform("up", "--yes"))
+    clamped = _replicas_output(stack)["chat"]
+    assert (clamped["count"], clamped["source"]) == (2, "clamped")
+    assert _replica_resources(stack) == {"chat-replica-0", "chat-replica-1"}
+    # Without load, the scaler's next decision takes it down.
+    stack.wait_for(lambda: _replica_resources(stack) == set(), SCALE_DOWN_TIMEOUT_SECONDS, "the scaler to scale down to 0")
+    assert _replicas_output(stack)["chat"]["source"] == "scaler"
 
 
 def _children(pid: int) -> list[int]:

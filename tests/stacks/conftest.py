@@ -80,6 +80,8 @@ class LocalProject:
     env: dict[str, str] = field(default_factory=dict)
     secret: str = ""
     """The value of CHAT_API_SECRET, a bare env name the service takes from the deploying environment."""
+    local_state_dir: Path | None = None
+    """`serveform:local.state_dir` when the stack sets one (else the default under the project)."""
 
     # ---- running the CLI ------------------------------------------------------------------
 
@@ -103,7 +105,7 @@ class LocalProject:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / ".serveform" / "local" / self.stack
+        return self.local_state_dir or self.root / ".serveform" / "local" / self.stack
 
     def write_service(
         self, *, replicas: str | int = 2, probe_interval: str = "1s", volume: str | None = None, text: str | None = None
