@@ -26,6 +26,7 @@ import contextlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 PULUMI_VERSION = "3.259.0"
+LOCK_WAIT_SECONDS = 600.0
+LOCK_RETRY_INITIAL_SECONDS = 2.0
+LOCK_RETRY_MAX_SECONDS = 30.0
 LOCAL_PASSPHRASE = "serveform-local-only"
 _LOCAL_BACKENDS = ("local",)
 # Backends whose own secrets provider applies when the stack file names none (Pulumi Cloud).
@@ -194,6 +198,8 @@ class Engine:
     on_output: Callable[[str], None] | None = None
     on_event: Callable[[Any], None] | None = None
     """Gets the engine's structured events (`pulumi.automation.events.EngineEvent`) of up/refresh/destroy."""
+    lock_wait_seconds: float = LOCK_WAIT_SECONDS
+    """How long up/refresh/destroy wait, with backoff, for another update's lock (the scaler's, CI's)."""
 
     def __post_init__(self) -> None:
         from pulumi import automation as auto
@@ -231,16 +237,34 @@ class Engine:
             return self.stack_obj.preview(on_output=self.on_output, diff=True, **kwargs)
 
     def up(self, **kwargs: Any):
-        with self._private_state():
-            return self.stack_obj.up(on_output=self.on_output, on_event=self.on_event, **kwargs)
+        return self._updating(self.stack_obj.up, **kwargs)
 
     def refresh(self, **kwargs: Any):
-        with self._private_state():
-            return self.stack_obj.refresh(on_output=self.on_output, on_event=self.on_event, **kwargs)
+        return self._updating(self.stack_obj.refresh, **kwargs)
 
     def destroy(self, **kwargs: Any):
-        with self._private_state():
-            return self.stack_obj.destroy(on_output=self.on_output, on_event=self.on_event, **kwargs)
+        return self._updating(self.stack_obj.destroy, **kwargs)
+
+    def _updating(self, operation: Callable[..., Any], **kwargs: Any):
+        """Run an update; while another update holds the stack's lock, wait with backoff.
+
+        The scaler's updates and CI's serialise on the lock: CI's `up` must wait out a scale
+        update, not fail on it (the scaler backs off the same way, `serveform.scaler.applier`).
+        """
+        deadline = time.monotonic() + self.lock_wait_seconds
+        delay = LOCK_RETRY_INITIAL_SECONDS
+        while True:
+            try:
+                with self._private_state():
+                    return operation(on_output=self.on_output, on_event=self.on_event, **kwargs)
+            except self._auto.ConcurrentUpdateError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                message = f"stack {self.stack} is locked by another update; retrying in {delay:.0f} s"
+                if self.on_output is not None:
+                    self.on_output(message)
+                time.sleep(delay)
+                delay = min(delay * 2, LOCK_RETRY_MAX_SECONDS)
 
     @contextlib.contextmanager
     def _private_state(self):
