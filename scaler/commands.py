@@ -207,8 +207,11 @@ def _count(text: str) -> int:
 def _scale(args: argparse.Namespace) -> int:
     import os
 
-    from ..stacks.engine import project_dir
-    from .applier import ApplyError, PulumiApplier
+    import time
+
+    from ..stacks.engine import LOCK_WAIT_SECONDS, project_dir
+    from .applier import ApplyError, PulumiApplier, StackBusyError
+    from .constants import APPLY_BACKOFF_INITIAL_SECONDS, APPLY_BACKOFF_MAX_SECONDS
 
     if args.project_dir is not None:
         os.environ["SERVEFORM_PROJECT_DIR"] = str(args.project_dir.resolve())
@@ -226,11 +229,23 @@ def _scale(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return _EXIT_BAD_INPUT
-    try:
-        applier.apply({args.service: args.count}, message=f"serveform scale {args.service} {args.count}")
-    except ApplyError as exc:
-        print(f"serveform scale: {exc}", file=sys.stderr)
-        return 1
+    # A scaler update (or CI's) may hold the stack's lock: wait it out with backoff, as they do.
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    delay = APPLY_BACKOFF_INITIAL_SECONDS
+    while True:
+        try:
+            applier.apply({args.service: args.count}, message=f"serveform scale {args.service} {args.count}")
+            break
+        except StackBusyError as exc:
+            if time.monotonic() + delay > deadline:
+                print(f"serveform scale: {exc}", file=sys.stderr)
+                return 1
+            print(f"serveform scale: stack {args.stack} is locked by another update; retrying in {delay:.0f} s", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, APPLY_BACKOFF_MAX_SECONDS)
+        except ApplyError as exc:
+            print(f"serveform scale: {exc}", file=sys.stderr)
+            return 1
     now = applier.read_replicas().get(args.service)
     print(f"serveform scale: {args.service} runs {now} replica(s)" + ("" if now == args.count else f" ({args.count} is outside its replicas range)"))
     return 0

@@ -326,6 +326,10 @@ def test_a_scaler_killed_mid_update_converges_after_restart(stack):
 
     scaler_pid = int(stack.daemons()["scaler-process"]["pid"])
     assert "serveform.scaler" in _cmdline(scaler_pid)
+    # From 1 replica, so that the first update under load is the one to 2.
+    with _client(stack, timeout=90) as client:
+        assert client.get("/health").status_code == 200
+    stack.wait_for(lambda: _scaler_state(stack)["services"]["chat"]["applied"] == 1, 60, "one replica recorded")
     load = _locust(stack, users=4, rps_per_user=5)
     try:
         # Wait for the scale-up's `up` (not the `config set` before it): a pulumi child of the scaler.
