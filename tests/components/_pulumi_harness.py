@@ -242,12 +242,24 @@ def install(*, stack: str = "dev", recording: Recording | None = None) -> Mocks:
     return mocks
 
 
+def _ensure_event_loop() -> None:
+    """The SDK's synchronous waits need a current loop; an async test before this one may have
+    closed and unset the main thread's (pytest-asyncio does), which breaks any later sync run."""
+    import asyncio
+
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(program, *, stack: str = "dev", recording: Recording | None = None) -> Recording:
     """Run ``program`` (a no-argument callable) under the mock runtime; raise what it raises.
 
     Pass ``recording`` to see what was registered even when the program raises.
     """
     recording = Recording() if recording is None else recording
+    _ensure_event_loop()
     try:
         install(stack=stack, recording=recording)
         _sync_await(run_pulumi_func(program))

@@ -188,8 +188,9 @@ def test_cpu_service_has_no_gpu_fields_and_http_probe(nodes):
     assert chat.inputs["spec"]["replicas"] == 2
 
 
-def test_replicas_come_from_the_scalers_stack_key_clamped_to_bounds(nodes):
-    rec = _deploy(_settings(replicas={"llm": 3, "chat": 9}))
+def test_replicas_are_the_programs_resolved_counts_clamped_to_bounds(nodes):
+    # The program resolves counts (serveform.stacks.replicas) and hands them over in the settings.
+    rec = _deploy(_settings().model_copy(update={"replicas": {"llm": 3, "chat": 9}}))
     assert rec.one(DEPLOYMENT, "llm-deployment").inputs["spec"]["replicas"] == 3
     assert rec.one(DEPLOYMENT, "chat-deployment").inputs["spec"]["replicas"] == 2
     assert _service(rec, "llm")["replicas"] == {"min": 1, "max": 3, "count": 3}
