@@ -63,6 +63,10 @@ def add_scaler_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--dry-run", action="store_true", help="decide and log, but never run up")
     run.add_argument("--metrics-url", help="Caddy's Prometheus endpoint (default: metrics_url of the gateway's status.json)")
     run.add_argument(
+        "--metrics-token-file", type=Path,
+        help="a file with the bearer token (or the gateway's JSON token list) for a metrics endpoint that requires one",
+    )
+    run.add_argument(
         "--gateway-state-dir",
         type=Path,
         help="the gateway's state directory holding status.json (default: the local stack's gateway)",
@@ -135,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         stack=args.stack,
         project_dir=project,
         metrics_url=args.metrics_url,
+        metrics_token_file=args.metrics_token_file,
         gateway_state_dir=args.gateway_state_dir,
         access_log=args.access_log,
         selector=args.selector,

@@ -15,6 +15,7 @@ a first deployment, the service files the stack config lists. A route's host is
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -376,6 +377,9 @@ class ScalerConfig:
     """Caddy's Prometheus endpoint; None: the `metrics_url` of the gateway's status.json."""
     gateway_state_dir: Path | None = None
     """Where the gateway writes status.json; None: the local stack's gateway directory."""
+    metrics_token_file: Path | None = None
+    """The gateway's tokens file (a JSON list) or a file holding one token: sent as a bearer token
+    to a metrics listener that requires one (a gateway pod's, which other pods can reach)."""
     access_log: Path | None = None
     """Caddy's JSON access log: the fallback when its metrics have no per-host series."""
     selector: str = DEFAULT_REQUEST_SELECTOR
@@ -523,7 +527,7 @@ async def run(
                     url = endpoint.url()
                     per_host = False
                     if url:
-                        body = await _fetch(http, url)
+                        body = await _fetch(http, url, _metrics_headers(config.metrics_token_file))
                         scrape = read_scrape(
                             body.decode("utf-8", "replace"),
                             hosts,
@@ -564,11 +568,24 @@ async def run(
     return 0
 
 
-async def _fetch(http, url: str) -> bytes:
+def _metrics_headers(token_file: Path | None) -> dict[str, str]:
+    """The Authorization header from `token_file`, read at every scrape (tokens rotate); {} without one."""
+    if token_file is None:
+        return {}
+    text = token_file.read_text().strip()
+    if text.startswith("["):
+        tokens = json.loads(text)
+        if not tokens or not isinstance(tokens[0], str):
+            raise ValueError(f"{token_file}: expected a JSON list of tokens")
+        text = tokens[0]
+    return {"Authorization": f"Bearer {text}"}
+
+
+async def _fetch(http, url: str, headers: Mapping[str, str] | None = None) -> bytes:
     """The whole body of `url`, refused beyond METRICS_BODY_LIMIT_BYTES."""
     chunks: list[bytes] = []
     size = 0
-    async with http.get(url) as resp:
+    async with http.get(url, headers=dict(headers or {})) as resp:
         resp.raise_for_status()
         async for chunk in resp.content.iter_chunked(64 * 1024):
             size += len(chunk)

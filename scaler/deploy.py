@@ -101,11 +101,14 @@ def scaler_argv(
     interval_seconds: float | None = None,
     access_log: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
+    metrics_token_file: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The scaler's command line."""
     argv = [python, "-m", "serveform.scaler", "run", "--stack", stack]
     if metrics_url:
         argv += ["--metrics-url", metrics_url]
+    if metrics_token_file:
+        argv += ["--metrics-token-file", str(metrics_token_file)]
     if gateway_state_dir:
         argv += ["--gateway-state-dir", str(gateway_state_dir)]
     if state_path:
@@ -156,6 +159,10 @@ def render_unit(
     )
 
 
+# Where a scaler pod finds the gateway's tokens (a Secret volume), for a metrics listener that requires one.
+METRICS_TOKEN_DIR = "/etc/serveform/metrics-token"
+
+
 def kubernetes_deployment(
     *,
     stack: str,
@@ -168,6 +175,7 @@ def kubernetes_deployment(
     service_account: str = "scaler",
     name: str = "scaler",
     state_volume_claim: str | None = None,
+    metrics_token_secret: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Deployment manifest (as a dict) that runs the stack's scaler in the cluster.
 
@@ -175,7 +183,8 @@ def kubernetes_deployment(
     first); by default the image must have serveform and the project at `project_dir`. The
     backend URL and passphrase come from the Secret `env_secret` (optional, so a cluster with
     workload identity needs none). Without `state_volume_claim` the state lives in an emptyDir:
-    it survives container restarts but not a rescheduled pod.
+    it survives container restarts but not a rescheduled pod. `metrics_token_secret` (Secret name,
+    key) is mounted read-only and sent as the bearer token of a metrics listener that requires one.
     """
     labels = {"app.kubernetes.io/name": "serveform-scaler", "app.kubernetes.io/instance": stack}
     state_dir = "/var/lib/serveform-scaler"
@@ -187,6 +196,7 @@ def kubernetes_deployment(
         state_path=f"{state_dir}/{stack}.json",
         # Loopback only: nothing outside the pod needs the scaler, and its probes run inside it.
         listen=f"127.0.0.1:{port}",
+        metrics_token_file=f"{METRICS_TOKEN_DIR}/{metrics_token_secret[1]}" if metrics_token_secret else None,
     )
     volume: dict[str, Any] = (
         {"name": "state", "persistentVolumeClaim": {"claimName": state_volume_claim}}
@@ -230,12 +240,18 @@ def kubernetes_deployment(
                             "envFrom": [{"secretRef": {"name": env_secret, "optional": True}}],
                             "livenessProbe": probe,
                             "readinessProbe": {**probe, "failureThreshold": 3},
-                            "volumeMounts": [{"name": "state", "mountPath": state_dir}],
+                            "volumeMounts": [{"name": "state", "mountPath": state_dir}]
+                            + ([{"name": "metrics-token", "mountPath": METRICS_TOKEN_DIR, "readOnly": True}] if metrics_token_secret else []),
                             "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
                             "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 10001},
                         }
                     ],
-                    "volumes": [volume],
+                    "volumes": [volume]
+                    + (
+                        [{"name": "metrics-token", "secret": {"secretName": metrics_token_secret[0], "items": [{"key": metrics_token_secret[1], "path": metrics_token_secret[1]}], "defaultMode": 0o440}}]
+                        if metrics_token_secret
+                        else []
+                    ),
                 },
             },
         },

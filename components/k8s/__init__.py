@@ -186,6 +186,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
                 image=image,
                 project_files=scaler_files,
                 deployments=tuple(sorted(p.name for p in plans)),
+                metrics_token_secret=gateway.secrets_name if settings.tokens else None,
             ),
             opts,
         )

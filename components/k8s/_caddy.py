@@ -60,8 +60,12 @@ def gateway_settings(settings: StackSettings):
     )
 
 
-def cluster_runtime(plans: Sequence[ServicePlan], namespace: str, port_name: str):
-    """The gateway runtime of a pod: cluster-DNS upstreams, metrics on the pod's address."""
+def cluster_runtime(plans: Sequence[ServicePlan], namespace: str, port_name: str, *, metrics_auth: bool = False):
+    """The gateway runtime of a pod: cluster-DNS upstreams, metrics on the pod's address.
+
+    Other pods can reach that address (a NetworkPolicy admits only the scaler's), so with bearer
+    tokens configured the metrics listener requires one too (`metrics_auth`); the scaler sends it.
+    """
     from serveform.gateway.settings import GatewayRuntime, SrvLookup
 
     return GatewayRuntime(
@@ -72,6 +76,7 @@ def cluster_runtime(plans: Sequence[ServicePlan], namespace: str, port_name: str
             p.name: SrvLookup(service=port_name, name=f"{p.name}.{namespace}.svc.{CLUSTER_DOMAIN}") for p in plans
         },
         metrics_address="0.0.0.0",
+        metrics_auth=metrics_auth,
     )
 
 
@@ -79,7 +84,8 @@ def gateway_caddyfile(settings: StackSettings, plans: Sequence[ServicePlan], nam
     """The Caddyfile the pod's gateway renders; tokens appear only as `{env.*}` placeholders."""
     from serveform.gateway.render import render_caddyfile
 
-    return render_caddyfile(gateway_settings(settings), plans, cluster_runtime(plans, namespace, port_name))
+    runtime = cluster_runtime(plans, namespace, port_name, metrics_auth=bool(settings.tokens))
+    return render_caddyfile(gateway_settings(settings), plans, runtime)
 
 
 def gateway_files(
@@ -100,8 +106,9 @@ def gateway_files(
         name = Path(relative).name
         files[name] = secret[relative]
         document[key] = f"{SECRETS_DIR}/{name}"
-    runtime = cluster_runtime(plans, namespace, port_name)
+    runtime = cluster_runtime(plans, namespace, port_name, metrics_auth=bool(settings.tokens))
     document["runtime"] = {
+        "metrics_auth": runtime.metrics_auth,
         "replica_dns": runtime.replica_dns,
         "srv_lookups": {k: v.model_dump(mode="json") for k, v in runtime.srv_lookups.items()},
         "metrics_address": runtime.metrics_address,

@@ -85,6 +85,8 @@ class Gateway(pulumi.ComponentResource):
     """The load balancer's IP or host name (the Service's cluster IP for other types)."""
     metrics_url: pulumi.Output[str]
     """Where the scaler reads Caddy's metrics, inside the cluster."""
+    secrets_name: pulumi.Output[str]
+    """The Secret with the gateway's secret files (`tokens.json`: the metrics listener's tokens too)."""
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(GATEWAY_TYPE, name, None, opts)
@@ -213,7 +215,8 @@ class Gateway(pulumi.ComponentResource):
         self.metrics_url = pulumi.Output.concat(
             "http://", metrics.metadata.name, ".", metrics.metadata.namespace, f".svc:{METRICS_PORT}/metrics"
         )
-        self.register_outputs({"address": self.address, "metrics_url": self.metrics_url})
+        self.secrets_name = secrets.metadata.name
+        self.register_outputs({"address": self.address, "metrics_url": self.metrics_url, "secrets_name": self.secrets_name})
 
 
 def _address(status) -> str | None:

@@ -42,6 +42,8 @@ SCALER_ENV_SECRET = "scaler-env"
 SERVICE_ACCOUNT = "scaler"
 PROJECT_CONFIG_MAP = "scaler-project"
 PROJECT_DIR = "/srv/serveform"
+# The gateway Secret's key holding the bearer tokens (gateway.state.TOKENS_FILE's name).
+METRICS_TOKEN_KEY = "tokens.json"
 # Where the init container finds the ConfigMap's files.
 PROJECT_SOURCE_DIR = "/etc/serveform/project"
 
@@ -62,6 +64,8 @@ class ScalerArgs:
     """Relative path → text of the project files the scaler needs (`_scaler_project.project_files`)."""
     deployments: tuple[str, ...] = ()
     """Names of the stack's service Deployments: the only ones the scaler may change."""
+    metrics_token_secret: pulumi.Input[str] | None = None
+    """The gateway's Secret whose `tokens.json` the scaler sends to its metrics listener (None: no auth)."""
 
 
 class Scaler(pulumi.ComponentResource):
@@ -107,8 +111,10 @@ class Scaler(pulumi.ComponentResource):
             data={key: args.project_files[path] for path, key in keys.items()},
             opts=child,
         )
-        manifest = pulumi.Output.all(args.namespace, args.metrics_url, project.metadata.name).apply(
-            lambda values: _manifest(args, namespace=values[0], metrics_url=values[1], project=values[2], keys=keys)
+        manifest = pulumi.Output.all(args.namespace, args.metrics_url, project.metadata.name, args.metrics_token_secret).apply(
+            lambda values: _manifest(
+                args, namespace=values[0], metrics_url=values[1], project=values[2], keys=keys, token_secret=values[3]
+            )
         )
         k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -139,7 +145,9 @@ def _project_keys(files: Mapping[str, str]) -> dict[str, str]:
     return {path: f"f{index}-{path.rsplit('/', 1)[-1]}" for index, path in enumerate(sorted(files))}
 
 
-def _manifest(args: ScalerArgs, *, namespace: str, metrics_url: str, project: str, keys: Mapping[str, str]) -> dict:
+def _manifest(
+    args: ScalerArgs, *, namespace: str, metrics_url: str, project: str, keys: Mapping[str, str], token_secret: str | None = None
+) -> dict:
     from serveform.scaler import kubernetes_deployment
 
     manifest = kubernetes_deployment(
@@ -149,6 +157,7 @@ def _manifest(args: ScalerArgs, *, namespace: str, metrics_url: str, project: st
         metrics_url=metrics_url,
         env_secret=SCALER_ENV_SECRET,
         service_account=SERVICE_ACCOUNT,
+        metrics_token_secret=(token_secret, METRICS_TOKEN_KEY) if token_secret else None,
     )
     pod = manifest["spec"]["template"]["spec"]
     (container,) = pod["containers"]

@@ -245,3 +245,66 @@ def test_the_policy_can_forbid_on_clouds_too() -> None:
         {"backend": "aws", "services": ["x"], "policy": {"allow_host_paths": False}}, stack="aws", project_dir="/p"
     )
     assert [key for key, _ in policy_problems(strict, [plan])] == ["serveform:policy.allow_host_paths"]
+
+
+def test_gateway_metrics_require_a_token_the_scaler_sends(project: Path) -> None:
+    from serveform.components.k8s import _caddy
+
+    settings = _settings(project, ["chat.dstack.yml"])
+    plans = _plans(project, ["chat.dstack.yml"])
+    assert "require_token" in _caddy.gateway_caddyfile(settings, plans, "team-a", "http")
+    rec = _deploy(project, ["chat.dstack.yml"])
+    pod = _pod(rec.one(DEPLOYMENT, "scaler-deployment"))
+    (container,) = pod["containers"]
+    token_file = container["command"][container["command"].index("--metrics-token-file") + 1]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "metrics-token"]
+    assert volume["secret"]["items"] == [{"key": "tokens.json", "path": "tokens.json"}]
+    assert token_file == "/etc/serveform/metrics-token/tokens.json"
+    assert {"name": "metrics-token", "mountPath": "/etc/serveform/metrics-token", "readOnly": True} in container["volumeMounts"]
+
+
+def test_the_scaler_sends_the_token_from_its_file(tmp_path: Path) -> None:
+    """A real HTTP exchange: a metrics endpoint that answers 401 without the bearer token."""
+    import asyncio
+    import json
+
+    import aiohttp
+    from aiohttp import web
+
+    from serveform.scaler import daemon
+
+    async def metrics(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer tok-first":
+            return web.Response(status=401)
+        return web.Response(text="serveform_requests_total 1\n")
+
+    async def scenario() -> tuple[bytes, int]:
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}/metrics"
+        token_file = tmp_path / "tokens.json"
+        token_file.write_text(json.dumps(["tok-first", "tok-second"]))
+        try:
+            async with aiohttp.ClientSession() as http:
+                body = await daemon._fetch(http, url, daemon._metrics_headers(token_file))
+                try:
+                    await daemon._fetch(http, url, daemon._metrics_headers(None))
+                    status = 200
+                except aiohttp.ClientResponseError as exc:
+                    status = exc.status
+        finally:
+            await runner.cleanup()
+        return body, status
+
+    # Its own loop, closed after: the Pulumi mock runtime of the other tests keeps the current one.
+    loop = asyncio.new_event_loop()
+    try:
+        body, status = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert body == b"serveform_requests_total 1\n" and status == 401

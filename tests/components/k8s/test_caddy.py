@@ -119,6 +119,8 @@ def test_pod_files_keep_secrets_out_of_gateway_json_and_carry_the_cluster_runtim
         },
         "metrics_address": "0.0.0.0",
         "metrics_port": _caddy.METRICS_PORT,
+        # Every pod address: with tokens configured, the scaler must present one (issue 16).
+        "metrics_auth": True,
     }
 
 
@@ -168,7 +170,14 @@ def test_the_gateway_supervisor_runs_the_pod_files(tmp_path):
         routes = json.loads((state / "routes.json").read_text())
         assert sorted(s["srv_name"] for s in routes["services"]) == ["chat.team-a.svc.cluster.local", "llm.team-a.svc.cluster.local"]
         assert "resolvers 127.0.0.1" not in rendered and "tok-123" not in rendered
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        # The metrics listener is on every pod address: it refuses a request without a token.
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+            raise AssertionError("metrics served without a token")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+        scrape = urllib.request.Request(f"http://127.0.0.1:{metrics_port}/metrics", headers={"Authorization": "Bearer tok-123"})
+        with urllib.request.urlopen(scrape, timeout=10) as response:
             assert b'serveform_requests_total{service="chat",host="chat.example.com"} 0' in response.read()
         # The router answers on gateway.<domain>: a request without a token is refused by Caddy.
         request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/models", headers={"Host": "gateway.example.com"})

@@ -364,7 +364,12 @@ def test_scaler_pod_gets_the_project_files_and_runs_on_them(nodes, project):
     assert command[command.index("--state") + 1] == "/var/lib/serveform-scaler/k8s.json"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     # /tmp: the root filesystem is read-only (restricted pod security).
-    assert mounts == {"state": "/var/lib/serveform-scaler", "project": "/srv/serveform", "tmp": "/tmp"}
+    assert mounts == {
+        "state": "/var/lib/serveform-scaler", "project": "/srv/serveform", "tmp": "/tmp",
+        # The gateway's tokens, for its metrics listener (it requires one when tokens are set).
+        "metrics-token": "/etc/serveform/metrics-token",
+    }
+    assert command[command.index("--metrics-token-file") + 1] == "/etc/serveform/metrics-token/tokens.json"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["project"] == {"name": "project", "emptyDir": {}}
     items = volumes["project-source"]["configMap"]["items"]
