@@ -22,6 +22,7 @@ from serveform.stacks.engine import Engine
 pytestmark = pytest.mark.timeout(1800)
 
 PASSPHRASE = "k8s-local-pod-security-test"
+TOKEN = "psa-test-token-0123456789abcdef0123"
 CHAT = """\
 type: service
 name: chat
@@ -77,6 +78,10 @@ def test_restricted_namespace_admits_our_pods_and_refuses_a_privileged_one(tmp_p
     project = _project(tmp_path, k8s_local, namespace)
     engine = Engine(stack="psa", project=project, on_output=lambda line: None)
     core = k8s_client.CoreV1Api(kube)
+    from pulumi import automation as auto
+
+    # With a token, the scaler pod also mounts the gateway's Secret (metrics require the token).
+    engine.stack_obj.set_config("serveform:tokens[0]", auto.ConfigValue(TOKEN, secret=True), path=True)
     try:
         up = engine.up()
         assert up.summary.result == "succeeded"
@@ -96,6 +101,9 @@ def test_restricted_namespace_admits_our_pods_and_refuses_a_privileged_one(tmp_p
             if e.reason == "FailedCreate" and "PodSecurity" in (e.message or "")
         ]
         assert refused == []
+        scaler_volumes = {v.name: v for v in deployments["scaler"].spec.template.spec.volumes}
+        gateway_secret = scaler_volumes["metrics-token"].secret.secret_name
+        assert core.read_namespaced_secret(gateway_secret, namespace).data.keys() >= {"tokens.json"}
         policies = {p.metadata.name for p in k8s_client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items}
         assert policies == {"chat", "gateway", "scaler"}
 
