@@ -285,7 +285,7 @@ def too_large(file: str, size: int, unit: str = "characters") -> Diagnostic:
     """The diagnostic for a file above `MAX_TEXT_CHARS` (also used for its size in bytes)."""
     return Diagnostic(
         file, 0, 0, "",
-        f"the file is {size} {unit} long, more than the limit of {MAX_TEXT_CHARS} for a service file; "
+        f"the file is {size} {unit} long, more than the limit of {MAX_TEXT_CHARS} characters for a service file; "
         "service files hold configuration, not data (put large scripts in the image or a repository)",
     )
 

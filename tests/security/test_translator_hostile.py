@@ -54,7 +54,7 @@ def test_a_50_mb_service_file_is_refused_without_reading_it_all(tmp_path: Path) 
         handle.write(line * (50 * 1024 * 1024 // len(line)))
     result = _serveform("validate", str(big), cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert f"more than the limit of {MAX_TEXT_CHARS} for a service file" in result.stderr
+    assert f"more than the limit of {MAX_TEXT_CHARS} characters for a service file" in result.stderr
     assert str(big.stat().st_size) in result.stderr
 
 
