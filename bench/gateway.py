@@ -14,10 +14,16 @@ upstreams and readiness probes all on; plain HTTP so that every path speaks the 
 plus its HTTPS stream figures, direct and through the OpenAI router, for information); and SkyServe's load balancer (skypilot 0.14.1, least_load,
 in its own virtualenv under ~/.cache/serveform/bench, fed by a stub controller).
 
-Goals (issue 5): >= 0.9 of bare Caddy's throughput, < 1 ms added p50 at the fixed rate, far ahead
+The breakdown adds serveform's features to bare Caddy one at a time on the same replicas (dynamic
+upstreams from the gateway's DNS responder, then the gateway module's host routing and request
+counting, then its bearer-token check, then the whole gateway as deployed), and prints what each
+step costs in proxy CPU per request.
+
+Goals (issue 15): >= 0.95 of bare Caddy in req/s and in CPU per request; (issue 5) < 1 ms added p50 at the fixed rate, far ahead
 of SkyServe, and streams with no added buffering (time to first token close to direct).
 
-    python bench/gateway.py            # about 5 minutes; --quick for a shorter, noisier run
+    python bench/gateway.py                    # about 10 minutes; --quick for a shorter, noisier run
+    python bench/gateway.py --saturation-only  # the saturation rounds, the breakdown and the ratios (~6 min)
 
 wrk and nginx come from Debian: the script installs them with apt-get when missing (services are
 not started: RUNLEVEL=1). All traffic stays on loopback.
@@ -50,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAT_SERVER = ROOT / "stacks" / "examples" / "chat_server.py"
 CACHE = Path(os.environ.get("SERVEFORM_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "serveform")) / "bench"
 SKYPILOT_VERSION = "0.14.1"
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789abcdef0123456789abcdef"
 SATURATION_CONNECTIONS = 64
 FIXED_RATE_RPS = 200
 FIXED_RATE_CONNECTIONS = 4
@@ -228,6 +234,56 @@ def start_serveform(procs: Processes, http_port: int, https_port: int, small: li
     return state
 
 
+# Each step adds one of serveform's features to bare Caddy, on the same replicas, so that the
+# difference between consecutive steps is what that feature costs per request.
+BREAKDOWN_STEPS = ("bare caddy", "+ dynamic upstreams", "+ gate: host routing, counting", "+ bearer token", "serveform")
+
+
+def start_breakdown_caddy(procs: Processes, state: Path, small_service: str) -> tuple[int, dict[str, tuple[str, dict[str, str]]]]:
+    """One Caddy with a site per intermediate step (the first and last steps are the other paths)."""
+    import hashlib
+
+    from serveform.gateway import read_status
+    from serveform.gateway.caddy import caddy_binary
+
+    status = read_status(state)
+    dns = status["dns_port"]
+    work = procs.workdir / "breakdown"
+    (work / "secrets").mkdir(parents=True)
+    hashes = work / "secrets" / "token_hashes.json"
+    hashes.write_text(json.dumps([hashlib.sha256(TOKEN.encode()).hexdigest()]))
+    routes = work / "routes.json"
+    service = {"https": False, "srv": f"_{small_service}._tcp.replicas.serveform.internal", "rate_limits": []}
+    routes.write_text(json.dumps({
+        "generation": 1, "router_host": "gateway.localhost", "https_port": 443, "tls_off": True,
+        "token_hashes_file": str(hashes), "secret_hash_file": "",
+        "services": [{**service, "name": "open", "host": "open.localhost", "auth": False},
+                     {**service, "name": "auth", "host": "auth.localhost", "auth": True}],
+    }))
+    dynamic, gated = free_port(), free_port()
+    def srv(name: str) -> str:
+        return (f"\t\tdynamic srv {{\n\t\t\tname {name}\n\t\t\trefresh 500ms\n"
+                f"\t\t\tresolvers 127.0.0.1:{dns}\n\t\t\tdial_timeout 1s\n\t\t}}\n\t\tlb_policy least_conn\n"
+                f"\t\ttransport http {{\n\t\t\tresolvers 127.0.0.1:{dns}\n\t\t}}\n")
+
+    config = work / "Caddyfile"
+    config.write_text(
+        "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n"
+        f"http://:{dynamic} {{\n\tbind 127.0.0.1\n\treverse_proxy {{\n{srv(f'_{small_service}._tcp.replicas.serveform.internal')}\t}}\n}}\n"
+        f"http://:{gated} {{\n\tbind 127.0.0.1\n\troute {{\n\t\tserveform_gate service_http {{\n\t\t\troutes_file {routes}\n\t\t}}\n"
+        f"\t\treverse_proxy {{\n{srv('{serveform.srv}')}\t\t}}\n\t}}\n}}\n"
+    )
+    env = {"XDG_DATA_HOME": str(work / "data"), "XDG_CONFIG_HOME": str(work / "config")}
+    proc = procs.start("breakdown-caddy", [caddy_binary(), "run", "--config", str(config), "--adapter", "caddyfile"], env=env)
+    wait_http(f"http://127.0.0.1:{dynamic}/", timeout=30, ok=lambda s: s == 200)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    return proc.pid, {
+        "+ dynamic upstreams": (f"http://127.0.0.1:{dynamic}/", {}),
+        "+ gate: host routing, counting": (f"http://127.0.0.1:{gated}/", {"Host": "open.localhost"}),
+        "+ bearer token": (f"http://127.0.0.1:{gated}/", {"Host": "auth.localhost", **auth}),
+    }
+
+
 async def _stub_controller(port: int, replicas: list[int]) -> web.AppRunner:
     async def sync(request: web.Request) -> web.Response:
         return web.json_response({"replica_info": {f"http://127.0.0.1:{p}": {} for p in replicas}})
@@ -366,15 +422,32 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:6.3f}" if base and base == base and value == value else "   n/a"
 
 
-def report(small: dict[str, dict[str, float]], paced: dict[str, dict[str, float]], stream: dict[str, dict[str, float]]) -> None:
+def report_saturation(small: dict[str, dict[str, float]]) -> None:
     direct, bare = "direct", "bare caddy"
     print("\nsmall response (2 B), saturation: wrk -t2 -c%d (median of interleaved rounds)" % SATURATION_CONNECTIONS)
-    print(f"  {'path':<22}{'req/s':>12}{'errors':>8}{'x direct':>10}{'x bare caddy':>14}{'proxy CPU us/req':>18}{'x bare caddy':>14}")
+    print(f"  {'path':<34}{'req/s':>10}{'errors':>8}{'x direct':>10}{'x bare caddy':>14}{'proxy CPU us/req':>18}{'x bare caddy':>14}")
     for name, r in small.items():
         print(
-            f"  {name:<22}{r['rps']:>12.0f}{r['errors']:>8.0f}{_ratio(r['rps'], small[direct]['rps']):>10}{_ratio(r['rps'], small[bare]['rps']):>14}"
+            f"  {name:<34}{r['rps']:>10.0f}{r['errors']:>8.0f}{_ratio(r['rps'], small[direct]['rps']):>10}{_ratio(r['rps'], small[bare]['rps']):>14}"
             f"{r.get('cpu_us', float('nan')):>18.1f}{_ratio(r.get('cpu_us', float('nan')), small[bare].get('cpu_us', float('nan'))):>14}"
         )
+    print("\nbreakdown: what each feature costs (same run; cost = CPU per request of a step minus the step before)")
+    print(f"  {'step':<34}{'req/s':>10}{'CPU us/req':>12}{'cost us/req':>13}{'% of bare':>11}")
+    previous = None
+    for step in BREAKDOWN_STEPS:
+        r = small[step]
+        cost = r["cpu_us"] - previous["cpu_us"] if previous else float("nan")
+        share = 100 * cost / small[bare]["cpu_us"] if previous else float("nan")
+        print(f"  {step:<34}{r['rps']:>10.0f}{r['cpu_us']:>12.1f}{cost:>13.1f}{share:>10.1f}%")
+        previous = r
+    sf = "serveform"
+    print("\ngoals (issue 15: >= 0.95 of bare caddy with auth, counting and readiness on)")
+    print(f"  serveform / bare caddy, req/s:                    {_ratio(small[sf]['rps'], small[bare]['rps'])}")
+    print(f"  bare caddy / serveform, CPU per request:          {_ratio(small[bare]['cpu_us'], small[sf]['cpu_us'])}")
+
+
+def report(small: dict[str, dict[str, float]], paced: dict[str, dict[str, float]], stream: dict[str, dict[str, float]]) -> None:
+    direct, bare, sf = "direct", "bare caddy", "serveform"
     print(f"\nsmall response, fixed rate ~{FIXED_RATE_RPS} req/s ({FIXED_RATE_CONNECTIONS} paced connections)")
     print(f"  {'path':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 vs direct':>16}{'+p50 vs bare':>14}")
     for name, r in paced.items():
@@ -389,10 +462,6 @@ def report(small: dict[str, dict[str, float]], paced: dict[str, dict[str, float]
             f"  {name:<22}{r['ttft_p50']:>10.2f}{r['ttft_p99']:>10.2f}{r['end_p50']:>10.2f}{r['end_p99']:>10.2f}{r['failures']:>6.0f}"
             f"{_ratio(r['ttft_p50'], stream[direct]['ttft_p50']):>15}{_ratio(r['ttft_p50'], stream[bare]['ttft_p50']):>13}"
         )
-    sf = "serveform"
-    print("\ngoals")
-    print(f"  throughput vs bare caddy >= 0.9:      {_ratio(small[sf]['rps'], small[bare]['rps'])}"
-          f" (by proxy CPU per request: {_ratio(small[bare]['cpu_us'], small[sf]['cpu_us'])})")
     print(f"  added p50 at fixed rate < 1 ms:       {paced[sf]['p50'] - paced[direct]['p50']:.3f} ms (vs direct), {paced[sf]['p50'] - paced[bare]['p50']:.3f} ms (vs bare caddy)")
     print(f"  throughput vs skyserve lb:            {_ratio(small[sf]['rps'], small['skyserve lb']['rps'])} x")
     print(f"  stream TTFT p50 vs direct:            +{stream[sf]['ttft_p50'] - stream[direct]['ttft_p50']:.2f} ms; end p50 +{stream[sf]['end_p50'] - stream[direct]['end_p50']:.2f} ms")
@@ -402,14 +471,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="gateway benchmark")
     parser.add_argument("--quick", action="store_true", help="3 s runs instead of 10 s")
     parser.add_argument("--no-skyserve", action="store_true", help="skip SkyServe's load balancer")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved saturation rounds (default 3, 1 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved saturation rounds (default 5, 1 with --quick)")
+    parser.add_argument("--saturation-only", action="store_true", help="only the saturation rounds, the breakdown and the ratios")
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     stream_count = 30 if args.quick else 100
 
     ensure_debian_tools()
-    sky_python = None if args.no_skyserve else skyserve_python()
+    sky_python = None if args.no_skyserve or args.saturation_only else skyserve_python()
     workdir = Path(tempfile.mkdtemp(prefix="serveform-bench-"))
     procs = Processes(workdir)
     runners: list[web.AppRunner] = []
@@ -430,9 +500,13 @@ def main() -> int:
 
         pids: dict[str, list[int]] = {"direct": [], "bare caddy": [bare_pid], "serveform": [read_status(state)["caddy_pid"]]}
 
+        breakdown_pid, breakdown = start_breakdown_caddy(procs, state, "small-plain")
+        for step in breakdown:
+            pids[step] = [breakdown_pid]
         targets: dict[str, tuple[str, dict[str, str]]] = {
             "direct": (f"http://127.0.0.1:{small_ports[0]}/", {}),
             "bare caddy": (f"http://127.0.0.1:{bare_small}/", {}),
+            **breakdown,
             "serveform": (f"http://127.0.0.1:{sf_http}/", {"Host": "small-plain.localhost", **auth}),
         }
         stream_targets: dict[str, tuple[str, dict[str, str]]] = {
@@ -470,6 +544,14 @@ def main() -> int:
                 rounds[name].append(wrk(url, headers, seconds, SATURATION_CONNECTIONS, pids=pids.get(name) or None))
         for name, results in rounds.items():
             small[name] = {key: statistics.median(r[key] for r in results) for key in results[0]}
+        load = os.getloadavg()
+        print(f"\nserveform gateway benchmark ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
+              f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end of the saturation rounds, state in {state})")
+        report_saturation(small)
+        if args.saturation_only:
+            return 0
+        for step in breakdown:
+            del targets[step]
         pace_ms = 1000.0 * FIXED_RATE_CONNECTIONS / FIXED_RATE_RPS
         for name, (url, headers) in targets.items():
             print(f"[bench] fixed rate: {name}", file=sys.stderr)
@@ -486,7 +568,6 @@ def main() -> int:
             stream[name] = streams(url, {"Host": host, **auth}, stream_count, STREAM_RATE_PER_SECOND, sni=host, ca=ca)
         if "skyserve lb" not in small:
             small["skyserve lb"] = paced["skyserve lb"] = {"rps": float("nan"), "p50": float("nan"), "p99": float("nan"), "errors": 0.0, "cpu_us": float("nan")}
-        print(f"\nserveform gateway benchmark ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, state in {state})")
         report(small, paced, stream)
     finally:
         procs.stop_all()

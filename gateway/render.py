@@ -26,7 +26,7 @@ import jinja2
 
 from serveform.translator.plan import ServicePlan
 
-from .dns import ZONE
+from .dns import srv_name
 from .routes import ServiceRoute, routes_from_plans
 from .settings import GatewayRuntime, GatewaySettings
 
@@ -143,8 +143,7 @@ def routes_document(
                 "host": route.host,
                 "auth": route.auth,
                 "https": route.https,
-                "srv_service": lookup.service if lookup else route.name,
-                "srv_name": lookup.name if lookup else f"replicas.{ZONE}",
+                "srv": f"_{lookup.service}._{lookup.proto}.{lookup.name}" if lookup else srv_name(route.name),
                 "rate_limits": [
                     {
                         "zone": zone.zone,

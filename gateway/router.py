@@ -30,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from . import tgi
+from .body import INLINE_PARSE_LIMIT_BYTES, BodyError, WorkerError, model_of, run_isolated, work_timeout_seconds
 from .routes import ServiceRoute
 
 __all__ = ["ModelRoute", "Router", "RouterConfig", "STATUS_PATH", "router_config"]
@@ -142,7 +143,9 @@ class Router:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.method != "OPTIONS" and not self._authorized(request.headers.get("Authorization", "")):
+        headers = request.headers.getall("Authorization", [])
+        # Exactly one Authorization header, as Caddy's gate demands (tools/caddy/serveform/auth.go).
+        if request.method != "OPTIONS" and not (len(headers) == 1 and self._authorized(headers[0])):
             response = _error(401, "Missing or invalid bearer token. Pass 'Authorization: Bearer <token>'.", code="invalid_api_key")
             response.headers["WWW-Authenticate"] = 'Bearer realm="serveform"'
             return response
@@ -150,9 +153,9 @@ class Router:
 
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer" or not token.strip(" \t"):
             return False
-        presented = token.strip().encode()
+        presented = token.strip(" \t").encode()
         # Compare against every token so the time taken says nothing about which one matched.
         matched = False
         for candidate in self.config.tokens:
@@ -188,19 +191,21 @@ class Router:
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "Request body too large.", code="request_too_large")
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "We could not parse the JSON body of your request.", code="invalid_json")
-        if not isinstance(body, dict):
-            return _error(400, "The request body must be a JSON object.", code="invalid_json")
-        name = body.get("model")
+            # A large body is parsed in a child process, so that other services' requests, the
+            # prober and the DNS responder (on this event loop) keep going meanwhile.
+            if len(raw) > INLINE_PARSE_LIMIT_BYTES:
+                name = await asyncio.to_thread(run_isolated, model_of, (raw,), work_timeout_seconds(len(raw)))
+            else:
+                name = model_of(raw)
+        except (BodyError, WorkerError) as exc:
+            return _error(400, f"We could not parse the JSON body of your request: {exc}.", code="invalid_json")
         if not isinstance(name, str) or not name:
             return _error(400, "You must provide a model parameter.", code="missing_model", param="model")
         model = self.config.models.get(name)
         if model is None:
             return _error(404, f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found", param="model")
         if model.format == "tgi":
-            return await self._forward_tgi(request, kind, body, model)
+            return await self._forward_tgi(request, kind, model, raw)
         path = model.prefix + ("/chat/completions" if kind == "chat" else "/completions")
         return await self._proxy(request, model, path, raw)
 
@@ -240,24 +245,26 @@ class Router:
 
     # --- format: tgi ------------------------------------------------------------------------
 
-    async def _forward_tgi(self, request: web.Request, kind: str, body: dict[str, Any], model: ModelRoute) -> web.StreamResponse:
+    async def _forward_tgi(self, request: web.Request, kind: str, model: ModelRoute, raw: bytes) -> web.StreamResponse:
         assert self._session is not None
+        # Parsing and the chat template (from the service file, so possibly nested loops) run in
+        # a child process with a deadline and an output bound.
+        limit = max(tgi.PROMPT_MIN_LIMIT_CHARS, 4 * len(raw))
         try:
-            prompt = (
-                tgi.chat_prompt(body.get("messages"), model.chat_template, model.eos_token)
-                if kind == "chat"
-                else tgi.completion_prompt(body.get("prompt"))
+            payload, stream, include_usage = await asyncio.to_thread(
+                run_isolated, tgi.prepare_generate, (raw, kind, model.chat_template, model.eos_token, limit), work_timeout_seconds(len(raw))
             )
-        except tgi.ChatTemplateError as exc:
-            return _error(400, str(exc), param="messages" if kind == "chat" else "prompt")
-        payload = tgi.generate_request(body, prompt, model.eos_token)
-        stream = bool(body.get("stream"))
+        except BodyError as exc:
+            return _error(400, f"We could not parse the JSON body of your request: {exc}.", code="invalid_json")
+        except (tgi.ChatTemplateError, WorkerError) as exc:
+            param = "messages" if kind == "chat" else "prompt"
+            return _error(400, str(exc) if isinstance(exc, tgi.ChatTemplateError) else f"chat_template {exc}", param=param)
         headers = self._upstream_headers(request, model)
         headers["Content-Type"] = "application/json"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.config.stream_timeout_seconds)
         url = self.config.upstream + ("/generate_stream" if stream else "/generate")
         try:
-            async with self._session.post(url, data=json.dumps(payload).encode(), headers=headers, timeout=timeout) as upstream:
+            async with self._session.post(url, data=payload, headers=headers, timeout=timeout) as upstream:
                 if upstream.status != 200:
                     return await self._tgi_error(upstream)
                 if not stream:
@@ -265,7 +272,7 @@ class Router:
                     prefill = len((answer.get("details") or {}).get("prefill") or [])
                     return web.json_response(tgi.openai_response(kind, model.name, answer, model.eos_token, prefill), headers=_CORS)
                 try:
-                    return await self._tgi_stream(request, upstream, kind, model, body)
+                    return await self._tgi_stream(request, upstream, kind, model, include_usage)
                 except ConnectionResetError:
                     raise asyncio.CancelledError from None  # the client left mid-stream
         except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
@@ -286,7 +293,7 @@ class Router:
         kind = document.get("error_type", "upstream_error") if isinstance(document, dict) else "upstream_error"
         return _error(upstream.status, str(message or f"upstream answered {upstream.status}"), kind=str(kind))
 
-    async def _tgi_stream(self, request: web.Request, upstream: aiohttp.ClientResponse, kind: str, model: ModelRoute, body: dict[str, Any]) -> web.StreamResponse:
+    async def _tgi_stream(self, request: web.Request, upstream: aiohttp.ClientResponse, kind: str, model: ModelRoute, include_usage: bool) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **_CORS})
         await response.prepare(request)
         ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
@@ -314,8 +321,7 @@ class Router:
             if finish is not None:
                 break
         last = tgi.openai_chunk(kind, ident, model.name, created, None if kind == "chat" else "", finish or "stop")
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
+        if include_usage:
             event = json.loads(last[6:])
             event["usage"] = {"prompt_tokens": 0, "completion_tokens": generated, "total_tokens": generated}
             last = b"data: " + json.dumps(event).encode() + b"\n\n"

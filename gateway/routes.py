@@ -176,6 +176,15 @@ def routes_from_plans(settings: GatewaySettings, plans: Sequence[ServicePlan]) -
             for i, limit in enumerate(plan.route.rate_limits)
         )
         https = settings.tls != "off" and plan.route.https is not False
+        if plan.route.https is False and plan.route.auth and settings.tls != "off" and not settings.loopback_only and not settings.allow_plain_http:
+            problems.append(
+                Problem(
+                    plan.file, "https",
+                    "`https: false` on a gateway that listens beyond loopback sends the stack's bearer token in clear; "
+                    "remove it, set `auth: false`, or set the stack's gateway.allow_plain_http: true to accept that",
+                )
+            )
+            continue
         routes.append(
             ServiceRoute(
                 name=plan.route.subdomain,

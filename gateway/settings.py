@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_BODY_LIMIT_MB",
     "DEFAULT_REPLICA_WAIT_SECONDS",
     "DEFAULT_STREAM_TIMEOUT_SECONDS",
+    "MIN_TOKEN_LENGTH",
     "DnsProvider",
     "GatewayRuntime",
     "GatewaySettings",
@@ -28,6 +29,8 @@ __all__ = [
 DEFAULT_BODY_LIMIT_MB = 64
 DEFAULT_STREAM_TIMEOUT_SECONDS = 3600
 DEFAULT_REPLICA_WAIT_SECONDS = 120
+MIN_TOKEN_LENGTH = 32
+"""Shortest bearer token accepted (32 hex digits are 128 bits); the same as serveform.stacks.settings."""
 
 TlsMode = Literal["internal", "acme_dns", "on_demand", "off"]
 """internal: Caddy's own CA; acme_dns: a `*.<domain>` certificate through the DNS challenge;
@@ -38,7 +41,7 @@ DnsProvider = Literal["route53", "cloudflare", "googleclouddns", "azure"]
 
 # global.caddy.j2 / site.caddy.j2: host names are DNS labels only.
 DOMAIN_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
-# auth.caddy.j2: RFC 6750 b64token, so a token can never carry a quote, brace or newline.
+# RFC 6750 b64token: a token never carries a quote, brace, space or newline (it travels in a header).
 TOKEN_PATTERN = r"^[A-Za-z0-9\-._~+/]+=*$"
 # tls.caddy.j2: DNS-provider option names become `{env.SERVEFORM_DNS_<NAME>}` placeholders.
 _DNS_OPTION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -89,6 +92,13 @@ class GatewaySettings(_Frozen):
         int, Field(ge=0, le=24 * 3600, description="How long a request waits for a ready replica before 503.")
     ] = DEFAULT_REPLICA_WAIT_SECONDS
     tokens: Annotated[tuple[SecretStr, ...], Field(description="Bearer tokens the gateway accepts (stack secrets).")] = ()
+    allow_plain_http: Annotated[
+        bool,
+        Field(
+            description="Let bearer tokens travel over plain HTTP on a gateway that listens beyond loopback "
+            "(`tls: off`, or a service with `https: false`); refused unless set."
+        ),
+    ] = False
 
     @field_validator("tokens")
     @classmethod
@@ -97,6 +107,8 @@ class GatewaySettings(_Frozen):
 
         for index, token in enumerate(tokens):
             # The message never shows the token: it is a secret.
+            if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+                raise ValueError(f"token #{index + 1} is shorter than {MIN_TOKEN_LENGTH} characters (128 bits)")
             if not re.fullmatch(TOKEN_PATTERN, token.get_secret_value()):
                 raise ValueError(
                     f"token #{index + 1} is not a bearer token (RFC 6750: letters, digits and -._~+/ then optional =)"
@@ -141,6 +153,20 @@ class GatewaySettings(_Frozen):
         if self.tls == "acme_dns" and self.dns_provider is None:
             raise ValueError("tls: acme_dns needs dns_provider (route53, cloudflare, googleclouddns or azure)")
         return self
+
+    @model_validator(mode="after")
+    def _no_token_in_clear(self) -> GatewaySettings:
+        if self.tls == "off" and not self.loopback_only and not self.allow_plain_http:
+            raise ValueError(
+                "tls: off on a gateway that listens beyond loopback sends the bearer token in clear; "
+                "use TLS, bind to loopback, or set gateway.allow_plain_http: true to accept that"
+            )
+        return self
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether every public listener is on a loopback address (no one else can see its traffic)."""
+        return bool(self.bind) and all(ipaddress.ip_address(a).is_loopback for a in self.bind)
 
     @property
     def router_host(self) -> str:

@@ -290,7 +290,9 @@ class _Gateway:
         assert self.router is not None
         socket_path = self.runtime.router_socket_path
         socket_path.unlink(missing_ok=True)
-        self.runner = web.AppRunner(self.router.app, access_log=None, handle_signals=False)
+        # handler_cancellation: a client that leaves cancels its handler, which closes the request
+        # to Caddy's internal listener, which cancels the request to the replica.
+        self.runner = web.AppRunner(self.router.app, access_log=None, handle_signals=False, handler_cancellation=True)
         await self.runner.setup()
         await web.UnixSite(self.runner, str(socket_path)).start()
         os.chmod(socket_path, 0o600)

@@ -22,10 +22,12 @@ __all__ = [
     "DEFAULT_CHAT_TEMPLATE",
     "ChatTemplateError",
     "chat_prompt",
+    "chat_prompt_bounded",
     "completion_prompt",
     "generate_request",
     "openai_chunk",
     "openai_response",
+    "prepare_generate",
 ]
 
 DEFAULT_CHAT_TEMPLATE = (
@@ -76,6 +78,57 @@ def chat_prompt(messages: Any, chat_template: str | None, eos_token: str | None)
         raise
     except (TemplateError, TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
         raise ChatTemplateError(f"chat_template failed: {exc}") from None
+
+
+def chat_prompt_bounded(messages: Any, chat_template: str | None, eos_token: str | None, limit_chars: int) -> str:
+    """`chat_prompt` with its output bounded: a template that writes more than ``limit_chars``
+    (nested loops) is stopped as soon as it passes the bound. Runs in the router's template
+    worker process, which the router kills when it takes too long (a loop that writes nothing)."""
+    if not isinstance(messages, list) or not messages:
+        raise ChatTemplateError("`messages` must be a non-empty list")
+    plain = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ChatTemplateError("every message needs a `role` and `content`")
+        plain.append({"role": message["role"], "content": _text(message.get("content"))})
+    pieces: list[str] = []
+    size = 0
+    try:
+        for piece in _template(chat_template or DEFAULT_CHAT_TEMPLATE).generate(
+            messages=plain, eos_token=eos_token or "", bos_token="", add_generation_prompt=True
+        ):
+            size += len(piece)
+            if size > limit_chars:
+                raise ChatTemplateError(f"chat_template wrote more than {limit_chars} characters")
+            pieces.append(piece)
+    except ChatTemplateError:
+        raise
+    except RecursionError:
+        raise ChatTemplateError("chat_template recursed too deeply") from None
+    except (TemplateError, TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
+        raise ChatTemplateError(f"chat_template failed: {exc}") from None
+    return "".join(pieces)
+
+
+PROMPT_MIN_LIMIT_CHARS = 1024 * 1024
+"""A rendered prompt may be this long, or 4x the request body if that is more."""
+
+
+def prepare_generate(raw: bytes, kind: str, chat_template: str | None, eos_token: str | None, limit_chars: int) -> tuple[bytes, bool, bool]:
+    """TGI's `/generate` body for an OpenAI request body: ``(payload, stream, include_usage)``.
+    Runs in the router's child process (serveform.gateway.body.run_isolated)."""
+    from .body import BodyError, parse_body
+
+    body = parse_body(raw)
+    if not isinstance(body, dict):
+        raise BodyError("the request body must be a JSON object")
+    if kind == "chat":
+        prompt = chat_prompt_bounded(body.get("messages"), chat_template, eos_token, limit_chars)
+    else:
+        prompt = completion_prompt(body.get("prompt"))
+    options = body.get("stream_options")
+    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    return json.dumps(generate_request(body, prompt, eos_token)).encode(), bool(body.get("stream")), include_usage
 
 
 def completion_prompt(prompt: Any) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 __all__ = [
     "AwsSettings",
@@ -88,6 +88,13 @@ class GatewayConfig(_Settings):
         int, Field(ge=0, description="How long a request waits for a ready replica (scale from zero) before 503.")
     ] = DEFAULT_REPLICA_WAIT_SECONDS
     instance_type: Annotated[str | None, Field(description="Instance type of the gateway VM (cloud backends).")] = None
+    allow_plain_http: Annotated[
+        bool,
+        Field(
+            description="Let bearer tokens travel over plain HTTP on a gateway reachable beyond loopback "
+            "(`tls: off`, or a service with `https: false`). Off by default: anyone on the path could read the token."
+        ),
+    ] = False
 
     @model_validator(mode="after")
     def _dns_challenge_needs_provider(self) -> "GatewayConfig":
@@ -221,6 +228,11 @@ class PolicySettings(_Settings):
         return explicit if explicit is not None else backend != "k8s"
 
 
+MIN_TOKEN_LENGTH = 32
+"""Shortest bearer token accepted: 32 hex digits are 128 bits; generated tokens have 256
+(components/local/_token.py). The gateway checks the same (serveform.gateway.settings)."""
+
+
 class StackSettings(_Settings):
     """Everything the program reads from one stack's config."""
 
@@ -230,7 +242,10 @@ class StackSettings(_Settings):
     services: Annotated[tuple[str, ...], Field(min_length=1, description="Service files deployed on this stack.")]
     domain: Annotated[str, Field(pattern=_DOMAIN_PATTERN, max_length=253)] = "localhost"
     regions: tuple[str, ...] = ()
-    tokens: Annotated[tuple[SecretStr, ...], Field(description="Bearer tokens the gateway accepts.")] = ()
+    tokens: Annotated[
+        tuple[SecretStr, ...],
+        Field(description=f"Bearer tokens the gateway accepts; each at least {MIN_TOKEN_LENGTH} characters."),
+    ] = ()
     secrets: Annotated[
         dict[str, SecretStr], Field(description="Values for bare env names and registry passwords.")
     ] = {}
@@ -257,6 +272,19 @@ class StackSettings(_Settings):
     azure: AzureSettings = AzureSettings()
     k8s: K8sSettings = K8sSettings()
     policy: PolicySettings = PolicySettings()
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_are_long_enough(cls, tokens: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for index, token in enumerate(tokens):
+            # The message never shows the token: it is a secret.
+            if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+                raise ValueError(
+                    f"serveform:tokens[{index}] is {len(token.get_secret_value())} characters; a bearer token needs at least "
+                    f"{MIN_TOKEN_LENGTH} (128 bits of randomness or more, e.g. `openssl rand -hex 32`), or leave "
+                    "serveform:tokens unset on the local backend to have one generated"
+                )
+        return tokens
 
     @model_validator(mode="before")
     @classmethod

@@ -56,6 +56,7 @@ def gateway_settings(settings: StackSettings):
         body_limit_mb=gw.body_limit_mb,
         stream_timeout_seconds=gw.stream_timeout_seconds,
         replica_wait_seconds=gw.replica_wait_seconds,
+        allow_plain_http=gw.allow_plain_http,
         tokens=settings.tokens,
     )
 

@@ -75,6 +75,7 @@ def gateway_settings(settings: "StackSettings"):
         body_limit_mb=config.body_limit_mb,
         stream_timeout_seconds=config.stream_timeout_seconds,
         replica_wait_seconds=config.replica_wait_seconds,
+        allow_plain_http=config.allow_plain_http,
         tokens=settings.tokens,
     )
 

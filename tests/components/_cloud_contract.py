@@ -20,7 +20,7 @@ from _pulumi_harness import GATEWAY_IP, Recording, run_program
 
 from serveform.stacks.settings import StackSettings
 
-TOKEN = "tok-abc.DEF_123~xyz"
+TOKEN = "tok-abc.DEF_123~xyz-0123456789abcdef0123456789"
 
 
 def make_settings(backend: str, config: dict, **extra) -> StackSettings:

@@ -47,7 +47,7 @@ from serveform.components._vm import (  # noqa: E402
 from serveform.stacks.settings import StackSettings  # noqa: E402
 
 CLOUDS = ("aws", "gcp", "azure")
-TOKEN = "tok-abc.DEF_123~xyz"
+TOKEN = "tok-abc.DEF_123~xyz-0123456789abcdef0123456789"
 _SECRET_REFS = {
     "aws": SecretRef(cloud="aws", ref="arn:aws:secretsmanager:us-east-1:123456789012:secret:svc-AbCdEf", region="us-east-1"),
     "gcp": SecretRef(cloud="gcp", ref="projects/acme/secrets/serveform-dev-svc"),
@@ -235,7 +235,7 @@ def test_scaler_env_file_is_written_verbatim_and_refuses_what_it_cannot_quote(tm
 
 
 @pytest.mark.parametrize("tls", [{"tls": "internal"}, {"tls": "acme_dns", "dns_provider": "route53", "acme_email": "ops@example.com"},
-                                 {"tls": "off"}])
+                                 {"tls": "off", "allow_plain_http": True}])
 def test_gateway_caddyfile_passes_caddy_validate(tls, tmp_path):
     plans = [*example_plans("aws").values(), hostile_plan("aws")]
     caddyfile = _cloud.gateway_caddyfile(_settings("aws", **tls), plans)

@@ -36,7 +36,7 @@ from serveform.translator.plan import (
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_SERVER = ROOT / "stacks" / "examples" / "chat_server.py"
-TOKENS = ("tok-alpha", "tok-beta")
+TOKENS = ("tok-alpha-0123456789abcdef0123456789abcdef", "tok-beta-0123456789abcdef0123456789abcdef")
 DEADLINE_SECONDS = 30.0
 
 

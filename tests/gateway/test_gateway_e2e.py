@@ -473,7 +473,7 @@ def test_render_command_prints_the_caddyfile(tmp_path):
 
     from serveform.gateway import GatewaySettings, write_config
 
-    write_config(tmp_path, GatewaySettings(tls="off"), [make_plan("chat")])
+    write_config(tmp_path, GatewaySettings(tls="off", bind=("127.0.0.1",)), [make_plan("chat")])
     result = subprocess.run([sys.executable, "-m", "serveform.gateway", "render", "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     # Services are served from the routes file, so the Caddyfile names none of them.
     assert result.returncode == 0 and "http://:80 {" in result.stdout and "chat.localhost" not in result.stdout

@@ -143,13 +143,14 @@ def test_generate_request_maps_openai_parameters():
 
 
 def test_config_round_trip_keeps_secrets_in_0600_files(tmp_path):
-    settings = GatewaySettings(domain="example.com", tls="off", tokens=(SecretStr("t-1"), SecretStr("t-2")))
+    t1, t2 = "t-1-0123456789abcdef0123456789abcdef", "t-2-0123456789abcdef0123456789abcdef"
+    settings = GatewaySettings(domain="example.com", tls="off", bind=("127.0.0.1",), tokens=(SecretStr(t1), SecretStr(t2)))
     write_config(tmp_path, settings, [make_plan("chat")])
     assert "t-1" not in (tmp_path / "gateway.json").read_text()
     for name in ("gateway.json", "secrets/tokens.json", "secrets/dns.json"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
     config = read_config(tmp_path)
-    assert [t.get_secret_value() for t in config.settings.tokens] == ["t-1", "t-2"]
+    assert [t.get_secret_value() for t in config.settings.tokens] == [t1, t2]
     assert config.plans[0].name == "chat"
 
 

@@ -20,7 +20,7 @@ from gateway_helpers import make_plan  # type: ignore[import-not-found]
 
 GOLDEN = Path(__file__).parent / "golden"
 RUNTIME = GatewayRuntime(state_dir=Path("/var/lib/serveform-gateway"), dns_port=5353, internal_port=8079, metrics_port=9180)
-TOKENS = (SecretStr("tok-alpha"), SecretStr("tok-beta"))
+TOKENS = (SecretStr("tok-alpha-0123456789abcdef0123456789abcdef"), SecretStr("tok-beta-0123456789abcdef0123456789abcdef"))
 
 
 def _plans():
@@ -37,6 +37,8 @@ def _plans():
 def _settings(tls: str, **extra) -> GatewaySettings:
     if tls == "acme_dns":
         extra.setdefault("dns_provider", "route53")
+    if tls == "off":
+        extra.setdefault("allow_plain_http", True)  # a gateway on every interface, plain HTTP by choice
     return GatewaySettings(domain="example.com" if tls != "internal" else "localhost", tls=tls, tokens=TOKENS, acme_email="ops@example.com", **extra)
 
 
@@ -100,7 +102,7 @@ def test_routes_document_holds_every_service_setting_and_no_secret():
     chat, web = document["services"]
     assert (chat["name"], chat["host"], chat["auth"], chat["https"]) == ("chat", "chat.localhost", True, True)
     assert (web["auth"], web["https"]) == (False, False)
-    assert (chat["srv_service"], chat["srv_name"]) == ("chat", "replicas.serveform.internal")
+    assert chat["srv"] == "_chat._tcp.replicas.serveform.internal"
     assert chat["rate_limits"] == [
         {"zone": "chat_0", "prefix": "/v1", "key": "{client_ip}", "events": 3, "window_seconds": 2},
         {"zone": "chat_1", "prefix": "", "key": "{http.request.header.X-User}", "events": 5, "window_seconds": 1},
@@ -202,11 +204,9 @@ def test_runtime_for_a_cluster(caddy, tmp_path):
     assert servers["metrics"]["listen"] == ["0.0.0.0:9180"]
     assert [h for h in _walk(config) if isinstance(h, dict) and h.get("handler") == "serveform_metrics"][0]["require_token"] is True
     proxies = [h for h in _walk(config) if isinstance(h, dict) and h.get("handler") == "reverse_proxy" and "dynamic_upstreams" in h]
-    assert {(p["dynamic_upstreams"]["service"], p["dynamic_upstreams"]["name"]) for p in proxies} == {("{serveform.srv_service}", "{serveform.srv_name}")}
+    assert {(p["dynamic_upstreams"].get("service"), p["dynamic_upstreams"]["name"]) for p in proxies} == {(None, "{serveform.srv}")}
     document = routes_document(_settings("internal"), routes_from_plans(_settings("internal"), _plans()), runtime, generation=1)
-    assert {(s["srv_service"], s["srv_name"]) for s in document["services"]} == {
-        ("http", "chat.serveform.svc.cluster.local"), ("http", "web.serveform.svc.cluster.local"),
-    }
+    assert {s["srv"] for s in document["services"]} == {"_http._tcp.chat.serveform.svc.cluster.local", "_http._tcp.web.serveform.svc.cluster.local"}
 
 
 def _walk(node):

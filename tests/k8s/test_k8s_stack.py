@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(3600)
 
 API_KEY = "chat-api-key-SECRET-5d41"
 HF_TOKEN = "hf_SECRET_k8s_local_9e2c"
-GATEWAY_TOKEN = "gateway-token-SECRET-31ab"
+GATEWAY_TOKEN = "gateway-token-SECRET-31ab-0123456789abcdef"
 PASSPHRASE = "k8s-local-test-passphrase"
 # Pulumi waits for rollouts itself; these bound only what happens after `up` returns.
 SETTLE_TIMEOUT_SECONDS = 60

@@ -43,7 +43,7 @@ def _config(backend: str, https_port: int, gateway: dict | None = None) -> dict:
         "serveform:domain": "models.example.com",
         "serveform:services": ["chat.dstack.yml"],
         "serveform:gateway": gateway or {"https_port": https_port},
-        "serveform:tokens": ["a-token"],
+        "serveform:tokens": ["a-token-0123456789abcdef0123456789abcdef"],
         "serveform:aws": {"region": "eu-west-1"},
         "serveform:gcp": {"project": "my-proj", "region": "europe-west4", "zone": "europe-west4-a"},
         "serveform:azure": {"resource_group": "rg-prod"},

@@ -39,7 +39,7 @@ model:
 
 
 def _settings(**extra) -> StackSettings:
-    config = {"backend": "k8s", "services": ["a"], "domain": "example.com", "tokens": ["tok-123"], **extra}
+    config = {"backend": "k8s", "services": ["a"], "domain": "example.com", "tokens": ["tok-123-0123456789abcdef0123456789abcdef"], **extra}
     return StackSettings.from_config(config, stack="k8s", project_dir="/p")
 
 
@@ -57,7 +57,7 @@ def _caddy_binary() -> str:
 def _adapt(caddyfile: str, tmp_path: Path) -> dict:
     path = tmp_path / "Caddyfile"
     path.write_text(caddyfile)
-    env = {**os.environ, "SERVEFORM_TOKEN_0": "tok-123"}
+    env = {**os.environ, "SERVEFORM_TOKEN_0": "tok-123-0123456789abcdef0123456789abcdef"}
     result = subprocess.run(
         [_caddy_binary(), "adapt", "--config", str(path), "--adapter", "caddyfile", "--validate"],
         capture_output=True, text=True, env=env, timeout=60,
@@ -85,30 +85,29 @@ def _upstream_sources(config: dict) -> list[dict]:
 
 @pytest.mark.parametrize("tls", ["internal", "off"])
 def test_caddy_accepts_the_cluster_caddyfile_and_it_resolves_headless_services(tmp_path, tls):
-    text = _caddy.gateway_caddyfile(_settings(gateway={"tls": tls}), _plans("chat", "llm"), "team-a", PORT_NAME)
+    text = _caddy.gateway_caddyfile(_settings(gateway={"tls": tls, "allow_plain_http": tls == "off"}), _plans("chat", "llm"), "team-a", PORT_NAME)
     config = _adapt(text, tmp_path)
     proxies = _upstream_sources(config)
     # The gateway's module names each service's SRV lookup per request from its routes file.
-    routes = routes_from_plans(_caddy.gateway_settings(_settings(gateway={"tls": tls})), _plans("chat", "llm"))
+    routes = routes_from_plans(_caddy.gateway_settings(_settings(gateway={"tls": tls, "allow_plain_http": tls == "off"})), _plans("chat", "llm"))
     document = routes_document(_caddy.gateway_settings(_settings()), routes, _caddy.cluster_runtime(_plans("chat", "llm"), "team-a", PORT_NAME), generation=1)
-    assert sorted(s["srv_name"] for s in document["services"]) == ["chat.team-a.svc.cluster.local", "llm.team-a.svc.cluster.local"]
-    assert {s["srv_service"] for s in document["services"]} == {"http"}
+    assert sorted(s["srv"] for s in document["services"]) == ["_http._tcp.chat.team-a.svc.cluster.local", "_http._tcp.llm.team-a.svc.cluster.local"]
     for proxy in proxies:
         upstreams = proxy["dynamic_upstreams"]
         assert upstreams["source"] == "srv"
-        assert upstreams["service"] == "{serveform.srv_service}" and upstreams["name"] == "{serveform.srv_name}" and upstreams["proto"] == "tcp"
+        assert upstreams["name"] == "{serveform.srv}" and "service" not in upstreams
         assert "resolver" not in upstreams
         assert "resolver" not in proxy.get("transport", {})
     servers = config["apps"]["http"]["servers"]
     assert ["0.0.0.0:9180"] in [s["listen"] for s in servers.values()]
-    assert "tok-123" not in text
+    assert "tok-123-0123456789abcdef0123456789abcdef" not in text
 
 
 def test_pod_files_keep_secrets_out_of_gateway_json_and_carry_the_cluster_runtime():
     config, secret_files = _caddy.gateway_files(_settings(), _plans("chat", "llm"), "team-a", PORT_NAME)
     document = json.loads(config)
-    assert "tok-123" not in config
-    assert json.loads(secret_files["tokens.json"]) == ["tok-123"]
+    assert "tok-123-0123456789abcdef0123456789abcdef" not in config
+    assert json.loads(secret_files["tokens.json"]) == ["tok-123-0123456789abcdef0123456789abcdef"]
     assert document["tokens_file"] == f"{_caddy.SECRETS_DIR}/tokens.json"
     assert set(secret_files) == {"tokens.json", "dns.json", "probe_headers.json"}
     assert document["runtime"] == {
@@ -140,7 +139,7 @@ def test_the_gateway_supervisor_runs_the_pod_files(tmp_path):
     from serveform.components.k8s.gateway import gateway_command
 
     http_port = _free_port()
-    settings = _settings(gateway={"tls": "off", "http_port": http_port})
+    settings = _settings(gateway={"tls": "off", "http_port": http_port, "allow_plain_http": True})
     config, secret_files = _caddy.gateway_files(settings, _plans("chat", "llm"), "team-a", PORT_NAME)
     document = json.loads(config)
     secrets_dir = tmp_path / "secrets-mount"
@@ -168,15 +167,15 @@ def test_the_gateway_supervisor_runs_the_pod_files(tmp_path):
             time.sleep(0.05)
         rendered = (state / "Caddyfile").read_text()
         routes = json.loads((state / "routes.json").read_text())
-        assert sorted(s["srv_name"] for s in routes["services"]) == ["chat.team-a.svc.cluster.local", "llm.team-a.svc.cluster.local"]
-        assert "resolvers 127.0.0.1" not in rendered and "tok-123" not in rendered
+        assert sorted(s["srv"] for s in routes["services"]) == ["_http._tcp.chat.team-a.svc.cluster.local", "_http._tcp.llm.team-a.svc.cluster.local"]
+        assert "resolvers 127.0.0.1" not in rendered and "tok-123-0123456789abcdef0123456789abcdef" not in rendered
         # The metrics listener is on every pod address: it refuses a request without a token.
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
             raise AssertionError("metrics served without a token")
         except urllib.error.HTTPError as exc:
             assert exc.code == 401
-        scrape = urllib.request.Request(f"http://127.0.0.1:{metrics_port}/metrics", headers={"Authorization": "Bearer tok-123"})
+        scrape = urllib.request.Request(f"http://127.0.0.1:{metrics_port}/metrics", headers={"Authorization": "Bearer tok-123-0123456789abcdef0123456789abcdef"})
         with urllib.request.urlopen(scrape, timeout=10) as response:
             assert b'serveform_requests_total{service="chat",host="chat.example.com"} 0' in response.read()
         # The router answers on gateway.<domain>: a request without a token is refused by Caddy.
@@ -186,7 +185,7 @@ def test_the_gateway_supervisor_runs_the_pod_files(tmp_path):
             raise AssertionError("no token, yet served")
         except urllib.error.HTTPError as exc:
             assert exc.code == 401
-        request.add_header("Authorization", "Bearer tok-123")
+        request.add_header("Authorization", "Bearer tok-123-0123456789abcdef0123456789abcdef")
         with urllib.request.urlopen(request, timeout=10) as response:
             models = json.loads(response.read())
         assert sorted(m["id"] for m in models["data"]) == ["model-chat", "model-llm"]

@@ -20,7 +20,7 @@ from serveform.translator import CompileContext, compile_text
 
 HF_TOKEN = "hf_k8s_SECRET_never_plain_42"
 REGISTRY_PASSWORD = "reg-pa%%-'\"-k8s"
-GATEWAY_TOKEN = "gw-token-SECRET-77"
+GATEWAY_TOKEN = "gw-token-SECRET-77-0123456789abcdef0123456789"
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"
@@ -266,7 +266,7 @@ def test_headless_services_give_the_gateway_dns_upstreams(nodes):
     caddyfile = data["Caddyfile"]
     # Services are looked up per request from the routes file the pod's supervisor writes from
     # gateway.json (its runtime names the cluster's SRV records, checked below).
-    assert "name `{serveform.srv_name}`" in caddyfile and "llm" not in caddyfile
+    assert "name `{serveform.srv}`" in caddyfile and "llm" not in caddyfile
     assert "serveform.internal" not in caddyfile and "resolvers 127.0.0.1" not in caddyfile
     assert GATEWAY_TOKEN not in caddyfile and "SERVEFORM_TOKEN" not in caddyfile
     # The pod's gateway renders the same from gateway.json: cluster DNS, metrics for the scaler's pod.

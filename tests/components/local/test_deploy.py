@@ -166,9 +166,9 @@ async def test_replica_inputs_carry_plan_commands_env_and_volumes(tmp_path, mock
 
 
 async def test_secrets_stay_secret(tmp_path, mocks):
-    await _deploy(_settings(tmp_path, **{"serveform:tokens": json.dumps(["configured-token-1"])}), [_plan()])
+    await _deploy(_settings(tmp_path, **{"serveform:tokens": json.dumps(["configured-token-1-0123456789abcdef0123456789"])}), [_plan()])
     token, token_secret = await _resolve(_exports()["token"])
-    assert (token, token_secret) == ("configured-token-1", True)
+    assert (token, token_secret) == ("configured-token-1-0123456789abcdef0123456789", True)
     assert not mocks.of_type(TOKEN)  # configured tokens: nothing generated
     replica = mocks.named("chat-replica-0").inputs
     assert rpc.is_rpc_secret(replica["secret_env"])
@@ -176,8 +176,8 @@ async def test_secrets_stay_secret(tmp_path, mocks):
     assert "HF_TOKEN" not in replica["env"]
     gateway = mocks.named("gateway-process").inputs
     assert rpc.is_rpc_secret(gateway["secret_files"])
-    assert json.loads(rpc.unwrap_rpc_secret(gateway["secret_files"])["secrets/tokens.json"]) == ["configured-token-1"]
-    assert "configured-token-1" not in json.dumps(gateway["files"])
+    assert json.loads(rpc.unwrap_rpc_secret(gateway["secret_files"])["secrets/tokens.json"]) == ["configured-token-1-0123456789abcdef0123456789"]
+    assert "configured-token-1-0123456789abcdef0123456789" not in json.dumps(gateway["files"])
     assert "__provider" in replica  # the serialized provider travels with the inputs
 
 
@@ -300,7 +300,7 @@ async def test_a_secret_probe_header_reaches_the_replica(tmp_path, mocks):
     plan = _plan(replicas=(1, 1, 1))
     plan = plan.model_copy(update={"route": plan.route.model_copy(update={"probes": (probe,)})})
     ports = {"http_port": free_port(), "https_port": free_port(), "tls": "off"}
-    await _deploy(_settings(tmp_path, **{"serveform:tokens": json.dumps(["tok"]), "serveform:gateway": json.dumps(ports)}), [plan])
+    await _deploy(_settings(tmp_path, **{"serveform:tokens": json.dumps(["tok-0123456789abcdef0123456789abcdef"]), "serveform:gateway": json.dumps(ports)}), [plan])
     inputs = mocks.named("gateway-process").inputs
     assert secret not in json.dumps(inputs["files"])
     secret_files = rpc.unwrap_rpc_secret(inputs["secret_files"])

@@ -40,12 +40,12 @@ type routesDocument struct {
 }
 
 type serviceEntry struct {
-	Name       string      `json:"name"`
-	Host       string      `json:"host"`
-	Auth       bool        `json:"auth"`
-	HTTPS      bool        `json:"https"`
-	SrvService string      `json:"srv_service"`
-	SrvName    string      `json:"srv_name"`
+	Name  string `json:"name"`
+	Host  string `json:"host"`
+	Auth  bool   `json:"auth"`
+	HTTPS bool   `json:"https"`
+	// SRV is the full SRV name of the service's replicas, `_<service>._tcp.<name>`.
+	SRV        string      `json:"srv"`
 	RateLimits []zoneEntry `json:"rate_limits"`
 }
 
