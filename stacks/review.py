@@ -35,7 +35,7 @@ __all__ = ["Change", "GraphDiff", "add_parsers", "diff_graphs", "format_diff", "
 SECRET_MARK = "[secret]"
 COMPUTED_MARK = "<computed>"
 # A valid bearer token / env value that stands in for every secret the reviewer cannot decrypt.
-OFFLINE_PLACEHOLDER = "serveform-offline-placeholder"
+OFFLINE_PLACEHOLDER = "serveform-offline-placeholder-0000000000"
 WORKER_TIMEOUT_SECONDS = 600
 # Cloud functions the program calls, answered offline with fixed stand-ins.
 OFFLINE_INVOKES: dict[str, dict[str, Any]] = {
