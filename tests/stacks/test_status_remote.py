@@ -99,7 +99,7 @@ def test_vm_status_reads_the_gateways_readiness_view_with_the_stacks_token(tmp_p
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's spelling
             seen.append((self.path, self.headers["Host"], self.headers["Authorization"]))
             body = json.dumps({"services": {"chat": {"published": ["10.0.1.5:8000", "10.0.1.6:8000"], "ready": ["10.0.1.5:8000"]}}})
-            self.send_response(200 if self.headers["Authorization"] == "Bearer a-token" else 401)
+            self.send_response(200 if self.headers["Authorization"] == "Bearer a-token-0123456789abcdef0123456789abcdef" else 401)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(body.encode())
@@ -113,11 +113,11 @@ def test_vm_status_reads_the_gateways_readiness_view_with_the_stacks_token(tmp_p
     thread.start()
     try:
         port = server.server_address[1]
-        status = collect(_Engine(tmp_path, "gcp", 443, gateway={"tls": "off", "http_port": port}))
+        status = collect(_Engine(tmp_path, "gcp", 443, gateway={"tls": "off", "http_port": port, "allow_plain_http": True}))
     finally:
         server.shutdown()
         server.server_close()
-    assert seen == [("/serveform/v1/status", "gateway.models.example.com", "Bearer a-token")]
+    assert seen == [("/serveform/v1/status", "gateway.models.example.com", "Bearer a-token-0123456789abcdef0123456789abcdef")]
     assert status["gateway"] == {"address": f"127.0.0.1:{port}", "reachable": True, "error": None}
     (chat,) = status["services"]
     assert (chat["replicas"]["desired"], chat["replicas"]["published"], chat["replicas"]["ready"]) == (2, 2, 1)
