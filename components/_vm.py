@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from serveform.translator.plan import OfferPlan, ServicePlan
@@ -394,9 +395,15 @@ class GatewayBoot:
 def scaler_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The scaler's environment taken from the deploying one (SCALER_ENV_NAMES that are set).
 
-    Only ever called inside ``Output.secret``: the values are the state's credentials.
+    Only ever called inside ``Output.secret``: the values are the state's credentials. A
+    passphrase given as PULUMI_CONFIG_PASSPHRASE_FILE (the form the README recommends) is read, so
+    the host's scaler gets it as PULUMI_CONFIG_PASSPHRASE in its 0600 env file.
     """
-    return {name: environ[name] for name in SCALER_ENV_NAMES if environ.get(name)}
+    values = {name: environ[name] for name in SCALER_ENV_NAMES if environ.get(name)}
+    passphrase_file = environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
+    if "PULUMI_CONFIG_PASSPHRASE" not in values and passphrase_file:
+        values["PULUMI_CONFIG_PASSPHRASE"] = Path(passphrase_file).expanduser().read_text().rstrip("\n")
+    return values
 
 
 def scaler_env_document(scaler_unit: str | None, environment: Mapping[str, str] | None) -> str | None:

@@ -34,6 +34,6 @@ def _no_deploying_state_credentials():
     on the shell (or an engine test) that ran before it. Session scope: module-scoped
     recordings are made before function fixtures run."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_ACCESS_TOKEN"):
+        for name in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_ACCESS_TOKEN"):
             patch.delenv(name, raising=False)
         yield

@@ -157,3 +157,15 @@ def test_state_is_private_even_where_an_older_release_left_it_open() -> None:
             assert mode == expected, f"{path}: {oct(mode)}, expected {oct(expected)}"
     finally:
         fixtures._clean_up(base, project)
+
+
+def test_a_passphrase_file_reaches_the_vm_scaler_as_its_passphrase(tmp_path, monkeypatch) -> None:
+    """The README recommends PULUMI_CONFIG_PASSPHRASE_FILE; a VM gateway's scaler still gets the passphrase."""
+    from serveform.components._vm import scaler_environment
+
+    secret_file = tmp_path / "passphrase"
+    secret_file.write_text("from-a-file-0123456789\n")
+    environ = {"PULUMI_BACKEND_URL": "s3://state", "PULUMI_CONFIG_PASSPHRASE_FILE": str(secret_file)}
+    assert scaler_environment(environ) == {"PULUMI_BACKEND_URL": "s3://state", "PULUMI_CONFIG_PASSPHRASE": "from-a-file-0123456789"}
+    both = {**environ, "PULUMI_CONFIG_PASSPHRASE": "explicit"}
+    assert scaler_environment(both)["PULUMI_CONFIG_PASSPHRASE"] == "explicit"
