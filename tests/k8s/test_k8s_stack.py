@@ -236,15 +236,18 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     poll(lambda: _running_pods(core, namespace, "serveform-scaler"), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="scaler pod Running")
     llm_service = core.read_namespaced_service("llm", namespace)
     assert llm_service.spec.cluster_ip == "None"
+    # Routes are not in the Caddyfile (the gateway's module reads them from its routes file, so a
+    # route change reloads nothing); replicas are found in cluster DNS (gateway.json, below).
     caddyfile = core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/name=gateway").items[0].data["Caddyfile"]
-    assert f"name llm.{namespace}.svc.cluster.local" in caddyfile
+    assert "routes_file" in caddyfile and "llm" not in caddyfile
     _assert_gateway_pod_runs_serveforms_gateway(core, apps, namespace)
     _assert_scaler_pod_gets_the_project(core, apps, namespace, project)
 
     # A second `up` with nothing changed changes nothing.
     again = engine.up()
     mark("no-change up")
-    assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
+    # "read": the program reads its last deployment (replica counts) back from the stack.
+    assert set(again.summary.resource_changes) == {"same", "read"}, again.summary.resource_changes
 
     # A scale `up` (what the scaler and `serveform scale` run): chat at 3, nothing else changes.
     scaled = engine.scale({"chat": 3})
@@ -260,7 +263,7 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     # The count is the stack's, not the reviewed file's: the scaler's project is unchanged, and
     # a plain `up` of the reviewed files (what CI runs) keeps 3.
     _assert_scaler_pod_gets_the_project(core, apps, namespace, project)
-    assert set(engine.up().summary.resource_changes) == {"same"}
+    assert set(engine.up().summary.resource_changes) == {"same", "read"}
     assert apps.read_namespaced_deployment("chat", namespace).spec.replicas == 3
     assert engine.outputs()["replicas"]["chat"]["source"] == "manual"
     # Narrowing the reviewed range clamps the count at the next `up`.
@@ -300,7 +303,9 @@ def _assert_gateway_pod_runs_serveforms_gateway(core: k8s_client.CoreV1Api, apps
     (container,) = pod.containers
     assert container.image == IMAGE
     assert container.command == ["python", "-m", "serveform.gateway", "run", "--state-dir", "/var/lib/serveform-gateway"]
-    assert not container.env_from and not container.env
+    # No secret in its environment (the tokens are files): only what a read-only root needs.
+    assert not container.env_from
+    assert {(e.name, e.value) for e in container.env or ()} <= {("HOME", "/tmp"), ("PYTHONDONTWRITEBYTECODE", "1")}
     mounts = {m.name: m for m in container.volume_mounts}
     assert (mounts["config"].mount_path, mounts["config"].sub_path) == ("/var/lib/serveform-gateway/gateway.json", "gateway.json")
     assert mounts["secrets"].mount_path == "/etc/serveform-gateway/secrets" and mounts["secrets"].read_only
@@ -332,7 +337,7 @@ def _assert_scaler_pod_gets_the_project(
     assert command[command.index("--state") + 1] == "/var/lib/serveform-scaler/k8s.json"
     assert [e.secret_ref.name for e in container.env_from] == ["scaler-env"]
     mounts = {m.name: m.mount_path for m in container.volume_mounts}
-    assert mounts == {"state": "/var/lib/serveform-scaler", "project": "/srv/serveform"}
+    assert mounts == {"state": "/var/lib/serveform-scaler", "project": "/srv/serveform", "tmp": "/tmp"}
     (init,) = pod.init_containers
     assert init.image == IMAGE and "/srv/serveform" in init.command[-1]
     volumes = {v.name: v for v in pod.volumes}

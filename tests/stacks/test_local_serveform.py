@@ -98,7 +98,8 @@ def test_a_second_up_changes_nothing_and_keeps_the_volumes_data(local_project):
     (volume / "kept.txt").write_text("data")
     before = local_project.replicas()
     summary = _summary(local_project.ok(local_project.serveform("up", "--yes")).stdout)
-    assert set(summary) == {"same"}, summary
+    # "read": the program reads its last deployment (replica counts) back from the stack.
+    assert set(summary) == {"same", "read"}, summary
     assert local_project.replicas() == before  # same processes, same ports
     assert (volume / "kept.txt").read_text() == "data"
 
