@@ -16,8 +16,9 @@ in its own virtualenv under ~/.cache/serveform/bench, fed by a stub controller).
 
 The breakdown adds serveform's features to bare Caddy one at a time on the same replicas (dynamic
 upstreams from the gateway's DNS responder, then the gateway module's host routing and request
-counting, then its bearer-token check, then the whole gateway as deployed), and prints what each
-step costs in proxy CPU per request.
+counting, then its bearer-token check, then the body limit, retries and stream timeouts of the
+gateway's proxy, then the whole gateway as deployed: its server timeouts, error routes and the
+other sites on the listener), and prints what each step costs in proxy CPU per request.
 
 Goals (issue 15): >= 0.95 of bare Caddy in req/s and in CPU per request; (issue 5) < 1 ms added p50 at the fixed rate, far ahead
 of SkyServe, and streams with no added buffering (time to first token close to direct).
@@ -236,7 +237,10 @@ def start_serveform(procs: Processes, http_port: int, https_port: int, small: li
 
 # Each step adds one of serveform's features to bare Caddy, on the same replicas, so that the
 # difference between consecutive steps is what that feature costs per request.
-BREAKDOWN_STEPS = ("bare caddy", "+ dynamic upstreams", "+ gate: host routing, counting", "+ bearer token", "serveform")
+BREAKDOWN_STEPS = (
+    "bare caddy", "+ dynamic upstreams", "+ gate: host routing, counting", "+ bearer token",
+    "+ body limit, retries, stream timeouts", "serveform",
+)
 
 
 def start_breakdown_caddy(procs: Processes, state: Path, small_service: str) -> tuple[int, dict[str, tuple[str, dict[str, str]]]]:
@@ -260,11 +264,17 @@ def start_breakdown_caddy(procs: Processes, state: Path, small_service: str) -> 
         "services": [{**service, "name": "open", "host": "open.localhost", "auth": False},
                      {**service, "name": "auth", "host": "auth.localhost", "auth": True}],
     }))
-    dynamic, gated = free_port(), free_port()
-    def srv(name: str) -> str:
+    dynamic, gated, limited = free_port(), free_port(), free_port()
+
+    def srv(name: str, limits: str = "") -> str:
         return (f"\t\tdynamic srv {{\n\t\t\tname {name}\n\t\t\trefresh 500ms\n"
                 f"\t\t\tresolvers 127.0.0.1:{dns}\n\t\t\tdial_timeout 1s\n\t\t}}\n\t\tlb_policy least_conn\n"
-                f"\t\ttransport http {{\n\t\t\tresolvers 127.0.0.1:{dns}\n\t\t}}\n")
+                f"\t\ttransport http {{\n\t\t\tresolvers 127.0.0.1:{dns}\n{limits}\t\t}}\n")
+
+    # What gateway/templates/proxy.caddy.j2 adds beyond the lookup (the bench's gateway settings).
+    transport_limits = ("\t\t\tdial_timeout 3s\n\t\t\tresponse_header_timeout 3600s\n\t\t\tread_timeout 3600s\n"
+                        "\t\t\tkeepalive 2m\n\t\t\tkeepalive_idle_conns_per_host 64\n")
+    retries = "\t\tlb_try_duration 10s\n\t\tlb_try_interval 250ms\n\t\tlb_retry_match {\n\t\t\tmethod GET HEAD OPTIONS\n\t\t}\n"
 
     config = work / "Caddyfile"
     config.write_text(
@@ -272,6 +282,9 @@ def start_breakdown_caddy(procs: Processes, state: Path, small_service: str) -> 
         f"http://:{dynamic} {{\n\tbind 127.0.0.1\n\treverse_proxy {{\n{srv(f'_{small_service}._tcp.replicas.serveform.internal')}\t}}\n}}\n"
         f"http://:{gated} {{\n\tbind 127.0.0.1\n\troute {{\n\t\tserveform_gate service_http {{\n\t\t\troutes_file {routes}\n\t\t}}\n"
         f"\t\treverse_proxy {{\n{srv('{serveform.srv}')}\t\t}}\n\t}}\n}}\n"
+        f"http://:{limited} {{\n\tbind 127.0.0.1\n\trequest_body {{\n\t\tmax_size 64MB\n\t}}\n\troute {{\n"
+        f"\t\tserveform_gate service_http {{\n\t\t\troutes_file {routes}\n\t\t}}\n"
+        f"\t\treverse_proxy {{\n{srv('{serveform.srv}', transport_limits)}{retries}\t\t}}\n\t}}\n}}\n"
     )
     env = {"XDG_DATA_HOME": str(work / "data"), "XDG_CONFIG_HOME": str(work / "config")}
     proc = procs.start("breakdown-caddy", [caddy_binary(), "run", "--config", str(config), "--adapter", "caddyfile"], env=env)
@@ -281,6 +294,7 @@ def start_breakdown_caddy(procs: Processes, state: Path, small_service: str) -> 
         "+ dynamic upstreams": (f"http://127.0.0.1:{dynamic}/", {}),
         "+ gate: host routing, counting": (f"http://127.0.0.1:{gated}/", {"Host": "open.localhost"}),
         "+ bearer token": (f"http://127.0.0.1:{gated}/", {"Host": "auth.localhost", **auth}),
+        "+ body limit, retries, stream timeouts": (f"http://127.0.0.1:{limited}/", {"Host": "auth.localhost", **auth}),
     }
 
 
