@@ -1,12 +1,13 @@
-"""Request counts per service from Caddy: its Prometheus text, or its JSON access log.
+"""Request counts per service from the gateway: its Prometheus text, or Caddy's JSON access log.
 
-Prometheus: Caddy 2.11 with the global option `metrics { per_host }` serves, at the admin
-endpoint's `/metrics`, counters per `host` (and per `code` on the duration histogram). A
+Prometheus: serveform's gateway counts requests per service in its own Caddy module
+(`serveform_requests_total{service,host}`, refusals never counted, one series per served
+service); a plain Caddy 2.11 with `metrics { per_host }` serves per-host histograms instead. A
 `Selector` (a PromQL-style instant selector, ``name{label="v",label!~"re"}``) picks the series that
 are requests the scaler should count; `HostMap` maps a series' host to a service. Which metric
-and which labels separate refused requests is a property of the gateway's Caddyfile, so the
-selector is configuration (`--selector`); `constants.DEFAULT_REQUEST_SELECTOR` is the one that
-fits serveform's gateway.
+and which labels separate refused requests is a property of the server, so the selector is
+configuration (`--selector`); `constants.DEFAULT_REQUEST_SELECTOR` is the one that fits
+serveform's gateway.
 
 Access log: where Caddy has no per-host metrics (Debian's 2.6), `AccessLogCounter` tails Caddy's
 JSON access log and keeps a cumulative count per host of the requests whose status is not
