@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,6 +63,14 @@ type failCount struct {
 type failLimiter struct {
 	mu      sync.Mutex
 	clients map[string]*failCount
+	// blockedUntil (unix ns) is when the last client over its budget is let go: while it is in
+	// the past, a request with a good token needs neither the lock nor its client's address.
+	blockedUntil atomic.Int64
+}
+
+// anyBlocked is the lock-free fast path: false when no client can be over its budget now.
+func (l *failLimiter) anyBlocked(now time.Time) bool {
+	return now.UnixNano() < l.blockedUntil.Load()
 }
 
 func newFailLimiter() *failLimiter { return &failLimiter{clients: map[string]*failCount{}} }
@@ -95,6 +104,11 @@ func (l *failLimiter) fail(client string, now time.Time) {
 		l.clients[client] = c
 	}
 	c.count++
+	if c.count >= failedAuthLimit {
+		if until := c.start.Add(failedAuthWindow).UnixNano(); until > l.blockedUntil.Load() {
+			l.blockedUntil.Store(until)
+		}
+	}
 }
 
 func (l *failLimiter) prune(now time.Time) {

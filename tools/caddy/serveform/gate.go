@@ -90,16 +90,25 @@ const unauthorizedMessage = "Missing or invalid bearer token. Pass 'Authorizatio
 
 // authorize checks the token with the per-client failure budget; it answers refusals itself.
 func (g *Gate) authorize(w http.ResponseWriter, r *http.Request, t *table, cors bool) (bool, error) {
-	client, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	now := time.Now()
-	if g.state.fails.blocked(client, now) {
-		if cors {
-			w.Header().Set("Access-Control-Allow-Origin", "*")
+	var client string
+	if !g.state.fails.anyBlocked(now) {
+		// The common case: no client is over its budget, so no lock and no address lookup.
+		if bearerOK(r, t.tokens) {
+			return true, nil
 		}
-		return false, writeError(w, http.StatusTooManyRequests, "too many failed authentication attempts; retry later", "rate_limit_error", "rate_limit_exceeded")
-	}
-	if bearerOK(r, t.tokens) {
-		return true, nil
+		client, _ = caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	} else {
+		client, _ = caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+		if g.state.fails.blocked(client, now) {
+			if cors {
+				w.Header().Set("Access-Control-Allow-Origin", "*")
+			}
+			return false, writeError(w, http.StatusTooManyRequests, "too many failed authentication attempts; retry later", "rate_limit_error", "rate_limit_exceeded")
+		}
+		if bearerOK(r, t.tokens) {
+			return true, nil
+		}
 	}
 	g.state.fails.fail(client, now)
 	if cors {
