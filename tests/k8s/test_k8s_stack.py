@@ -337,7 +337,12 @@ def _assert_scaler_pod_gets_the_project(
     assert command[command.index("--state") + 1] == "/var/lib/serveform-scaler/k8s.json"
     assert [e.secret_ref.name for e in container.env_from] == ["scaler-env"]
     mounts = {m.name: m.mount_path for m in container.volume_mounts}
-    assert mounts == {"state": "/var/lib/serveform-scaler", "project": "/srv/serveform", "tmp": "/tmp"}
+    assert mounts == {
+        "state": "/var/lib/serveform-scaler",
+        "project": "/srv/serveform",
+        "tmp": "/tmp",
+        "metrics-token": "/etc/serveform/metrics-token",
+    }
     (init,) = pod.init_containers
     assert init.image == IMAGE and "/srv/serveform" in init.command[-1]
     volumes = {v.name: v for v in pod.volumes}
