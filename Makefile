@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # only by `make k8s-up` / `make k8s-down` (the published passphrase is for the local backend only).
 K8S_PASSPHRASE_FILE := $(CURDIR)/.serveform/k8s-local.passphrase
 
-.PHONY: setup setup-dev up down test bench k8s-up k8s-down
+.PHONY: setup setup-dev up down test bench image k8s-up k8s-down
 
 # Everything the tests need (also k8s-local and actionlint).
 setup:
@@ -31,6 +31,12 @@ test: setup
 
 bench: setup
 	for b in bench/*.py; do python "$$b" || exit $$?; done
+
+# serveform's runtime image (gateway, scaler, CPU services) as an OCI archive in ~/.cache/serveform/images.
+image:
+	tools/setup.sh k8s
+	tools/k8s/host-packages.sh image
+	serveform image build
 
 # The Kubernetes backend on k8s-local: a real control plane on loopback with kwok GPU nodes.
 k8s-up: $(K8S_PASSPHRASE_FILE)

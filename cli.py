@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "serveform.stacks.commands",  # preview, up, refresh, destroy, endpoints
     "serveform.stacks.review",  # plan --base
     "serveform.scaler.commands",  # scaler run | replay
+    "serveform.image.commands",  # image build | ref | push | lock
 )
 
 

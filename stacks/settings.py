@@ -192,6 +192,13 @@ class K8sSettings(_Settings):
         Field(description="Image with serveform and this project (at /srv/serveform) that runs the scaler in the "
               "cluster; unset: no in-cluster scaler (run `serveform scaler run` where the project lives)."),
     ] = None
+    python_image: Annotated[
+        str | None,
+        Field(description="Image for services that give `python:` instead of an `image:` (dstack's base image when "
+              "unset). `runtime`: serveform's runtime image (`serveform image build`), which has Python "
+              "3.11 and this project at its working directory, so a CPU service such as the chat example "
+              "runs its `commands` as written."),
+    ] = None
 
 
 class PolicySettings(_Settings):

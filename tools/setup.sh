@@ -5,8 +5,10 @@
 #                    v2.11.9 with the DNS-provider and rate-limit modules: all the dev stack runs;
 #   k8s  (make k8s-up) dev plus the Kubernetes SDK, k8s-local and the Kubernetes provider;
 #   all  (make test) the above with the test, k8s and cloud extras, plus the k8s-local control
-#                    plane, kwok, etcd, the Pulumi Kubernetes provider (tools/k8s/build.sh) and
-#                    actionlint (tools/actionlint/build.sh).
+#                    plane, kwok, etcd, the Pulumi Kubernetes provider, the real node's kubelet,
+#                    kube-proxy and CoreDNS (tools/k8s/build.sh), the node's Debian packages
+#                    (containerd, runc, CNI plugins; tools/k8s/host-packages.sh), serveform's
+#                    runtime image (serveform image build) and actionlint (tools/actionlint/build.sh).
 # Binaries that cannot be downloaded here are built with Go from the module proxy into
 # ~/.cache/serveform/<name>-<version>/ (outside the checkout, keyed by version), so a
 # second run takes seconds. They are linked into .venv/bin, which the Makefile puts on PATH.
@@ -138,7 +140,14 @@ case "${1:-all}" in
     base "${SERVEFORM_EXTRAS:-test,k8s,cloud}"
     "$ROOT/tools/k8s/build.sh" all
     "$ROOT/tools/actionlint/build.sh" >/dev/null
-    log "ready (all: dev + test extras, k8s-local, actionlint)"
+    if [ "$(id -u)" = 0 ]; then
+      # The real node and the image need root (apt-get, debootstrap); CI runs as root.
+      "$ROOT/tools/k8s/host-packages.sh" all
+      t_image=$SECONDS
+      "$VENV/bin/python" -m serveform image build --project-dir "$ROOT" >&2
+      log "image: ready in $((SECONDS - t_image)) s"
+    fi
+    log "ready (all: dev + test extras, k8s-local with its real node, the runtime image, actionlint)"
     ;;
   *) echo "usage: $0 [dev|all|python|pulumi|caddy|k8s]" >&2; exit 2 ;;
 esac

@@ -17,7 +17,10 @@ context, namespace):
 - the `Scaler` Deployment when a service autoscales (the project's files from a ConfigMap).
 
 The gateway and the scaler run from `serveform:k8s.image` (or `scaler_image`), an image with
-serveform and its Caddy build.
+serveform and its Caddy build; unset, serveform's runtime image as this checkout builds it
+(`serveform image build`, tag from its contents). The scaler's copy of the stack file names that
+image explicitly and has no kubeconfig, so its in-cluster `up` keeps the image and talks to the
+cluster through its ServiceAccount.
 
 Exports: `services` (per service: url, model endpoint, group name, replica bounds and count),
 `gateway_address`, `domain`, `namespace`.
@@ -59,6 +62,8 @@ __all__ = [
     "deploy",
 ]
 
+# `serveform:k8s.python_image: runtime`: services that name `python:` run in serveform's runtime image.
+RUNTIME_IMAGE = "runtime"
 _NAMESPACE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -85,14 +90,15 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     except (_pod.K8sPlanError, GatewayConfigError) as exc:
         raise pulumi.RunError(str(exc)) from None
     image = cfg.image or cfg.scaler_image
-    if not image:
-        problems.append(("serveform:k8s.image", "not set: the gateway pod runs `python -m serveform.gateway run` (Caddy + "
-                         "OpenAI router) from an image with serveform and its Caddy build"))
+    runtime = _runtime_image(settings, problems) if not image or cfg.python_image == RUNTIME_IMAGE else ""
+    image = image or runtime
+    if problems:
         raise pulumi.RunError(str(StackConfigError(settings.stack, problems)))
+    python_image = runtime if cfg.python_image == RUNTIME_IMAGE else cfg.python_image
     scaler_files: dict[str, str] = {}
     if any(p.scaling for p in plans):
         try:
-            scaler_files = _scaler.project_files(settings)
+            scaler_files = _scaler.project_files(settings, images={"image": image, "python_image": python_image})
         except _scaler.ProjectFileError as exc:
             raise pulumi.RunError(str(exc)) from None
     products = _preflight(settings, plans)
@@ -154,6 +160,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
                 gpu_products=products.get(plan.name, ()),
                 rollout_timeout_seconds=cfg.rollout_timeout_seconds,
                 pod_security=level,
+                image=python_image if plan.replica_group.image_from == "python" else None,
             ),
             opts,
         )
@@ -187,6 +194,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
                 project_files=scaler_files,
                 deployments=tuple(sorted(p.name for p in plans)),
                 metrics_token_secret=gateway.secrets_name if settings.tokens else None,
+                environment=_scaler_environment(),
             ),
             opts,
         )
@@ -201,6 +209,39 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         {"address": gateway.address.apply(lambda a: f"{a}:{port}" if a else None), "ca_cert": None, "domain": settings.domain},
     )
     pulumi.export("namespace", namespace)
+
+
+# What the in-cluster scaler's `up` needs from the deploying environment: the state backend, its
+# credentials (an S3-compatible store) and the passphrase.
+SCALER_ENV_NAMES = (
+    "PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_ACCESS_TOKEN",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+)
+
+
+def _scaler_environment() -> pulumi.Output | None:
+    """The deploying environment's SCALER_ENV_NAMES as a secret, when its backend is reachable from a pod.
+
+    A `file://` (or unset) backend lives on the deploying machine: the scaler pod could not share
+    it, so the operator's own `scaler-env` Secret is left in charge.
+    """
+    import os
+
+    backend = os.environ.get("PULUMI_BACKEND_URL", "")
+    if not backend or backend.startswith("file://"):
+        return None
+    return pulumi.Output.secret({name: os.environ[name] for name in SCALER_ENV_NAMES if os.environ.get(name)})
+
+
+def _runtime_image(settings: StackSettings, problems: list[tuple[str, str]]) -> str:
+    """serveform's runtime image as this checkout builds it (`serveform image ref`)."""
+    from serveform.image import ImageBuildError, image_ref
+
+    try:
+        return image_ref(Path(settings.project_dir))
+    except ImageBuildError as exc:
+        problems.append(("serveform:k8s.image", f"not set, and serveform's runtime image cannot be named here: {exc}"))
+        return ""
 
 
 def _preflight(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict[str, tuple[str, ...]]:

@@ -33,8 +33,14 @@ def _read(root: Path, relative: str) -> str:
         raise ProjectFileError(f"{path}: cannot read it for the scaler's project ConfigMap: {exc.strerror or exc}") from None
 
 
-def project_files(settings: StackSettings) -> dict[str, str]:
-    """Relative path → text of every file the scaler's pod needs (no secret in plain text)."""
+def project_files(settings: StackSettings, *, images: dict[str, str | None] | None = None) -> dict[str, str]:
+    """Relative path → text of every file the scaler's pod needs (no secret in plain text).
+
+    The stack file is the pod's copy: `serveform:k8s` loses `kubeconfig` and `context` (the pod
+    reaches the cluster through its ServiceAccount) and gets ``images`` (`image`,
+    `python_image`) as the deploying `up` resolved them, so the scaler's `up` keeps the pods'
+    images even where it cannot name the runtime image itself (no checkout in the pod).
+    """
     import yaml
 
     root = Path(settings.project_dir)
@@ -50,7 +56,21 @@ def project_files(settings: StackSettings) -> dict[str, str]:
     )
     config_dir = str(project.get("stackConfigDir") or ".").strip("/")
     stack_file = f"{config_dir}/Pulumi.{settings.stack}.yaml" if config_dir != "." else f"Pulumi.{settings.stack}.yaml"
-    files[stack_file] = _read(root, stack_file)
+    files[stack_file] = _pod_stack_file(_read(root, stack_file), images or {})
     for service in settings.services:
         files[str(Path(service))] = _read(root, service)
     return files
+
+
+def _pod_stack_file(text: str, images: dict[str, str | None]) -> str:
+    import yaml
+
+    document = yaml.safe_load(text) or {}
+    config = document.setdefault("config", {}) or {}
+    k8s = dict(config.get("serveform:k8s") or {})
+    for key in ("kubeconfig", "context"):
+        k8s.pop(key, None)
+    k8s.update({key: value for key, value in images.items() if value})
+    config["serveform:k8s"] = k8s
+    document["config"] = config
+    return yaml.safe_dump(document, sort_keys=False)

@@ -67,6 +67,8 @@ class GpuInstanceGroupArgs:
     """How long `up` waits for the Deployment's rollout before failing."""
     pod_security: _security.PodSecurityLevel = "baseline"
     """The namespace's Pod Security level; the replica's securityContext satisfies it."""
+    image: str | None = None
+    """The container image when it is not the plan's (`serveform:k8s.python_image`)."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -195,7 +197,7 @@ class GpuInstanceGroup(pulumi.ComponentResource):
         ]
         container = k8s.core.v1.ContainerArgs(
             name="replica",
-            image=group.image,
+            image=args.image or group.image,
             command=command,
             args=container_args,
             working_dir=_pod.workdir(group),

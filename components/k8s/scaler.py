@@ -19,9 +19,10 @@ The image must hold serveform (and the Pulumi CLI). An init container copies the
 from the ConfigMap into a writable `emptyDir` at PROJECT_DIR (Pulumi writes its workspace files
 there), and the scaler runs with `--project-dir PROJECT_DIR` and its `--state` file
 on the `state` volume. The Pulumi state backend URL and passphrase come from the Secret
-`scaler-env` (`PULUMI_BACKEND_URL`, `PULUMI_CONFIG_PASSPHRASE`), which serveform does not create:
-they are credentials of the deploying environment (`kubectl create secret generic scaler-env
---from-literal=PULUMI_BACKEND_URL=... --from-literal=PULUMI_CONFIG_PASSPHRASE=...`).
+`scaler-env` (`PULUMI_BACKEND_URL`, `PULUMI_CONFIG_PASSPHRASE`, the object store's `AWS_*`
+credentials). When `environment` is given (the deploying `up` runs against a backend a pod can
+reach), the component stores it there; otherwise the operator creates it
+(`kubectl create secret generic scaler-env --from-literal=PULUMI_BACKEND_URL=... ...`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class ScalerArgs:
     """Names of the stack's service Deployments: the only ones the scaler may change."""
     metrics_token_secret: pulumi.Input[str] | None = None
     """The gateway's Secret whose `tokens.json` the scaler sends to its metrics listener (None: no auth)."""
+    environment: pulumi.Input[Mapping[str, str]] | None = None
+    """The scaler's environment (state backend URL and credentials, passphrase), a Pulumi secret:
+    stored as the Secret `scaler-env`. None: the operator creates that Secret."""
 
 
 class Scaler(pulumi.ComponentResource):
@@ -104,6 +108,14 @@ class Scaler(pulumi.ComponentResource):
             ],
             opts=child,
         )
+        if args.environment is not None:
+            k8s.core.v1.Secret(
+                f"{name}-env",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=SCALER_ENV_SECRET, namespace=args.namespace, labels=labels),
+                type="Opaque",
+                string_data=pulumi.Output.secret(args.environment),
+                opts=child,
+            )
         keys = _project_keys(args.project_files)
         project = k8s.core.v1.ConfigMap(
             f"{name}-project",

@@ -9,11 +9,20 @@
 #   - etcd v3.5.21 (tools/k8s/etcd). Debian's etcd-server 3.4 serves the API server too, but
 #     it lacks the watch progress requests that kube-apiserver 1.37 needs for streaming lists,
 #     and kwok, which asks for them, then falls back to relists that take tens of seconds.
+#   - kubelet and kube-proxy v1.37.2 for k8s-local's real node (tools/k8s/node: a wrapper module
+#     of its own, since they need go.sum entries the control plane does not, and a separate step
+#     and stamp, so adding them never rebuilds the control plane),
+#   - CoreDNS v1.15.0 (tools/k8s/coredns), the real node's cluster DNS,
+#   - pause (tools/k8s/pause, standard library only): the pod sandbox process of the real node,
+#     since the usual pause image is on a registry this machine cannot reach,
+#   - moto[server] 5.2.5 from PyPI in a virtualenv of its own: k8s-local's S3-compatible object
+#     store (the Pulumi state backend the in-cluster scaler shares with the host). Its botocore
+#     pins python-dateutil < 3 and the kubernetes client needs >= 3, so it cannot share .venv.
 # Binaries go to ~/.cache/serveform/<name>-<version>/bin, keyed by version and by a hash of
 # the wrapper module, so a second run takes well under a second. The provider is linked
 # into .venv/bin, where the Pulumi CLI finds it on PATH as an ambient plugin.
 #
-# usage: tools/k8s/build.sh [all|kubernetes|kwok|provider|etcd|paths]
+# usage: tools/k8s/build.sh [all|kubernetes|node|coredns|pause|moto|kwok|provider|etcd|paths]
 #   paths prints NAME=PATH lines for the built binaries (what tools/k8s-local.sh reads).
 set -euo pipefail
 
@@ -23,12 +32,18 @@ CACHE=${SERVEFORM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/serveform}
 K8S_VERSION=v1.37.2
 KWOK_VERSION=v0.7.0
 ETCD_VERSION=v3.5.21
+COREDNS_VERSION=v1.15.0
 PROVIDER_MODULE=github.com/pulumi/pulumi-kubernetes/provider/v4
 PROVIDER_PSEUDO=v4.0.0-20260115033456-f47bc2d6f199
 # The plugin reports the release line it was cut from; the commit is in the pseudo-version.
 PROVIDER_VERSION=4.0.0-20260115033456-f47bc2d6f199
 
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
+NODE_BIN=$CACHE/k8s-node-$K8S_VERSION/bin
+COREDNS_BIN=$CACHE/coredns-$COREDNS_VERSION/bin
+PAUSE_BIN=$CACHE/pause/bin
+MOTO_VERSION=5.2.5
+MOTO_VENV=$CACHE/moto-$MOTO_VERSION/venv
 KWOK_BIN=$CACHE/kwok-$KWOK_VERSION/bin
 ETCD_BIN=$CACHE/etcd-$ETCD_VERSION/bin
 PROVIDER_BIN=$CACHE/pulumi-kubernetes-$PROVIDER_PSEUDO/bin
@@ -49,21 +64,26 @@ fresh() { # fresh DIR STAMP BINARY... : all binaries exist and were built from S
   for b in "$@"; do [ -x "$dir/$b" ] || return 1; done
 }
 
+k8s_version_ldflags() {
+  # Without these the binaries report v0.0.0-master, and clients that gate features on the
+  # server version (the Pulumi provider among them) misjudge the cluster.
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local pkg ld=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ld"
+}
+
 build_kubernetes() {
   local stamp
   stamp=$(stamp_of "$HERE/kubernetes/go.mod" "$HERE/kubernetes/go.sum" <(echo "recipe 1"))
   if fresh "$K8S_BIN" "$stamp" kube-apiserver kube-controller-manager kube-scheduler; then return; fi
   log "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION (about 12 minutes cold)"
   mkdir -p "$K8S_BIN"
-  local t0=$SECONDS v=k8s.io/component-base/version cv=k8s.io/client-go/pkg/version ld=""
-  # Without these the binaries report v0.0.0-master, and clients that gate features on the
-  # server version (the Pulumi provider among them) misjudge the cluster.
-  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  local pkg
-  for pkg in $v $cv; do
-    ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
+  local t0=$SECONDS ld
+  ld=$(k8s_version_ldflags)
   local tmp
   tmp=$(mktemp -d "$K8S_BIN/.build.XXXXXX")
   (cd "$HERE/kubernetes" && go build -trimpath -ldflags "-s -w $ld" -o "$tmp/" \
@@ -74,6 +94,38 @@ build_kubernetes() {
   rmdir "$tmp"
   echo "$stamp" > "$K8S_BIN/.stamp"
   log "kubernetes control plane built in $((SECONDS - t0)) s"
+}
+
+build_node() {
+  local stamp
+  stamp=$(stamp_of "$HERE/node/go.mod" "$HERE/node/go.sum" <(echo "recipe 1"))
+  if fresh "$NODE_BIN" "$stamp" kubelet kube-proxy; then return; fi
+  log "building kubelet, kube-proxy $K8S_VERSION (about 4 minutes cold after the control plane)"
+  mkdir -p "$NODE_BIN"
+  local t0=$SECONDS tmp
+  tmp=$(mktemp -d "$NODE_BIN/.build.XXXXXX")
+  # Same module versions and flags as the control plane: most packages come from Go's build cache.
+  (cd "$HERE/node" && go build -trimpath -ldflags "-s -w $(k8s_version_ldflags)" -o "$tmp/" \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+  mv "$tmp"/kube* "$NODE_BIN/"
+  rmdir "$tmp"
+  echo "$stamp" > "$NODE_BIN/.stamp"
+  log "kubelet and kube-proxy built in $((SECONDS - t0)) s"
+}
+
+build_coredns() {
+  local stamp
+  stamp=$(stamp_of "$HERE/coredns/go.mod" "$HERE/coredns/go.sum" <(echo "recipe 1"))
+  if fresh "$COREDNS_BIN" "$stamp" coredns; then return; fi
+  log "building CoreDNS $COREDNS_VERSION (about 3 minutes cold)"
+  mkdir -p "$COREDNS_BIN"
+  local t0=$SECONDS
+  (cd "$HERE/coredns" && go build -trimpath \
+      -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+      -o "$COREDNS_BIN/coredns.tmp" github.com/coredns/coredns)
+  mv "$COREDNS_BIN/coredns.tmp" "$COREDNS_BIN/coredns"
+  echo "$stamp" > "$COREDNS_BIN/.stamp"
+  log "CoreDNS built in $((SECONDS - t0)) s"
 }
 
 build_kwok() {
@@ -136,11 +188,38 @@ build_etcd() {
   log "etcd built in $((SECONDS - t0)) s"
 }
 
+build_pause() {
+  local stamp
+  stamp=$(stamp_of "$HERE/pause/go.mod" "$HERE/pause/main.go" <(echo "recipe 1"))
+  if fresh "$PAUSE_BIN" "$stamp" pause; then return; fi
+  mkdir -p "$PAUSE_BIN"
+  # Static: it runs alone in an image with nothing else in it.
+  (cd "$HERE/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$PAUSE_BIN/pause.tmp" .)
+  mv "$PAUSE_BIN/pause.tmp" "$PAUSE_BIN/pause"
+  echo "$stamp" > "$PAUSE_BIN/.stamp"
+}
+
+build_moto() {
+  local stamp
+  stamp=$(echo "moto[server]==$MOTO_VERSION recipe 1" | sha256sum | cut -c1-12)
+  if [ "$(cat "$MOTO_VENV/.stamp" 2>/dev/null)" = "$stamp" ] && [ -x "$MOTO_VENV/bin/moto_server" ]; then return; fi
+  log "installing moto[server] $MOTO_VERSION (PyPI) into $MOTO_VENV"
+  rm -rf "$MOTO_VENV"
+  "${PYTHON:-python3}" -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/python" -m pip install -q "moto[server]==$MOTO_VERSION"
+  echo "$stamp" > "$MOTO_VENV/.stamp"
+}
+
 paths() {
   echo "ETCD=$ETCD_BIN/etcd"
   echo "KUBE_APISERVER=$K8S_BIN/kube-apiserver"
   echo "KUBE_CONTROLLER_MANAGER=$K8S_BIN/kube-controller-manager"
   echo "KUBE_SCHEDULER=$K8S_BIN/kube-scheduler"
+  echo "KUBELET=$NODE_BIN/kubelet"
+  echo "KUBE_PROXY=$NODE_BIN/kube-proxy"
+  echo "COREDNS=$COREDNS_BIN/coredns"
+  echo "PAUSE=$PAUSE_BIN/pause"
+  echo "MOTO_SERVER=$MOTO_VENV/bin/moto_server"
   echo "KWOK=$KWOK_BIN/kwok"
   echo "PULUMI_RESOURCE_KUBERNETES=$PROVIDER_BIN/pulumi-resource-kubernetes"
 }
@@ -158,12 +237,21 @@ case "${1:-all}" in
   kwok) with_lock build_kwok ;;
   provider) with_lock build_provider ;;
   etcd) with_lock build_etcd ;;
+  node) with_lock build_node ;;
+  coredns) with_lock build_coredns ;;
+  pause) with_lock build_pause ;;
+  moto) with_lock build_moto ;;
   paths) paths ;;
   all)
     with_lock build_etcd
     build_provider
     build_kwok
     build_kubernetes
+    # After the control plane: the kubelet shares most of its packages through Go's build cache.
+    build_node
+    build_coredns
+    build_pause
+    build_moto
     ;;
-  *) echo "usage: $0 [all|kubernetes|kwok|provider|etcd|paths]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|node|coredns|pause|moto|kwok|provider|etcd|paths]" >&2; exit 2 ;;
 esac

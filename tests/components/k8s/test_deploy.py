@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pulumi
 import pytest
+import yaml
 from _k8s_harness import LB_ADDRESS, run_program
 
 from serveform.components import k8s as backend
@@ -354,7 +355,13 @@ def test_scaler_pod_gets_the_project_files_and_runs_on_them(nodes, project):
     pulumi_yaml = json.loads(next(v for k, v in data.items() if k.endswith("-Pulumi.yaml")))
     assert pulumi_yaml["main"] == "__main__.py" and pulumi_yaml["stackConfigDir"] == "stacks"
     assert "virtualenv" not in pulumi_yaml["runtime"]["options"]  # the image's python has serveform
-    assert next(v for k, v in data.items() if k.endswith("-Pulumi.k8s.yaml")) == (project / "stacks/Pulumi.k8s.yaml").read_text()
+    # The pod's stack file: the same config, with the image the deploying `up` used named
+    # explicitly and no kubeconfig or context (the pod uses its ServiceAccount).
+    pod_stack = yaml.safe_load(next(v for k, v in data.items() if k.endswith("-Pulumi.k8s.yaml")))
+    expected = yaml.safe_load((project / "stacks/Pulumi.k8s.yaml").read_text())
+    k8s_config = {k: v for k, v in (expected["config"].get("serveform:k8s") or {}).items() if k not in ("kubeconfig", "context")}
+    expected["config"]["serveform:k8s"] = {**k8s_config, "image": IMAGE}
+    assert pod_stack == expected
     assert next(v for k, v in data.items() if k.endswith("-llm.dstack.yml")) == LLM
     scaler = rec.one(DEPLOYMENT, "scaler-deployment")
     pod = scaler.inputs["spec"]["template"]["spec"]

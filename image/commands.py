@@ -1,0 +1,113 @@
+"""`serveform image build|ref|push|lock`: the runtime image of the gateway, scaler and CPU services."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    image = sub.add_parser("image", help="build, name or push serveform's runtime image")
+    verbs = image.add_subparsers(dest="image_command", metavar="VERB", required=True)
+    build = verbs.add_parser("build", help="build the image (cached per layer) as an OCI archive in ~/.cache/serveform/images")
+    _root(build)
+    build.add_argument("--json", action="store_true", help="print one JSON object (ref, archive, manifest, sizes)")
+    build.set_defaults(func=_build)
+    ref = verbs.add_parser("ref", help="print the image reference this checkout builds (serveform:<tag>), building nothing")
+    _root(ref)
+    ref.set_defaults(func=_ref)
+    push = verbs.add_parser("push", help="copy the built image to REGISTRY/serveform:<tag> with skopeo")
+    _root(push)
+    push.add_argument("registry", help="registry and repository prefix, e.g. ghcr.io/acme or 123456789012.dkr.ecr.us-east-1.amazonaws.com")
+    push.add_argument("--dest-tls-verify", choices=("true", "false"), default="true", help="verify the registry's TLS certificate")
+    push.set_defaults(func=_push)
+    pause = verbs.add_parser("pause", help="build k8s-local's pod sandbox image from the pause binary; print REF ARCHIVE")
+    pause.add_argument("binary", type=Path, help="the static pause binary (tools/k8s/build.sh pause)")
+    pause.set_defaults(func=_pause)
+    lock = verbs.add_parser("lock", help="re-pin the image's Python dependencies (image/runtime-requirements.txt)")
+    _root(lock)
+    lock.set_defaults(func=_lock)
+
+
+def _root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project-dir", type=Path, default=Path.cwd(), help="the serveform checkout (default: here)")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import ImageBuildError, build
+
+    try:
+        result = build(args.project_dir.resolve())
+    except ImageBuildError as exc:
+        print(f"serveform: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"ref": result.ref, "archive": str(result.archive), "manifest": str(result.manifest),
+                          "bytes": result.size, "uncompressed_bytes": result.uncompressed_size,
+                          "seconds": round(result.seconds, 1), "rebuilt_layers": list(result.rebuilt)}))
+    else:
+        print(f"{result.ref}: {result.archive} ({result.size / 2**20:.0f} MiB, {result.uncompressed_size / 2**20:.0f} MiB "
+              f"unpacked; rebuilt: {', '.join(result.rebuilt) or 'nothing'}; {result.seconds:.0f} s)")
+        print(f"contents: {result.manifest}")
+    return 0
+
+
+def _ref(args: argparse.Namespace) -> int:
+    from .build import ImageBuildError, image_ref
+
+    try:
+        print(image_ref(args.project_dir.resolve()))
+    except ImageBuildError as exc:
+        print(f"serveform: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def push_command(archive: Path, registry: str, tag: str, *, tls_verify: str = "true") -> list[str]:
+    """The skopeo line that copies the archive to REGISTRY/serveform:TAG (the README shows it)."""
+    from .build import IMAGE_NAME
+
+    return ["skopeo", "copy", f"--dest-tls-verify={tls_verify}", f"oci-archive:{archive}",
+            f"docker://{registry.rstrip('/')}/{IMAGE_NAME}:{tag}"]
+
+
+def _push(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .build import ImageBuildError, archive_path, image_tag
+
+    try:
+        tag = image_tag(args.project_dir.resolve())
+    except ImageBuildError as exc:
+        print(f"serveform: error: {exc}", file=sys.stderr)
+        return 1
+    archive = archive_path(tag)
+    if not archive.is_file():
+        print(f"serveform: error: {archive}: not built; run `serveform image build` (make image) first", file=sys.stderr)
+        return 1
+    argv = push_command(archive, args.registry, tag, tls_verify=args.dest_tls_verify)
+    print(" ".join(argv), file=sys.stderr)
+    try:
+        return subprocess.run(argv).returncode
+    except FileNotFoundError:
+        print("serveform: error: skopeo is not installed (apt-get install skopeo; tools/k8s/host-packages.sh image)", file=sys.stderr)
+        return 1
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from .build import pause_image
+
+    ref, archive = pause_image(args.binary)
+    print(ref, archive)
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from .build import write_lock
+
+    print(write_lock(args.project_dir.resolve()))
+    return 0
