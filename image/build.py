@@ -42,6 +42,7 @@ __all__ = [
     "build",
     "image_ref",
     "image_tag",
+    "source_root",
     "archive_path",
     "pause_image",
     "cache_dir",
@@ -228,13 +229,18 @@ def _keys(root: Path) -> dict[str, str]:
     return {"base": base, "deps": deps, "tools": tools, "app": app}
 
 
-def image_tag(root: Path) -> str:
-    """The tag of the image this checkout builds (no build): a hash of every layer's key."""
-    keys = _keys(root)
+def source_root() -> Path:
+    """The serveform checkout this code runs from (an editable install's repository root)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def image_tag(root: Path | None = None) -> str:
+    """The tag of the image a checkout (default: this one) builds, building nothing: a hash of every layer's key."""
+    keys = _keys(root or source_root())
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def image_ref(root: Path) -> str:
+def image_ref(root: Path | None = None) -> str:
     """`serveform:<tag>`: how pods name the image (containerd reads it as docker.io/library/...)."""
     return f"{IMAGE_NAME}:{image_tag(root)}"
 
@@ -365,7 +371,7 @@ def _build_tools(stage: Path, meta: dict) -> None:
     scripts = {
         # serveform's own language host (the official pulumi-language-python cannot be built here).
         "pulumi-language-python": f'#!/bin/sh\nexec {VENV}/bin/python -m serveform.stacks.language_host "$@"\n',
-        "serveform": f'#!/bin/sh\nexec {VENV}/bin/python -m serveform "$@"\n',
+        "serveform": f'#!/bin/sh\nexec {VENV}/bin/python -m serveform.cli "$@"\n',
     }
     for name, text in scripts.items():
         (bin_dir / name).write_text(text)

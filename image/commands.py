@@ -34,7 +34,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--project-dir", type=Path, default=Path.cwd(), help="the serveform checkout (default: here)")
+    from .build import source_root
+
+    parser.add_argument("--project-dir", type=Path, default=source_root(), help="the serveform checkout (default: the one serveform runs from)")
 
 
 def _build(args: argparse.Namespace) -> int:

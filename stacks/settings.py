@@ -192,6 +192,12 @@ class K8sSettings(_Settings):
         Field(description="Image with serveform and this project (at /srv/serveform) that runs the scaler in the "
               "cluster; unset: no in-cluster scaler (run `serveform scaler run` where the project lives)."),
     ] = None
+    cpu_request_fraction: Annotated[
+        float,
+        Field(gt=0, le=1, description="Fraction of a service's minimum CPU count that its pods request from the "
+              "scheduler (1: all of it). Lower it on small single-node clusters (k8s-local's real node has "
+              "the machine's cores) to overcommit CPU; limits are unchanged."),
+    ] = 1.0
     python_image: Annotated[
         str | None,
         Field(description="Image for services that give `python:` instead of an `image:` (dstack's base image when "

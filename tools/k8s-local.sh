@@ -207,7 +207,7 @@ start() {
   if [ "$K8S_LOCAL_REAL_NODE" = 1 ]; then
     "$ROOT/tools/k8s/host-packages.sh" all
     # The runtime image the node's pods run (cached per layer; seconds when nothing changed).
-    "$PY" -m serveform image build --project-dir "$ROOT" >&2
+    "$PY" -m serveform.cli image build --project-dir "$ROOT" >&2
   fi
   local build_s=$((SECONDS - t0))
   eval "$("$ROOT/tools/k8s/build.sh" paths)"

@@ -144,7 +144,7 @@ case "${1:-all}" in
       # The real node and the image need root (apt-get, debootstrap); CI runs as root.
       "$ROOT/tools/k8s/host-packages.sh" all
       t_image=$SECONDS
-      "$VENV/bin/python" -m serveform image build --project-dir "$ROOT" >&2
+      "$VENV/bin/python" -m serveform.cli image build --project-dir "$ROOT" >&2
       log "image: ready in $((SECONDS - t_image)) s"
     fi
     log "ready (all: dev + test extras, k8s-local with its real node, the runtime image, actionlint)"

@@ -161,6 +161,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
                 rollout_timeout_seconds=cfg.rollout_timeout_seconds,
                 pod_security=level,
                 image=python_image if plan.replica_group.image_from == "python" else None,
+                cpu_request_fraction=cfg.cpu_request_fraction,
             ),
             opts,
         )
@@ -234,11 +235,11 @@ def _scaler_environment() -> pulumi.Output | None:
 
 
 def _runtime_image(settings: StackSettings, problems: list[tuple[str, str]]) -> str:
-    """serveform's runtime image as this checkout builds it (`serveform image ref`)."""
+    """serveform's runtime image as the checkout serveform runs from builds it (`serveform image ref`)."""
     from serveform.image import ImageBuildError, image_ref
 
     try:
-        return image_ref(Path(settings.project_dir))
+        return image_ref()
     except ImageBuildError as exc:
         problems.append(("serveform:k8s.image", f"not set, and serveform's runtime image cannot be named here: {exc}"))
         return ""

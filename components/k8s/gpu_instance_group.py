@@ -69,6 +69,8 @@ class GpuInstanceGroupArgs:
     """The namespace's Pod Security level; the replica's securityContext satisfies it."""
     image: str | None = None
     """The container image when it is not the plan's (`serveform:k8s.python_image`)."""
+    cpu_request_fraction: float = 1.0
+    """Share of the plan's minimum CPU count the pods request (`serveform:k8s.cpu_request_fraction`)."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -154,7 +156,8 @@ class GpuInstanceGroup(pulumi.ComponentResource):
             mounts.append(k8s.core.v1.VolumeMountArgs(name="shm", mount_path="/dev/shm"))
 
         res = group.resources
-        requests = {"cpu": str(res.cpu_min), "memory": _pod.quantity_gb(res.memory_min_gb)}
+        cpu = str(res.cpu_min) if args.cpu_request_fraction == 1 else f"{round(res.cpu_min * 1000 * args.cpu_request_fraction)}m"
+        requests = {"cpu": cpu, "memory": _pod.quantity_gb(res.memory_min_gb)}
         limits: dict[str, str] = {}
         if res.memory_max_gb is not None:
             limits["memory"] = _pod.quantity_gb(res.memory_max_gb)
@@ -195,6 +198,16 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                 {"DSTACK_RUN_NAME": plan.name, "DSTACK_GPUS_NUM": str(group.gpus_num), **plain_env}.items()
             )
         ]
+        # Which replica answered (as the local backend sets it): the pod's name, since every
+        # container has pid 1 in its own namespace.
+        env.append(
+            k8s.core.v1.EnvVarArgs(
+                name="SERVEFORM_REPLICA_ID",
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.name")
+                ),
+            )
+        )
         container = k8s.core.v1.ContainerArgs(
             name="replica",
             image=args.image or group.image,

@@ -8,11 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["K8S_LOCAL", "PROCESSES", "K8sLocal", "alive", "pids", "poll"]
+__all__ = ["K8S_LOCAL", "NODE_PROCESSES", "PROCESSES", "K8sLocal", "alive", "pids", "poll"]
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_LOCAL = ROOT / "tools" / "k8s-local.sh"
-PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "loadbalancer")
+PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "loadbalancer", "objectstore")
+# The real node's daemons (tools/k8s/node.sh), under node/pids; `holder` keeps its mount namespace.
+NODE_PROCESSES = ("holder", "containerd", "kubelet", "kube-proxy", "coredns")
 
 
 @dataclass(frozen=True)
@@ -23,13 +25,30 @@ class K8sLocal:
     kubeconfig: Path
     context: str = "k8s-local"
 
+    def ports(self) -> dict[str, str]:
+        """ports.env: API_HOST, APISERVER_PORT, STATE_PORT, NODE_* (the node's addresses)."""
+        pairs = (line.split("=", 1) for line in (self.directory / "ports.env").read_text().splitlines() if "=" in line)
+        return {key: value for key, value in pairs}
+
+    def state_env(self) -> dict[str, str]:
+        """The environment of a Pulumi `s3://` backend on k8s-local's object store (`k8s-local.sh env`)."""
+        import shlex
+        import subprocess
+
+        printed = subprocess.run(
+            [str(K8S_LOCAL), "env"], env={**os.environ, "K8S_LOCAL_DIR": str(self.directory)},
+            check=True, capture_output=True, text=True,
+        ).stdout
+        return dict(shlex.split(line)[0].split("=", 1) for line in printed.splitlines() if line)
+
 
 def pids(directory: Path) -> dict[str, int]:
     pids = {}
-    for name in PROCESSES:
-        path = directory / "pids" / f"{name}.pid"
-        if path.exists():
-            pids[name] = int(path.read_text())
+    for folder, names in ((directory / "pids", PROCESSES), (directory / "node" / "pids", NODE_PROCESSES)):
+        for name in names:
+            path = folder / f"{name}.pid"
+            if path.exists():
+                pids[name] = int(path.read_text())
     return pids
 
 

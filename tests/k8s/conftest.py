@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _k8s_local import K8S_LOCAL, PROCESSES, K8sLocal, alive, pids  # noqa: E402
+from _k8s_local import K8S_LOCAL, NODE_PROCESSES, PROCESSES, K8sLocal, alive, pids  # noqa: E402
 
 # A cold start builds ~25 minutes of Go on two cores; a cached one takes seconds.
 START_TIMEOUT_SECONDS = 45 * 60
@@ -31,15 +31,27 @@ def k8s_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sLocal]:
         [str(K8S_LOCAL), "start"], env=env, capture_output=True, text=True, timeout=START_TIMEOUT_SECONDS
     )
     started_pids = pids(directory)
+    cluster = K8sLocal(directory=directory, kubeconfig=directory / "kubeconfig")
+    pod_cidr = None
     try:
         assert started.returncode == 0, f"k8s-local start failed:\n{started.stderr[-4000:]}"
-        assert set(started_pids) == set(PROCESSES), started_pids
-        yield K8sLocal(directory=directory, kubeconfig=directory / "kubeconfig")
+        assert set(started_pids) == set(PROCESSES) | set(NODE_PROCESSES), started_pids
+        pod_cidr = cluster.ports()["NODE_POD_CIDR"]
+        yield cluster
     finally:
         stopped = subprocess.run([str(K8S_LOCAL), "stop"], env=env, capture_output=True, text=True, timeout=120)
         assert stopped.returncode == 0, stopped.stderr
         left = {name: pid for name, pid in started_pids.items() if alive(pid)}
         assert not left, f"k8s-local stop left processes running: {left}"
+        # The node's network namespace, veth, mounts and cgroups: `resources` lists what is left.
+        remaining = subprocess.run([str(K8S_LOCAL), "resources"], env=env, capture_output=True, text=True, timeout=60)
+        assert remaining.returncode == 0 and not remaining.stdout.strip(), f"k8s-local stop left:\n{remaining.stdout}"
+        # kube-proxy's rules lived in the node's namespace: the host's tables never name the pods.
+        if pod_cidr:
+            rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+            assert pod_cidr not in rules and "KUBE-SVC" not in rules, "iptables rules of the node are left on the host"
+            routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+            assert pod_cidr not in routes, routes
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The `k8s` backend deployed for real: the Pulumi CLI (Automation API engine) against k8s-local.
 
-One stack with two services — `chat` (CPU, autoscaled 1..3, a secret env from stack secrets)
-and `llm` (two A100s, shm, a network volume, a secret env) — goes through `preview`, `up`, a
+One stack with two services — `chat` (CPU, autoscaled 1..3, a secret env from stack secrets; real
+containers of serveform's runtime image on k8s-local's real node) and `llm` (two A100s, shm, a
+network volume, a secret env; on kwok's GPU node) — goes through `preview`, `up`, a
 no-change `up`, scale `up`s as the scaler and `serveform scale` run them (kept by a plain `up`), and
 `destroy`. Every check reads the cluster through the Kubernetes API. A second stack asks for
 more GPUs than any node has and must fail fast with a message naming the service file.
@@ -32,7 +33,7 @@ SETTLE_TIMEOUT_SECONDS = 60
 CHAT = """\
 type: service
 name: chat
-image: python:3.11-slim
+python: "3.11"
 env:
   - API_KEY
   - GREETING=hello
@@ -87,7 +88,11 @@ def clean_environ():
     os.environ.update(saved)
 
 
-IMAGE = "serveform:test"
+
+def _runtime_image() -> str:
+    from serveform.image import image_ref
+
+    return image_ref()
 
 
 def _project(
@@ -114,8 +119,10 @@ def _project(
             "volume_host_path": str(root / "volumes"),
             "volume_size_gb": 1,
             "rollout_timeout_seconds": 120,
-            # kwok runs no container, so the image is never pulled; the Deployment is real.
-            "image": IMAGE,
+            # No `image`: serveform's runtime image, imported into the real node (never pulled).
+            # `python:` services run in it too; the node has this machine's cores.
+            "python_image": "runtime",
+            "cpu_request_fraction": 0.1,
             **k8s_settings,
         },
     }
@@ -184,7 +191,8 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     mark("up")
     assert up.summary.result == "succeeded"
     outputs = engine.outputs()
-    assert outputs["gateway_address"] == "127.0.0.1"
+    # The loopback load balancer's address for this Service (its own address in 127.0.0.0/8).
+    assert outputs["gateway_address"].startswith("127.") and outputs["gateway_address"] != "127.0.0.1"
     services = {s["name"]: s for s in outputs["services"]}
     assert services["llm"]["model_endpoint"] == "https://gateway.k8s.test/v1"
 
@@ -220,16 +228,16 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
         assert secret not in state, "a secret is in the Pulumi state in plain text"
 
-    # Pods really scheduled: the GPU pod on the GPU node, Running (kwok plays the kubelet).
+    # Pods really scheduled: the GPU pod on kwok's GPU node (Running, no container), chat on the real node.
     llm_pods = poll(lambda: _running_pods(core, namespace, "llm"), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="llm pod Running")
     assert [p.spec.node_name for p in llm_pods] == ["kwok-gpu-0"]
     chat_pods = poll(lambda: _running_pods(core, namespace, "chat"), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="chat pod Running")
-    assert [p.spec.node_name for p in chat_pods] == ["kwok-cpu-0"]
+    assert [p.spec.node_name for p in chat_pods] == ["k8s-local-node"]
     claim = core.read_namespaced_persistent_volume_claim("models", namespace)
     assert claim.status.phase == "Bound" and claim.spec.volume_name == f"{namespace}-models"
     gateway = core.read_namespaced_service("gateway", namespace)
     assert gateway.spec.type == "LoadBalancer"
-    assert gateway.status.load_balancer.ingress[0].ip == "127.0.0.1"
+    assert gateway.status.load_balancer.ingress[0].ip == outputs["gateway_address"]
     scaler = apps.read_namespaced_deployment("scaler", namespace)
     assert scaler.spec.template.spec.service_account_name == "scaler"
     assert "--metrics-url" in scaler.spec.template.spec.containers[0].command
@@ -301,7 +309,7 @@ def _assert_gateway_pod_runs_serveforms_gateway(core: k8s_client.CoreV1Api, apps
     deployment = apps.read_namespaced_deployment("gateway", namespace)
     pod = deployment.spec.template.spec
     (container,) = pod.containers
-    assert container.image == IMAGE
+    assert container.image == _runtime_image()
     assert container.command == ["python", "-m", "serveform.gateway", "run", "--state-dir", "/var/lib/serveform-gateway"]
     # No secret in its environment (the tokens are files): only what a read-only root needs.
     assert not container.env_from
@@ -332,7 +340,7 @@ def _assert_scaler_pod_gets_the_project(
     pod = deployment.spec.template.spec
     (container,) = pod.containers
     command = container.command
-    assert container.image == IMAGE
+    assert container.image == _runtime_image()
     assert command[command.index("--project-dir") + 1] == "/srv/serveform"
     assert command[command.index("--state") + 1] == "/var/lib/serveform-scaler/k8s.json"
     assert [e.secret_ref.name for e in container.env_from] == ["scaler-env"]
@@ -344,13 +352,18 @@ def _assert_scaler_pod_gets_the_project(
         "metrics-token": "/etc/serveform/metrics-token",
     }
     (init,) = pod.init_containers
-    assert init.image == IMAGE and "/srv/serveform" in init.command[-1]
+    assert init.image == _runtime_image() and "/srv/serveform" in init.command[-1]
     volumes = {v.name: v for v in pod.volumes}
     source = volumes["project-source"].config_map
     files = core.read_namespaced_config_map(source.name, namespace).data
     paths = {item.path: files[item.key] for item in source.items}
     assert sorted(paths) == ["Pulumi.yaml", "__main__.py", "services/chat.dstack.yml", "services/llm.dstack.yml", "stacks/Pulumi.k8s.yaml"]
-    assert paths["stacks/Pulumi.k8s.yaml"] == (project / "stacks" / "Pulumi.k8s.yaml").read_text()
+    import yaml
+
+    # The pod's copy names the images and has no kubeconfig (the pod uses its ServiceAccount).
+    pod_k8s = yaml.safe_load(paths["stacks/Pulumi.k8s.yaml"])["config"]["serveform:k8s"]
+    assert "kubeconfig" not in pod_k8s and "context" not in pod_k8s
+    assert pod_k8s["image"] == pod_k8s["python_image"] == _runtime_image()
     assert paths["services/chat.dstack.yml"] == CHAT
     for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
         assert secret not in json.dumps(files)

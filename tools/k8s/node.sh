@@ -262,10 +262,10 @@ start() {
   [ -x "$KUBELET" ] && [ -x "$KUBE_PROXY" ] && [ -x "$COREDNS" ] && [ -x "$PAUSE" ] \
     || die "node binaries missing: tools/k8s/build.sh all"
   local pause_line
-  pause_line=$("$PY" -m serveform image pause "$PAUSE")
+  pause_line=$("$PY" -m serveform.cli image pause "$PAUSE")
   PAUSE_REF=${pause_line%% *}
   local pause_archive=${pause_line#* }
-  RUNTIME_REF=$("$PY" -m serveform image ref --project-dir "$ROOT")
+  RUNTIME_REF=$("$PY" -m serveform.cli image ref --project-dir "$ROOT")
   local runtime_archive
   runtime_archive=$("$PY" -c 'import sys; from serveform.image.build import archive_path; print(archive_path(sys.argv[1].split(":", 1)[1]))' "$RUNTIME_REF")
   node_config

@@ -205,9 +205,11 @@ def test_env_secrets_reach_a_kubernetes_secret_as_pulumi_secrets_only(nodes):
     assert env_secret.inputs["stringData"] == {"HF_TOKEN": HF_TOKEN}
     container = _container(llm)
     assert container["envFrom"] == [{"secretRef": {"name": "llm-env-a1b2c3"}}]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["MODEL"] == "meta-llama/Llama-3-8B"
     assert "HF_TOKEN" not in env
+    # Each replica names itself by its pod (chat_server's X-Replica), through the downward API.
+    assert env["SERVEFORM_REPLICA_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     # No secret value in any non-Secret object, nor in the exports.
     for resource in rec.resources:
         if resource.type != SECRET:
@@ -308,11 +310,23 @@ def test_gateway_runs_serveforms_gateway_behind_a_load_balancer_with_secrets_in_
     assert _service(rec, "llm")["group"] == "llm"
 
 
-def test_without_an_image_the_stack_is_refused_before_registration(nodes):
+def test_without_an_image_the_runtime_image_runs_and_unnamed_it_is_refused(nodes, monkeypatch):
+    import serveform.image
+    from serveform.image import ImageBuildError
+
     settings = StackSettings.from_config(
         {"backend": "k8s", "services": ["chat.dstack.yml"], "k8s": {"namespace": "team-a"}}, stack="k8s", project_dir=str(_PROJECT[0])
     )
-    with pytest.raises(pulumi.RunError, match=r"serveform:k8s.image: not set"):
+    # The checkout's runtime image (`serveform image ref`) runs the gateway when no image is set...
+    monkeypatch.setattr(serveform.image, "image_ref", lambda root=None: "serveform:0123456789ab")
+    rec = run_program(lambda: backend.deploy(settings, [_plan(CHAT, "chat.dstack.yml")]))
+    assert _container(rec.one(DEPLOYMENT, "gateway-deployment"))["image"] == "serveform:0123456789ab"
+    # ...and where it cannot be named (no checkout, binaries not built) the stack is refused.
+    def unnamed(root=None):
+        raise ImageBuildError("pulumi is not built")
+
+    monkeypatch.setattr(serveform.image, "image_ref", unnamed)
+    with pytest.raises(pulumi.RunError, match=r"serveform:k8s.image: not set, and serveform's runtime image cannot be named here: pulumi is not built"):
         run_program(lambda: backend.deploy(settings, [_plan(CHAT, "chat.dstack.yml")]))
     # The old key still names the image.
     legacy = settings.model_copy(update={"k8s": settings.k8s.model_copy(update={"scaler_image": "old:1"})})
@@ -469,9 +483,13 @@ def test_amd_gpus_use_the_amd_device_plugin_resource(monkeypatch):
     assert "nodeSelector" not in pod
 
 
-def test_the_k8s_stack_config_deploys_its_example_service():
+def test_the_k8s_stack_config_deploys_its_example_service(monkeypatch):
     """stacks/Pulumi.k8s.yaml and its services compile and wire (no GPU: no cluster read)."""
     import yaml
+
+    import serveform.image
+
+    monkeypatch.setattr(serveform.image, "image_ref", lambda root=None: "serveform:0123456789ab")
 
     from serveform.translator import compile_file
 
@@ -486,6 +504,12 @@ def test_the_k8s_stack_config_deploys_its_example_service():
     assert chat.inputs["spec"]["replicas"] == plans[0].replicas.initial
     assert rec.one("pulumi:providers:kubernetes").inputs["kubeconfig"] == str(root / ".serveform/k8s-local/kubeconfig")
     assert _service(rec, "chat")["url"] == "https://chat.k8s.localhost"
+    # The chat example (`python:`) runs in the runtime image, from the project in it, asking
+    # for a tenth of its minimum CPU (k8s-local's node has this machine's cores).
+    (container,) = chat.inputs["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "serveform:0123456789ab"
+    assert "python stacks/examples/chat_server.py" in container["args"][-1]
+    assert container["resources"]["requests"]["cpu"] == "100m"
 
 
 def _service(rec, name):
