@@ -42,10 +42,13 @@ image:
 k8s-up: $(K8S_PASSPHRASE_FILE)
 	tools/setup.sh k8s
 	tools/k8s-local.sh start
-	PULUMI_CONFIG_PASSPHRASE_FILE=$(K8S_PASSPHRASE_FILE) serveform up --stack k8s --yes
+	eval "$$(tools/k8s-local.sh env)" && export PULUMI_BACKEND_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY && \
+	  PULUMI_CONFIG_PASSPHRASE_FILE=$(K8S_PASSPHRASE_FILE) serveform up --stack k8s --yes && \
+	  PULUMI_CONFIG_PASSPHRASE_FILE=$(K8S_PASSPHRASE_FILE) serveform endpoints --stack k8s
 
 k8s-down: setup-dev $(K8S_PASSPHRASE_FILE)
-	-PULUMI_CONFIG_PASSPHRASE_FILE=$(K8S_PASSPHRASE_FILE) serveform destroy --stack k8s --yes
+	-eval "$$(tools/k8s-local.sh env)" && export PULUMI_BACKEND_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY && \
+	  PULUMI_CONFIG_PASSPHRASE_FILE=$(K8S_PASSPHRASE_FILE) serveform destroy --stack k8s --yes
 	tools/k8s-local.sh stop
 
 # 256 random bits, created with umask 077 so no other user ever sees it (not even briefly).
