@@ -231,7 +231,12 @@ def _scaler_environment() -> pulumi.Output | None:
     backend = os.environ.get("PULUMI_BACKEND_URL", "")
     if not backend or backend.startswith("file://"):
         return None
-    return pulumi.Output.secret({name: os.environ[name] for name in SCALER_ENV_NAMES if os.environ.get(name)})
+    environment = {name: os.environ[name] for name in SCALER_ENV_NAMES if os.environ.get(name)}
+    passphrase_file = os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
+    if "PULUMI_CONFIG_PASSPHRASE" not in environment and passphrase_file:
+        # The pod gets the passphrase itself: the deploying machine's file is not there.
+        environment["PULUMI_CONFIG_PASSPHRASE"] = Path(passphrase_file).read_text().strip()
+    return pulumi.Output.secret(environment)
 
 
 def _runtime_image(settings: StackSettings, problems: list[tuple[str, str]]) -> str:
