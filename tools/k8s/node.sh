@@ -136,7 +136,7 @@ cgroup_dirs() { # every hierarchy's /serveform-<id>, deepest first
 
 node_config() {
   local kubeconfig=$DIR/kubeconfig sock=$NODE_DIR/containerd/containerd.sock
-  mkdir -p "$NODE_DIR/containerd/root" "$NODE_DIR/containerd/state" "$NODE_DIR/cni" "$NODE_DIR/kubelet"
+  mkdir -p "$NODE_DIR/containerd/root" "$NODE_DIR/containerd/state" "$NODE_DIR/cni" "$NODE_DIR/kubelet" "$NODE_DIR/pod-logs"
   # Pod sandboxes run the project's pause image; restrict_oom_score_adj because root here may
   # not lower oom_score_adj (every sandbox fails otherwise); netns mounts under the state dir.
   cat > "$NODE_DIR/containerd.toml" <<EOF
@@ -186,10 +186,13 @@ containerRuntimeEndpoint: unix://$sock
 address: $NODE_IP
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
+# Only clients with a certificate of k8s-local's kubelet-client CA (the API server: logs, exec).
 authentication:
-  anonymous: {enabled: true}
+  anonymous: {enabled: false}
   webhook: {enabled: false}
+  x509: {clientCAFile: $DIR/pki/kubelet-client-ca.crt}
 authorization: {mode: AlwaysAllow}
+podLogsDir: $NODE_DIR/pod-logs
 clusterDNS: [$NODE_DNS_IP]
 clusterDomain: $CLUSTER_DOMAIN
 resolvConf: $NODE_DIR/resolv.conf
@@ -349,7 +352,7 @@ stop() {
     sleep 0.2
   done
   net_down
-  rm -rf "$NODE_DIR/kubelet" "$NODE_DIR/containerd/state" "$NODE_DIR/cni/ipam"
+  rm -rf "$NODE_DIR/kubelet" "$NODE_DIR/containerd/state" "$NODE_DIR/cni/ipam" "$NODE_DIR/pod-logs"
 }
 
 resources() { # what stop must remove, one per line
