@@ -40,6 +40,12 @@ NETNS=sf-$ID
 HOST_IF=sf${ID}h
 NODE_IF=sf${ID}n
 CGROUP_ROOT=/serveform-$ID
+# containerd's sockets and state (its shims' sockets too, under /run/containerd/s) and the
+# kubelet's directory (its sockets, pod volumes): tmpfs mounted at the usual places in the node's
+# private mount namespace, so clusters do not share them, socket paths stay short (a kubelet
+# under a deep test directory cannot bind its sockets), and nothing of them outlives the node.
+RUN_DIR=/run/containerd
+KUBELET_DIR=/var/lib/kubelet
 DAEMONS=(coredns kube-proxy kubelet containerd)
 
 log() { printf '[k8s-local node] %s\n' "$*" >&2; }
@@ -135,14 +141,14 @@ cgroup_dirs() { # every hierarchy's /serveform-<id>, deepest first
 }
 
 node_config() {
-  local kubeconfig=$DIR/kubeconfig sock=$NODE_DIR/containerd/containerd.sock
-  mkdir -p "$NODE_DIR/containerd/root" "$NODE_DIR/containerd/state" "$NODE_DIR/cni" "$NODE_DIR/kubelet" "$NODE_DIR/pod-logs"
+  local kubeconfig=$DIR/kubeconfig sock=$RUN_DIR/containerd.sock
+  mkdir -p "$NODE_DIR/containerd/root" "$NODE_DIR/cni" "$NODE_DIR/pod-logs"
   # Pod sandboxes run the project's pause image; restrict_oom_score_adj because root here may
   # not lower oom_score_adj (every sandbox fails otherwise); netns mounts under the state dir.
   cat > "$NODE_DIR/containerd.toml" <<EOF
 version = 2
 root = "$NODE_DIR/containerd/root"
-state = "$NODE_DIR/containerd/state"
+state = "$RUN_DIR/state"
 disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
 [grpc]
   address = "$sock"
@@ -249,7 +255,7 @@ EOF
 }
 
 import_image() { # import_image REF ARCHIVE: into containerd's k8s.io namespace unless there
-  local ref=$1 archive=$2 ctr=(ctr --address "$NODE_DIR/containerd/containerd.sock" --namespace k8s.io)
+  local ref=$1 archive=$2 ctr=(ctr --address "$RUN_DIR/containerd.sock" --namespace k8s.io)
   if in_node "${ctr[@]}" images ls -q 2>/dev/null | grep -qxF "docker.io/library/$ref"; then return; fi
   [ -f "$archive" ] || die "$archive: image $ref is not built (serveform image build; make image)"
   local t0=$SECONDS
@@ -279,25 +285,28 @@ start() {
 
   # The mount namespace every daemon of the node shares; private, so nothing made in it
   # reaches the host, and it is gone when its last process is.
-  setsid nsenter --net="/run/netns/$NETNS" -- unshare --mount --propagation private sleep infinity \
+  mkdir -p "$RUN_DIR" "$KUBELET_DIR"
+  setsid nsenter --net="/run/netns/$NETNS" -- unshare --mount --propagation private \
+    sh -c "mount -t tmpfs -o mode=0711 tmpfs $RUN_DIR && mount -t tmpfs -o mode=0700 tmpfs $KUBELET_DIR && exec sleep infinity" \
     >/dev/null 2>&1 < /dev/null &
   echo $! > "$NODE_DIR/pids/holder.pid"
   local deadline=$((SECONDS + 5)) holder
-  # The holder's pid is setsid's: wait until it has become the sleep inside the new namespace.
-  while holder=$(pid_of holder); [ "$(readlink "/proc/$holder/ns/mnt" 2>/dev/null)" = "$(readlink /proc/self/ns/mnt)" ]; do
+  # The holder's pid is setsid's: wait until it is the sleep, in its namespace, over its tmpfs.
+  while holder=$(pid_of holder); [ "$(readlink "/proc/$holder/exe" 2>/dev/null)" != "$(readlink -f "$(command -v sleep)")" ]; do
     [ $SECONDS -lt $deadline ] || die "could not create the node's mount namespace"
+    running "$holder" || die "the node's mount namespace holder exited"
     sleep 0.05
   done
 
   spawn containerd containerd --config "$NODE_DIR/containerd.toml"
-  wait_for containerd 30 in_node ctr --address "$NODE_DIR/containerd/containerd.sock" version
+  wait_for containerd 30 in_node ctr --address "$RUN_DIR/containerd.sock" version
   import_image "$PAUSE_REF" "$pause_archive"
   import_image "$RUNTIME_REF" "$runtime_archive"
 
   node_kubeconfig kubelet "$(cat "$DIR/pki/node.token")"
   node_kubeconfig kube-proxy "$(cat "$DIR/pki/proxy.token")"
   spawn kubelet "$KUBELET" --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/kubelet.kubeconfig" \
-    --root-dir "$NODE_DIR/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
+    --root-dir "$KUBELET_DIR" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
     --node-labels "serveform.dev/node=real"
   # --masquerade-all: a pod reaching a Service whose endpoint is on the same bridge would
   # otherwise get the reply straight over the bridge, past the connection tracking of the DNAT.
@@ -352,7 +361,7 @@ stop() {
     sleep 0.2
   done
   net_down
-  rm -rf "$NODE_DIR/kubelet" "$NODE_DIR/containerd/state" "$NODE_DIR/cni/ipam" "$NODE_DIR/pod-logs"
+  rm -rf "$NODE_DIR/cni/ipam" "$NODE_DIR/pod-logs"
 }
 
 resources() { # what stop must remove, one per line
