@@ -98,7 +98,7 @@ def _read_ca(core, namespace: str, path: Path) -> bool:
         return False
     try:
         text = stream(core.connect_get_namespaced_pod_exec, pods[0].metadata.name, namespace,
-                      command=["cat", "/var/lib/serveform-gateway/caddy/pki/authorities/local/root.crt"],
+                      command=["cat", "/var/lib/serveform-gateway/state/caddy/pki/authorities/local/root.crt"],
                       stderr=True, stdin=False, stdout=True, tty=False)
     except Exception:
         return False

@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_PYTHON_VERSION",
     "compile_file",
     "compile_text",
+    "python_setup",
 ]
 
 # dstack 0.22.5's base image: `dstackai/base:<version>-<base|devel>-ubuntu<release>`; `nvcc`
@@ -86,6 +87,16 @@ MAX_HOSTNAME_LENGTH = 253
 OPENAI_MODEL_PROBE_TIMEOUT_SECONDS = 30  # dstack 0.22's default probe of a model service
 _SECRET_REF_RE = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _SECRET_HEADER_RE = re.compile(r"authorization|cookie|token|key|secret|password", re.IGNORECASE)
+
+
+def python_setup(python: str) -> tuple[str, ...]:
+    """The commands that give a replica on dstack's base image a venv of `python` (see `_python_setup`)."""
+    return (
+        f"export DSTACK_VENV_DIR={DSTACK_VENV_DIR}",
+        # the base image keeps Python builds under /opt/uv/python; uv fetches others
+        f'UV_PYTHON_INSTALL_DIR={UV_PYTHON_DIR} uv venv --quiet --seed --python {python} "$DSTACK_VENV_DIR"',
+        '. "$DSTACK_VENV_DIR/bin/activate"',
+    )
 
 
 @dataclass(frozen=True)
@@ -302,12 +313,7 @@ class _PlanBuilder:
         """
         if python is None or self.context.backend == "local":
             return ()
-        return (
-            f"export DSTACK_VENV_DIR={DSTACK_VENV_DIR}",
-            # the base image keeps Python builds under /opt/uv/python; uv fetches others
-            f'UV_PYTHON_INSTALL_DIR={UV_PYTHON_DIR} uv venv --quiet --seed --python {python} "$DSTACK_VENV_DIR"',
-            '. "$DSTACK_VENV_DIR/bin/activate"',
-        )
+        return python_setup(python)
 
     def _replica_group(self) -> ReplicaGroupPlan:
         spec = self.spec

@@ -95,6 +95,14 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     if problems:
         raise pulumi.RunError(str(StackConfigError(settings.stack, problems)))
     python_image = runtime if cfg.python_image == RUNTIME_IMAGE else cfg.python_image
+    if cfg.python_image == RUNTIME_IMAGE:
+        for plan in plans:
+            python = plan.replica_group.python
+            if plan.replica_group.image_from == "python" and python and python != RUNTIME_PYTHON:
+                problems.append(("serveform:k8s.python_image", f"runtime: the runtime image has Python {RUNTIME_PYTHON}, "
+                                 f"but {plan.file} asks for python: {python!r}"))
+        if problems:
+            raise pulumi.RunError(str(StackConfigError(settings.stack, problems)))
     scaler_files: dict[str, str] = {}
     if any(p.scaling for p in plans):
         try:
@@ -147,10 +155,11 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
 
     groups: dict[str, GpuInstanceGroup] = {}
     for plan in plans:
+        in_runtime = cfg.python_image == RUNTIME_IMAGE and plan.replica_group.image_from == "python"
         groups[plan.name] = GpuInstanceGroup(
             plan.name,
             GpuInstanceGroupArgs(
-                plan=plan,
+                plan=_without_python_setup(plan) if in_runtime else plan,
                 replicas=_cloud.desired_replicas(settings, plan),
                 namespace=namespace,
                 stack=settings.stack,
@@ -237,6 +246,21 @@ def _scaler_environment() -> pulumi.Output | None:
         # The pod gets the passphrase itself: the deploying machine's file is not there.
         environment["PULUMI_CONFIG_PASSPHRASE"] = Path(passphrase_file).read_text().strip()
     return pulumi.Output.secret(environment)
+
+
+# The Python of serveform's runtime image (Debian bookworm's python3, the virtualenv's).
+RUNTIME_PYTHON = "3.11"
+
+
+def _without_python_setup(plan: ServicePlan) -> ServicePlan:
+    """The plan without dstack's venv setup: the runtime image's Python is already the replica's."""
+    from serveform.translator.compiler import python_setup
+
+    group = plan.replica_group
+    prefix = python_setup(group.python) if group.python else ()
+    if group.setup[: len(prefix)] != prefix:
+        return plan
+    return plan.model_copy(update={"replica_group": group.model_copy(update={"setup": group.setup[len(prefix):]})})
 
 
 def _runtime_image(settings: StackSettings, problems: list[tuple[str, str]]) -> str:

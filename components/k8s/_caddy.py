@@ -26,6 +26,8 @@ __all__ = [
     "METRICS_PORT",
     "SECRETS_DIR",
     "STATE_DIR",
+    "VOLUME_DIR",
+    "CONFIG_SOURCE_DIR",
     "cluster_runtime",
     "gateway_caddyfile",
     "gateway_files",
@@ -35,7 +37,12 @@ __all__ = [
 CLUSTER_DOMAIN = "cluster.local"
 # The gateway's metrics listener (Caddy's /metrics for the scaler) inside the gateway pod.
 METRICS_PORT = 9180
-STATE_DIR = "/var/lib/serveform-gateway"
+# The pod's emptyDir, and the gateway's state directory inside it: the gateway creates that
+# directory itself (it must own it to make it 0700; the emptyDir's root belongs to root).
+VOLUME_DIR = "/var/lib/serveform-gateway"
+STATE_DIR = f"{VOLUME_DIR}/state"
+# Where the pod mounts the ConfigMap with gateway.json; the command copies it into STATE_DIR.
+CONFIG_SOURCE_DIR = "/etc/serveform-gateway/config"
 # Where the pod mounts the Secret holding the gateway's secret files (0400, never in a ConfigMap).
 SECRETS_DIR = "/etc/serveform-gateway/secrets"
 CONFIG_FILE = "gateway.json"

@@ -37,7 +37,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from . import _security
-from ._caddy import CONFIG_FILE, METRICS_PORT, SECRETS_DIR, STATE_DIR
+from ._caddy import CONFIG_FILE, CONFIG_SOURCE_DIR, METRICS_PORT, SECRETS_DIR, STATE_DIR, VOLUME_DIR
 from ._pod import labels as _labels
 
 __all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "gateway_command"]
@@ -46,8 +46,16 @@ GATEWAY_TYPE = "serveform:k8s:Gateway"
 
 
 def gateway_command() -> list[str]:
-    """The gateway container's command."""
-    return ["python", "-m", "serveform.gateway", "run", "--state-dir", STATE_DIR]
+    """The gateway container's command: gateway.json into a state directory of its own, then the gateway.
+
+    The image runs as a non-root user and the emptyDir's root belongs to root, so the gateway
+    could not make it 0700: its state directory is one it creates inside the emptyDir.
+    """
+    import shlex
+
+    state, source = shlex.quote(STATE_DIR), shlex.quote(f"{CONFIG_SOURCE_DIR}/{CONFIG_FILE}")
+    return ["sh", "-c", f"mkdir -p -m 0700 {state} && cp {source} {state}/{CONFIG_FILE} && "
+            f"exec python -m serveform.gateway run --state-dir {state}"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,11 +144,9 @@ class Gateway(pulumi.ComponentResource):
                 k8s.core.v1.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1"),
             ],
             volume_mounts=[
-                k8s.core.v1.VolumeMountArgs(name="state", mount_path=STATE_DIR),
+                k8s.core.v1.VolumeMountArgs(name="state", mount_path=VOLUME_DIR),
                 k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-                k8s.core.v1.VolumeMountArgs(
-                    name="config", mount_path=f"{STATE_DIR}/{CONFIG_FILE}", sub_path=CONFIG_FILE, read_only=True
-                ),
+                k8s.core.v1.VolumeMountArgs(name="config", mount_path=CONFIG_SOURCE_DIR, read_only=True),
                 k8s.core.v1.VolumeMountArgs(name="secrets", mount_path=SECRETS_DIR, read_only=True),
             ],
         )

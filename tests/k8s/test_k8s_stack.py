@@ -310,12 +310,12 @@ def _assert_gateway_pod_runs_serveforms_gateway(core: k8s_client.CoreV1Api, apps
     pod = deployment.spec.template.spec
     (container,) = pod.containers
     assert container.image == _runtime_image()
-    assert container.command == ["python", "-m", "serveform.gateway", "run", "--state-dir", "/var/lib/serveform-gateway"]
+    assert container.command[-1].endswith("exec python -m serveform.gateway run --state-dir /var/lib/serveform-gateway/state")
     # No secret in its environment (the tokens are files): only what a read-only root needs.
     assert not container.env_from
     assert {(e.name, e.value) for e in container.env or ()} <= {("HOME", "/tmp"), ("PYTHONDONTWRITEBYTECODE", "1")}
     mounts = {m.name: m for m in container.volume_mounts}
-    assert (mounts["config"].mount_path, mounts["config"].sub_path) == ("/var/lib/serveform-gateway/gateway.json", "gateway.json")
+    assert mounts["config"].mount_path == "/etc/serveform-gateway/config" and mounts["config"].read_only
     assert mounts["secrets"].mount_path == "/etc/serveform-gateway/secrets" and mounts["secrets"].read_only
     volumes = {v.name: v for v in pod.volumes}
     config = core.read_namespaced_config_map(volumes["config"].config_map.name, namespace)

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "gateway-token-SECRET-real-7c1f"
 PASSPHRASE = "k8s-local-real-pods-passphrase"
 DOMAIN = "k8s.test"
-CA_PATH = "/var/lib/serveform-gateway/caddy/pki/authorities/local/root.crt"
+CA_PATH = "/var/lib/serveform-gateway/state/caddy/pki/authorities/local/root.crt"
 # Pods start in seconds once the image is on the node; an in-cluster `up` takes tens of seconds
 # on a busy 2-core machine. These bound waits, they are not performance targets.
 READY_TIMEOUT_SECONDS = 180

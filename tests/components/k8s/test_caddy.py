@@ -156,9 +156,12 @@ def test_the_gateway_supervisor_runs_the_pod_files(tmp_path):
     state.mkdir()
     (state / "gateway.json").write_text(json.dumps(document))
     command = gateway_command()
-    assert command[:5] == ["python", "-m", "serveform.gateway", "run", "--state-dir"]
+    # The pod copies gateway.json into a state directory it creates, then execs the gateway on it.
+    assert command[:2] == ["sh", "-c"]
+    assert command[2].endswith(f"exec python -m serveform.gateway run --state-dir {_caddy.STATE_DIR}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen([sys.executable, *command[1:-1], str(state)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv = [sys.executable, "-m", "serveform.gateway", "run", "--state-dir", str(state)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not (state / "status.json").exists():

@@ -292,10 +292,12 @@ def test_gateway_runs_serveforms_gateway_behind_a_load_balancer_with_secrets_in_
     gateway = rec.one(DEPLOYMENT, "gateway-deployment")
     container = _container(gateway)
     assert container["image"] == IMAGE
-    assert container["command"] == ["python", "-m", "serveform.gateway", "run", "--state-dir", "/var/lib/serveform-gateway"]
+    assert container["command"][:2] == ["sh", "-c"]
+    assert container["command"][2].endswith("exec python -m serveform.gateway run --state-dir /var/lib/serveform-gateway/state")
+    assert "cp /etc/serveform-gateway/config/gateway.json /var/lib/serveform-gateway/state/gateway.json" in container["command"][2]
     assert "envFrom" not in container
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert mounts["config"] == {"name": "config", "mountPath": "/var/lib/serveform-gateway/gateway.json", "subPath": "gateway.json", "readOnly": True}
+    assert mounts["config"] == {"name": "config", "mountPath": "/etc/serveform-gateway/config", "readOnly": True}
     assert mounts["secrets"]["mountPath"] == "/etc/serveform-gateway/secrets" and mounts["secrets"]["readOnly"]
     volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
     assert volumes["secrets"]["secret"] == {"secretName": "gateway-secrets-a1b2c3", "defaultMode": 0o400}
