@@ -379,8 +379,15 @@ def _build_tools(stage: Path, meta: dict) -> None:
 
 
 def _build_app(stage: Path, meta: dict, root: Path) -> None:
+    files = project_files(root)
     with tempfile.TemporaryDirectory(prefix="serveform-wheel-") as wheels:
-        _run("app layer (wheel of the checkout)", _python("pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", wheels, str(root)))
+        # From a copy of the checkout's files: setuptools writes build/ into the tree it builds,
+        # and only these files belong in the image.
+        source = Path(wheels) / "source"
+        for name in files:
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, source / name)
+        _run("app layer (wheel of the checkout)", _python("pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", wheels, str(source)))
         (wheel,) = Path(wheels).glob("serveform-*.whl")
         site = stage / SITE_PACKAGES.lstrip("/")
         site.mkdir(parents=True)
@@ -389,7 +396,6 @@ def _build_app(stage: Path, meta: dict, root: Path) -> None:
     shutil.rmtree(site / "bin", ignore_errors=True)
     _compile(stage, SITE_PACKAGES)
     work = stage / WORKDIR.lstrip("/")
-    files = project_files(root)
     for name in files:
         target = work / name
         target.parent.mkdir(parents=True, exist_ok=True)
