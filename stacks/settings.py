@@ -198,6 +198,12 @@ class K8sSettings(_Settings):
               "scheduler (1: all of it). Lower it on small single-node clusters (k8s-local's real node has "
               "the machine's cores) to overcommit CPU; limits are unchanged."),
     ] = 1.0
+    runtime_image: Annotated[
+        str | None,
+        Field(description="serveform's runtime image, where `image` is unset or `python_image` is `runtime`. "
+              "Unset: the image the running serveform checkout builds (`serveform image ref`). The scaler "
+              "pod's copy of the stack file sets it, since the pod has no checkout."),
+    ] = None
     python_image: Annotated[
         str | None,
         Field(description="Image for services that give `python:` instead of an `image:` (dstack's base image when "

@@ -90,7 +90,9 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     except (_pod.K8sPlanError, GatewayConfigError) as exc:
         raise pulumi.RunError(str(exc)) from None
     image = cfg.image or cfg.scaler_image
-    runtime = _runtime_image(settings, problems) if not image or cfg.python_image == RUNTIME_IMAGE else ""
+    runtime = ""
+    if not image or cfg.python_image == RUNTIME_IMAGE:
+        runtime = cfg.runtime_image or _runtime_image(settings, problems)
     image = image or runtime
     if problems:
         raise pulumi.RunError(str(StackConfigError(settings.stack, problems)))
@@ -106,7 +108,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     scaler_files: dict[str, str] = {}
     if any(p.scaling for p in plans):
         try:
-            scaler_files = _scaler.project_files(settings, images={"image": image, "python_image": python_image})
+            scaler_files = _scaler.project_files(settings, images={"runtime_image": runtime or None})
         except _scaler.ProjectFileError as exc:
             raise pulumi.RunError(str(exc)) from None
     products = _preflight(settings, plans)

@@ -37,9 +37,9 @@ def project_files(settings: StackSettings, *, images: dict[str, str | None] | No
     """Relative path → text of every file the scaler's pod needs (no secret in plain text).
 
     The stack file is the pod's copy: `serveform:k8s` loses `kubeconfig` and `context` (the pod
-    reaches the cluster through its ServiceAccount) and gets ``images`` (`image`,
-    `python_image`) as the deploying `up` resolved them, so the scaler's `up` keeps the pods'
-    images even where it cannot name the runtime image itself (no checkout in the pod).
+    reaches the cluster through its ServiceAccount) and gets ``images`` (`runtime_image`) as the
+    deploying `up` resolved them, so the scaler's `up` keeps the pods' images and commands even
+    where it cannot name the runtime image itself (no checkout in the pod).
     """
     import yaml
 

@@ -360,10 +360,10 @@ def _assert_scaler_pod_gets_the_project(
     assert sorted(paths) == ["Pulumi.yaml", "__main__.py", "services/chat.dstack.yml", "services/llm.dstack.yml", "stacks/Pulumi.k8s.yaml"]
     import yaml
 
-    # The pod's copy names the images and has no kubeconfig (the pod uses its ServiceAccount).
+    # The pod's copy names the runtime image and has no kubeconfig (the pod uses its ServiceAccount).
     pod_k8s = yaml.safe_load(paths["stacks/Pulumi.k8s.yaml"])["config"]["serveform:k8s"]
     assert "kubeconfig" not in pod_k8s and "context" not in pod_k8s
-    assert pod_k8s["image"] == pod_k8s["python_image"] == _runtime_image()
+    assert pod_k8s["runtime_image"] == _runtime_image() and pod_k8s["python_image"] == "runtime"
     assert paths["services/chat.dstack.yml"] == CHAT
     for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
         assert secret not in json.dumps(files)

@@ -200,6 +200,15 @@ def _get(state: Deployed, path: str, token: str | None = TOKEN) -> httpx.Respons
         return client.get(path, headers=headers)
 
 
+def _serves(state: Deployed) -> bool:
+    """One request through the gateway answered 200 (a connection the balancer still sends to a
+    pod that is going away, or a gateway still starting, counts as not yet)."""
+    try:
+        return _get(state, "/ping").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_gateway_pod_serves_real_chat_pods_with_tls_and_the_token(deployed: Deployed) -> None:
     import openai
 
@@ -253,7 +262,7 @@ def test_a_killed_gateway_pod_comes_back_and_serves(deployed: Deployed) -> None:
     )
     assert len(new) == 1
     deployed.refresh_ca()  # a new pod, a new internal CA
-    poll(lambda: _get(deployed, "/ping").status_code == 200, timeout_seconds=60, what="the new gateway serving")
+    poll(lambda: _serves(deployed), timeout_seconds=60, what="the new gateway serving")
     print(f"gateway pod replaced and serving in {time.monotonic() - t0:.1f} s")
 
 
@@ -303,6 +312,8 @@ def test_load_makes_the_in_cluster_scaler_add_a_pod_then_remove_it(deployed: Dep
     assert scaler.spec.service_account_name == "scaler"
     assert not any("kubeconfig" in " ".join(c.command or []) for c in scaler.spec.containers)
     assert deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == 1
+    (first,) = _ready_pods(deployed.core, deployed.namespace, "chat")
+    template = first.metadata.labels["pod-template-hash"]
     load = _locust(deployed, users=2, rps_per_user=4, csv_prefix=tmp_path / "scale")  # ~8 rps, target 5
     t0 = time.monotonic()
     try:
@@ -311,6 +322,9 @@ def test_load_makes_the_in_cluster_scaler_add_a_pod_then_remove_it(deployed: Dep
         print(f"load step to a second pod Ready: {time.monotonic() - t0:.1f} s")
         assert deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == 2
         pods = {p.metadata.name for p in _ready_pods(deployed.core, deployed.namespace, "chat")}
+        # The scaler's `up` changed the count only: the same pod template as the host's `up`.
+        all_chat = deployed.core.list_namespaced_pod(deployed.namespace, label_selector="app.kubernetes.io/name=chat").items
+        assert {p.metadata.labels["pod-template-hash"] for p in all_chat} == {template}
         # Traffic reaches both pods (X-Replica is the pod's name).
         poll(lambda: {r.rpartition("/")[2] for r in _replicas_answering(deployed)} == pods,
              timeout_seconds=90, what=f"requests answered by both pods {sorted(pods)}")
@@ -335,7 +349,7 @@ def test_a_replica_pod_killed_under_load_is_replaced_with_bounded_failures(deplo
         t0 = time.monotonic()
         poll(lambda: [p for p in _ready_pods(deployed.core, deployed.namespace, "chat") if p.metadata.uid != victim.metadata.uid],
              timeout_seconds=READY_TIMEOUT_SECONDS, what="a replacement chat pod Ready")
-        poll(lambda: _get(deployed, "/ping").status_code == 200, timeout_seconds=60, what="chat serving again")
+        poll(lambda: _serves(deployed), timeout_seconds=60, what="chat serving again")
         print(f"replica replaced and serving in {time.monotonic() - t0:.1f} s")
         time.sleep(5)
     finally:
