@@ -175,11 +175,46 @@ def _endpoints(args: argparse.Namespace) -> int:
         print(f"serveform endpoints: stack {args.stack!r} has no outputs; run `serveform up --stack {args.stack}`", file=sys.stderr)
         return 1
     info = _endpoint_info(values)
+    if values.get("namespace") and not info["gateway"]["ca_cert"]:
+        info["gateway"]["ca_cert"] = _k8s_gateway_ca(engine, values["namespace"])
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
     print(_render_endpoints(info))
     return 0
+
+
+# Where the k8s gateway pod keeps its internal CA's root (components/k8s/_caddy.STATE_DIR).
+_K8S_GATEWAY_CA = "/var/lib/serveform-gateway/state/caddy/pki/authorities/local/root.crt"
+
+
+def _k8s_gateway_ca(engine: Any, namespace: str) -> str | None:
+    """The k8s gateway pod's internal root certificate, saved under .serveform/ (None: TLS is not internal or no pod).
+
+    It lives in the pod (a new pod, a new CA), so it is read through the API server on each call.
+    """
+    from kubernetes import client
+    from kubernetes.stream import stream
+
+    from .kube import api_client
+    from .settings import StackSettings
+
+    settings = StackSettings.from_config(engine.config(), stack=engine.stack, project_dir=engine.project)
+    if settings.gateway.tls != "internal":
+        return None
+    core = client.CoreV1Api(api_client(settings))
+    pods = [p for p in core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=gateway").items
+            if p.status.phase == "Running"]
+    if not pods:
+        return None
+    text = stream(core.connect_get_namespaced_pod_exec, pods[0].metadata.name, namespace, command=["cat", _K8S_GATEWAY_CA],
+                  stderr=True, stdin=False, stdout=True, tty=False)
+    if "BEGIN CERTIFICATE" not in text:
+        return None
+    path = Path(engine.project) / ".serveform" / "k8s" / engine.stack / "gateway-ca.crt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
 
 
 def _endpoint_info(values: dict[str, Any]) -> dict[str, Any]:

@@ -221,6 +221,12 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         {"address": gateway.address.apply(lambda a: f"{a}:{port}" if a else None), "ca_cert": None, "domain": settings.domain},
     )
     pulumi.export("namespace", namespace)
+    # What `serveform endpoints` prints examples with (as the local backend exports them).
+    if settings.tokens:
+        pulumi.export("token", pulumi.Output.secret(settings.tokens[0].get_secret_value()))
+    if https and any(p.route.model for p in plans):
+        suffix = "" if port == 443 else f":{port}"
+        pulumi.export("openai_base_url", f"https://gateway.{settings.domain}{suffix}/v1")
 
 
 # What the in-cluster scaler's `up` needs from the deploying environment: the state backend, its
