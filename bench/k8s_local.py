@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_LOCAL = ROOT / "tools" / "k8s-local.sh"
-TOKEN = "bench-token-k8s-local"
+TOKEN = "bench-token-k8s-local-3f0e9a7c1b5d2468"
 DOMAIN = "k8s.bench"
 LOAD_SECONDS_LIMIT = 420
 STEP_TIMEOUT_SECONDS = 420

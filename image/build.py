@@ -151,6 +151,13 @@ def _serveform_cache() -> Path:
     return cache_dir().parent
 
 
+def _caddy_stamp() -> str:
+    """tools/setup.sh's caddy_stamp: the wrapper module's go.mod, go.sum and Go files (sorted by path)."""
+    wrapper = source_root() / "tools" / "caddy"
+    names = ["go.mod", "go.sum", *sorted((f"./{p.relative_to(wrapper)}" for p in wrapper.rglob("*.go")), key=lambda n: n.encode())]
+    return hashlib.sha256(b"".join((wrapper / name).read_bytes() for name in names)).hexdigest()[:12]
+
+
 def binaries() -> list[Binary]:
     """The tools layer's Go builds, where tools/setup.sh and tools/k8s/build.sh leave them."""
     cache = _serveform_cache()
@@ -160,7 +167,7 @@ def binaries() -> list[Binary]:
         Binary("pulumi", pulumi / "pulumi", "v3.259.0"),
         Binary("pulumi-language-python-exec", pulumi / "pulumi-language-python-exec", "v3.259.0"),
         Binary("pulumi-resource-pulumi-python", pulumi / "pulumi-resource-pulumi-python", "v3.259.0"),
-        Binary("caddy", cache / "caddy-v2.11.9" / "bin" / "caddy", "v2.11.9"),
+        Binary("caddy", cache / f"caddy-v2.11.9-{_caddy_stamp()}" / "bin" / "caddy", "v2.11.9"),
         Binary("pulumi-resource-kubernetes", provider / "pulumi-resource-kubernetes", "4.0.0-20260115033456-f47bc2d6f199"),
     ]
 

@@ -96,11 +96,6 @@ class Scaler(pulumi.ComponentResource):
                 k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], resources=["deployments"], verbs=["list", "watch"]),
                 k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], resources=["replicasets"], verbs=["get", "list", "watch"]),
                 k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["pods", "events"], verbs=["get", "list", "watch"]),
-                # Its `up` rewrites its own project ConfigMap (the counts it applied), no other.
-                k8s.rbac.v1.PolicyRuleArgs(
-                    api_groups=[""], resources=["configmaps"], resource_names=[PROJECT_CONFIG_MAP],
-                    verbs=["get", "patch", "update"],
-                ),
             ],
             opts=child,
         )

@@ -40,7 +40,7 @@ from serveform.stacks.engine import Engine
 pytestmark = pytest.mark.timeout(3600)
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "gateway-token-SECRET-real-7c1f"
+TOKEN = "gateway-token-SECRET-real-pods-7c1f-0a9d2e"
 PASSPHRASE = "k8s-local-real-pods-passphrase"
 DOMAIN = "k8s.test"
 CA_PATH = "/var/lib/serveform-gateway/state/caddy/pki/authorities/local/root.crt"

@@ -342,9 +342,7 @@ def test_scaler_deployment_may_only_touch_deployments_in_its_namespace(nodes):
     writes = [r for r in role.inputs["rules"] if set(r["verbs"]) & {"patch", "update", "create", "delete"}]
     # Writes by name only: the stack's own service Deployments (issue 16), never another in the namespace.
     assert writes == [
-        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["chat", "llm"], "verbs": ["get", "patch", "update"]},
-        # ...and its own project ConfigMap, which its `up` rewrites with the counts it applied.
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["scaler-project"], "verbs": ["get", "patch", "update"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["chat", "llm"], "verbs": ["get", "patch", "update"]}
     ]
     assert not rec.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")
     scaler = rec.one(DEPLOYMENT, "scaler-deployment")
