@@ -85,8 +85,11 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         for plan in plans:
             _pod.split_env(plan)
             _pod.gpu_request(plan)
-        caddyfile = _caddy.gateway_caddyfile(settings, plans, cfg.namespace, PORT_NAME)
-        gateway_config, gateway_secret_files = _caddy.gateway_files(settings, plans, cfg.namespace, PORT_NAME)
+        # Service files by their path in the project: the scaler pod runs the same program from
+        # another directory, and its `up` must render the same gateway.json.
+        routed = [_project_relative(plan, settings.project_dir) for plan in plans]
+        caddyfile = _caddy.gateway_caddyfile(settings, routed, cfg.namespace, PORT_NAME)
+        gateway_config, gateway_secret_files = _caddy.gateway_files(settings, routed, cfg.namespace, PORT_NAME)
     except (_pod.K8sPlanError, GatewayConfigError) as exc:
         raise pulumi.RunError(str(exc)) from None
     image = cfg.image or cfg.scaler_image
@@ -258,6 +261,14 @@ def _scaler_environment() -> pulumi.Output | None:
 
 # The Python of serveform's runtime image (Debian bookworm's python3, the virtualenv's).
 RUNTIME_PYTHON = "3.11"
+
+
+def _project_relative(plan: ServicePlan, project_dir: str) -> ServicePlan:
+    """The plan with its service file named relative to the project (as the stack file lists it)."""
+    path = Path(plan.file)
+    if not path.is_absolute() or not path.is_relative_to(project_dir):
+        return plan
+    return plan.model_copy(update={"file": str(path.relative_to(project_dir))})
 
 
 def _without_python_setup(plan: ServicePlan) -> ServicePlan:

@@ -1,8 +1,8 @@
 """The `k8s` backend deployed for real: the Pulumi CLI (Automation API engine) against k8s-local.
 
-One stack with two services — `chat` (CPU, autoscaled 1..3, a secret env from stack secrets; real
-containers of serveform's runtime image on k8s-local's real node) and `llm` (two A100s, shm, a
-network volume, a secret env; on kwok's GPU node) — goes through `preview`, `up`, a
+One stack with two services — `chat` (CPU, autoscaled 1..3, a secret env from stack secrets; in
+serveform's runtime image) and `llm` (two A100s, shm, a network volume, a secret env), on kwok's
+nodes — goes through `preview`, `up`, a
 no-change `up`, scale `up`s as the scaler and `serveform scale` run them (kept by a plain `up`), and
 `destroy`. Every check reads the cluster through the Kubernetes API. A second stack asks for
 more GPUs than any node has and must fail fast with a message naming the service file.
@@ -228,11 +228,12 @@ def test_preview_up_noop_scale_and_destroy(tmp_path: Path, k8s_local: K8sLocal, 
     for secret in (API_KEY, HF_TOKEN, GATEWAY_TOKEN):
         assert secret not in state, "a secret is in the Pulumi state in plain text"
 
-    # Pods really scheduled: the GPU pod on kwok's GPU node (Running, no container), chat on the real node.
+    # Pods really scheduled: the GPU pod on the GPU node, chat on the CPU node, Running (kwok plays the kubelet;
+    # tests/k8s/test_real_pods.py runs real containers on k8s-local's real node).
     llm_pods = poll(lambda: _running_pods(core, namespace, "llm"), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="llm pod Running")
     assert [p.spec.node_name for p in llm_pods] == ["kwok-gpu-0"]
     chat_pods = poll(lambda: _running_pods(core, namespace, "chat"), timeout_seconds=SETTLE_TIMEOUT_SECONDS, what="chat pod Running")
-    assert [p.spec.node_name for p in chat_pods] == ["k8s-local-node"]
+    assert [p.spec.node_name for p in chat_pods] == ["kwok-cpu-0"]
     claim = core.read_namespaced_persistent_volume_claim("models", namespace)
     assert claim.status.phase == "Bound" and claim.spec.volume_name == f"{namespace}-models"
     gateway = core.read_namespaced_service("gateway", namespace)

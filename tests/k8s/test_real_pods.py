@@ -119,10 +119,14 @@ def _resolve_to(address: str):
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, k8s_local: K8sLocal, kube) -> Iterator[Deployed]:
+def deployed(tmp_path_factory: pytest.TempPathFactory, k8s_local_real_node: K8sLocal) -> Iterator[Deployed]:
     import socket
 
+    from kubernetes import config as k8s_config
     from pulumi import automation as auto
+
+    k8s_local = k8s_local_real_node
+    kube = k8s_config.new_client_from_config(config_file=str(k8s_local.kubeconfig), context=k8s_local.context)
 
     saved = dict(os.environ)
     root = tmp_path_factory.mktemp("real-pods")

@@ -347,6 +347,8 @@ stop() {
     while read -r dir; do
       [ -f "$dir/cgroup.procs" ] && mapfile -t -O "${#pids[@]}" pids < "$dir/cgroup.procs"
     done < <(cgroup_dirs)
+    # Everything in the node's network namespace too: found even when the pid files are gone.
+    mapfile -t -O "${#pids[@]}" pids < <(ip netns pids "$NETNS" 2>/dev/null)
     [ ${#pids[@]} -gt 0 ] || break
     kill -KILL "${pids[@]}" 2>/dev/null || true
     sleep 0.2
