@@ -74,6 +74,8 @@ IMAGE_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 GZIP_LEVEL = 6
+# Set in the image's environment to its own reference.
+SELF_REF_ENV = "SERVEFORM_RUNTIME_IMAGE"
 
 
 class ImageBuildError(RuntimeError):
@@ -243,12 +245,20 @@ def source_root() -> Path:
 
 def image_tag(root: Path | None = None) -> str:
     """The tag of the image a checkout (default: this one) builds, building nothing: a hash of every layer's key."""
-    keys = _keys(root or source_root())
+    try:
+        keys = _keys(root or source_root())
+    except OSError as exc:
+        raise ImageBuildError(f"cannot read what the image is built from ({exc}); set serveform:k8s.image") from None
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def image_ref(root: Path | None = None) -> str:
-    """`serveform:<tag>`: how pods name the image (containerd reads it as docker.io/library/...)."""
+    """`serveform:<tag>`: how pods name the image (containerd reads it as docker.io/library/...).
+
+    Inside the image itself (no checkout beside the installed package), the image's own name.
+    """
+    if root is None and os.environ.get(SELF_REF_ENV) and not (source_root() / "tools").is_dir():
+        return os.environ[SELF_REF_ENV]
     return f"{IMAGE_NAME}:{image_tag(root)}"
 
 
@@ -449,7 +459,9 @@ def _blob(data: bytes) -> tuple[str, bytes]:
 def _runtime_config(tag: str) -> dict:
     return {
         "User": f"{USER_ID}:{USER_ID}",
-        "Env": [f"{k}={v}" for k, v in IMAGE_ENV.items()],
+        # The image names itself: a scale update in the cluster re-runs the program without a
+        # checkout to compute the tag from (see image_ref).
+        "Env": [f"{k}={v}" for k, v in {**IMAGE_ENV, SELF_REF_ENV: f"{IMAGE_NAME}:{tag}"}.items()],
         "WorkingDir": WORKDIR,
         "Cmd": [f"{VENV}/bin/serveform", "--help"],
         "Labels": {"org.opencontainers.image.title": IMAGE_NAME, "org.opencontainers.image.version": tag},
