@@ -15,6 +15,7 @@ counts, so it never applies an edit of the working tree.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -109,6 +110,35 @@ def run() -> None:
     pulumi.export(DEPLOYMENT_OUTPUT, pulumi.Output.secret(DeployedInputs(config=config, plans=tuple(plans)).to_output()))
 
 
+# How this host reaches the deployment, not what is deployed: taken from the running host's
+# stack file in a scale run. The in-cluster scaler's copy drops kubeconfig and context (it uses
+# its ServiceAccount) and pins the runtime image the deploying `up` resolved from its checkout.
+_HOST_KEYS = {"serveform:k8s": ("kubeconfig", "context", "runtime_image")}
+
+
+def _with_host_keys(deployed: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    config = dict(deployed)
+    for key, fields in _HOST_KEYS.items():
+        merged, here = _object(config.get(key)), _object(live.get(key))
+        for field in fields:
+            merged.pop(field, None)
+            if field in here:
+                merged[field] = here[field]
+        if key in config or merged:
+            config[key] = json.dumps(merged)
+    return config
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A config object as the engine passes it (JSON text) or as a mapping."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
 def _deployed_inputs(
     previous: Mapping[str, Any], request: ScaleRequest, live_config: Mapping[str, Any]
 ) -> tuple[StackSettings, list[ServicePlan], Mapping[str, Any]]:
@@ -121,14 +151,15 @@ def _deployed_inputs(
     unknown = sorted(set(request.counts) - {p.name for p in deployed.plans})
     if unknown:
         raise pulumi.RunError(f"cannot scale {', '.join(unknown)}: no such service in the last deployment of stack {pulumi.get_stack()}")
+    config = _with_host_keys(deployed.config, live_config)
     try:
-        settings = load_settings(deployed.config)
+        settings = load_settings(config)
     except StackConfigError as exc:
         raise pulumi.RunError(f"the last deployment's stack config no longer validates: {exc}") from None
     try:
         live = load_settings(live_config)
         live_plans, reports = compile_services(live, os.environ)
-        drift = describe_drift(deployed, live_config, [r.plan for r in live_plans])
+        drift = describe_drift(DeployedInputs(config, deployed.plans), live_config, [r.plan for r in live_plans])
         drift += [f"the working tree does not compile: {report}" for report in reports]
     except StackConfigError as exc:
         drift = [f"the working tree's stack config does not validate: {exc}"]

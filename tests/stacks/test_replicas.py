@@ -150,3 +150,18 @@ def test_a_request_expecting_another_count_keeps_the_one_set_since():
     fresh = ScaleRequest(counts={"chat": 0}, source="scaler", expected={"chat": 3})
     assert resolve_counts([plan()], {"chat": manual}, fresh, NOW)["chat"] == ReplicaCount(0, "scaler", "2026-12-06T01:02:03Z")
     assert ScaleRequest.from_environ({SCALE_ENV: stale.to_env()}) == stale
+
+
+def test_a_scale_run_takes_how_this_host_reaches_the_cluster_from_its_own_stack_file():
+    from serveform.components.program import _with_host_keys
+
+    deployed = {
+        "serveform:domain": "example.test",
+        "serveform:k8s": json.dumps({"kubeconfig": "/home/ci/.kube/config", "context": "ci", "namespace": "prod"}),
+    }
+    # The in-cluster scaler's copy: no kubeconfig or context (its ServiceAccount), the image pinned.
+    pod = {"serveform:k8s": json.dumps({"namespace": "edited", "runtime_image": "serveform:abc"})}
+    merged = _with_host_keys(deployed, pod)
+    assert json.loads(merged["serveform:k8s"]) == {"namespace": "prod", "runtime_image": "serveform:abc"}
+    assert merged["serveform:domain"] == "example.test"  # everything else is the deployment's
+    assert _with_host_keys({"serveform:domain": "x"}, {}) == {"serveform:domain": "x"}
