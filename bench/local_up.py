@@ -5,7 +5,7 @@ Runs the repository's `dev` stack config and example service in a throwaway copy
 
     cold up           first `up`: gateway, token, replicas, publication
     no-change up      `up` again with nothing changed
-    scale-by-one up   `up` after `serveform:replicas.chat` += 1 (what the scaler writes)
+    scale-by-one up   `serveform scale chat N+1` (the scale `up` the scaler runs)
 
 with each time's ratio to the cold `up`, then destroys the copy. Usage: `python bench/local_up.py`.
 """
@@ -88,11 +88,7 @@ def main() -> None:
                 [pulumi, "stack", "output", "services", "--json", "--stack", STACK], cwd=root, env=env, capture_output=True, text=True, check=True
             )
             count = json.loads(outputs.stdout)[0]["replicas"]["count"]
-            subprocess.run(
-                [pulumi, "config", "set", "--path", "serveform:replicas.chat", str(count + 1), "--stack", STACK],
-                cwd=root, env=env, check=True, capture_output=True,
-            )
-            scale = _serveform(root, env, "up", "--yes")
+            scale = _serveform(root, env, "scale", "chat", str(count + 1))
         finally:
             _serveform(root, env, "destroy", "--yes")
     print(f"local dev stack, `serveform up` wall time (replicas {count} -> {count + 1} for the scale step)")
