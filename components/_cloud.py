@@ -380,8 +380,13 @@ def gateway_document(settings: StackSettings, plans: Sequence[ServicePlan]) -> d
     """
     from serveform.gateway.state import DNS_OPTIONS_FILE, TOKENS_FILE
 
+    from ._vm import GATEWAY_METRICS_PORT
+
     return {
         "settings": gateway_settings(settings).model_dump(mode="json", exclude={"tokens", "dns_options"}),
+        # Caddy's metrics on a fixed loopback port: the scaler runs as another user and cannot
+        # read status.json, where a random port would be named.
+        "runtime": {"metrics_port": GATEWAY_METRICS_PORT},
         # Service files by their project-relative path: the boot document must not change with
         # the checkout folder of whoever deploys (a changed boot document replaces the gateway VM).
         "plans": [
@@ -424,9 +429,9 @@ def scaler_unit(settings: StackSettings, plans: Sequence[ServicePlan]) -> str | 
         return None
     from serveform.scaler import render_unit
 
-    from ._vm import GATEWAY_STATE_DIR
+    from ._vm import GATEWAY_METRICS_PORT, SCALER_USER
 
-    return render_unit(stack=settings.stack, gateway_state_dir=GATEWAY_STATE_DIR)
+    return render_unit(stack=settings.stack, user=SCALER_USER, metrics_url=f"http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics")
 
 
 def project_files(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict[str, str]:

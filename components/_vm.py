@@ -25,6 +25,7 @@ from serveform.translator.plan import OfferPlan, ServicePlan
 from ._render import render
 
 __all__ = [
+    "ArtifactRef",
     "Capacity",
     "DEFAULT_VOLUME_SIZE_GB",
     "Cloud",
@@ -47,7 +48,13 @@ __all__ = [
 
 Cloud = Literal["aws", "gcp", "azure"]
 
-# The gateway host installs serveform from the package index at the version that deployed it.
+# The gateway host's system users: Caddy, the router and discovery run as the first, the scaler
+# (which holds the state's credentials) as the second.
+GATEWAY_USER = "serveform"
+SCALER_USER = "serveform-scaler"
+# Caddy's Prometheus endpoint on the gateway host, loopback only: fixed, so that the scaler (another
+# user, who cannot read the gateway's status.json) is told where it is.
+GATEWAY_METRICS_PORT = 9180
 GATEWAY_STATE_DIR = "/var/lib/serveform/gateway"
 GATEWAY_CONFIG_DIR = "/etc/serveform"
 # How often the gateway host lists each group's instances (systemd timer), in seconds.
@@ -73,6 +80,12 @@ SCALER_ENV_FILE = "/etc/serveform/scaler.env"
 # What the scaler's `pulumi up` needs of the deploying environment: where the state is, its
 # passphrase, and a Pulumi Cloud token when the state lives there.
 SCALER_ENV_NAMES = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_ACCESS_TOKEN")
+
+# What an artifact's name and digest may be: they reach install.sh's command lines and object keys.
+_ARTIFACT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The boot's fetcher (stdlib Python), written to the AWS gateway as /opt/serveform/bin/serveform-fetch.
+_AWS_FETCH = Path(__file__).resolve().parent / "boot" / "aws_fetch.py"
 
 # AWS Graviton (arm64) instance families: a letter prefix, a generation, then a `g` among the suffixes.
 _AWS_ARM = re.compile(r"^(a1|[a-z]+\d+[a-z]*g[a-z]*)\.")
@@ -360,6 +373,22 @@ class DiscoveryTarget:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ArtifactRef:
+    """A file the gateway VM fetches from the stack's bucket at boot (`serveform.image.vm`)."""
+
+    name: str
+    """`wheelhouse`, `caddy` or `pulumi`: the boot's messages name it."""
+    sha256: str
+    """Hex digest the boot checks before using the file."""
+    key: str
+    """Its object key in the stack's bucket."""
+
+    def __post_init__(self) -> None:
+        if not _ARTIFACT_NAME.match(self.name) or not _SHA256.match(self.sha256) or not re.fullmatch(r"[A-Za-z0-9/._-]+", self.key):
+            raise VmConfigError(f"artifact {self.name!r}: expected a lower-case name, a hex sha256 and a plain object key")
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewayBoot:
     """Everything the gateway VM's cloud-init needs, resolved to plain values."""
 
@@ -390,6 +419,13 @@ class GatewayBoot:
     scaler_env_secret: SecretRef | None = None
     """Where the scaler's environment (state backend URL, passphrase) lives; fetched at boot into
     SCALER_ENV_FILE (0600). None: the operator provides that file."""
+    artifacts: tuple[ArtifactRef, ...] = ()
+    """What the VM runs, shipped by the deployment (AWS): fetched from `artifact_bucket` and checked
+    by digest. Empty: the older download path (GCP, Azure)."""
+    artifact_bucket: str | None = None
+    """The stack's private bucket holding `artifacts`."""
+    artifact_region: str | None = None
+    """The bucket's region."""
 
 
 def scaler_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -431,6 +467,8 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         discovery["azure_client_id"] = boot.identity
     from serveform.gateway.state import CONFIG_FILE, DNS_OPTIONS_FILE, TOKENS_FILE
 
+    if boot.artifacts and (boot.cloud != "aws" or not boot.artifact_bucket or not boot.artifact_region):
+        raise VmConfigError(f"{boot.cloud} gateway: shipped artifacts need the stack's AWS bucket and its region")
     install_sh = render(
         "gateway/install.sh.j2",
         config_file=CONFIG_FILE,
@@ -451,10 +489,19 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         scaler_state_dir=SCALER_STATE_DIR,
         scaler_env_secret=boot.scaler_env_secret if boot.scaler_unit is not None else None,
         scaler_env_file=SCALER_ENV_FILE,
+        gateway_user=GATEWAY_USER,
+        scaler_user=SCALER_USER,
+        artifacts=boot.artifacts,
+        artifact_bucket=boot.artifact_bucket or "",
+        artifact_region=boot.artifact_region or "",
     )
     units = {
-        "serveform-gateway.service": render("gateway/serveform-gateway.service.j2", config_dir=GATEWAY_CONFIG_DIR, state_dir=GATEWAY_STATE_DIR),
-        "serveform-discovery.service": render("gateway/serveform-discovery.service.j2", config_dir=GATEWAY_CONFIG_DIR, state_dir=GATEWAY_STATE_DIR),
+        "serveform-gateway.service": render(
+            "gateway/serveform-gateway.service.j2", config_dir=GATEWAY_CONFIG_DIR, state_dir=GATEWAY_STATE_DIR
+        ),
+        "serveform-discovery.service": render(
+            "gateway/serveform-discovery.service.j2", config_dir=GATEWAY_CONFIG_DIR, state_dir=GATEWAY_STATE_DIR
+        ),
         "serveform-discovery.timer": render("gateway/serveform-discovery.timer.j2", interval_seconds=DISCOVERY_INTERVAL_SECONDS),
     }
     if boot.scaler_unit is not None:
@@ -469,4 +516,5 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         state_dir=GATEWAY_STATE_DIR,
         project_dir=SCALER_PROJECT_DIR,
         project_files=boot.project_files if boot.scaler_unit is not None else {},
+        fetch_py=_AWS_FETCH.read_text() if boot.artifacts else "",
     )

@@ -38,8 +38,10 @@ __all__ = [
 # Deep Learning Base AMI: NVIDIA driver, Docker and the NVIDIA container toolkit preinstalled.
 GPU_AMI_OWNER = "amazon"
 GPU_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
-GATEWAY_AMI_OWNER = "099720109477"  # Canonical
-GATEWAY_AMI_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+# Debian 12 (bookworm): the system the boot test boots for real, and the Python (3.11) the
+# wheelhouse is built for (`serveform.image.vm`).
+GATEWAY_AMI_OWNER = "136693071363"  # Debian
+GATEWAY_AMI_NAME = "debian-12-amd64-*"
 
 
 def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
@@ -54,6 +56,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:aws.zone_id", "required for tls acme_dns with dns_provider route53 (the hosted zone of the domain)"))
     caps = _cloud.preflight(settings, plans, "aws", problems, region=region)
     assert region is not None
+    artifacts = gateway_artifacts()
 
     provider = aws.Provider("aws", region=region)
     invoke = pulumi.InvokeOutputOptions(provider=provider)
@@ -87,6 +90,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             subnet_id=first_subnet,
             instance_type=settings.gateway.instance_type or DEFAULT_GATEWAY_INSTANCE_TYPE,
             zone_id=cfg.zone_id,
+            artifacts=artifacts,
         )
         return Gateway("gateway", args, opts)
 
@@ -107,3 +111,14 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     _cloud.register(
         settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group
     )
+
+
+def gateway_artifacts():
+    """What the gateway VM runs, built (or found cached) from this checkout; a `pulumi.RunError` when a build is missing."""
+    from serveform.image import ImageBuildError
+    from serveform.image.vm import gateway_artifacts as build
+
+    try:
+        return build()
+    except ImageBuildError as exc:
+        raise pulumi.RunError(f"the gateway VM's artifacts: {exc}") from None

@@ -1,5 +1,12 @@
 """`Gateway`: the stack's entry point on AWS — one small VM with an Elastic IP.
 
+Its software is shipped, not downloaded: the deployment uploads the gateway's artifacts (a
+wheelhouse of serveform and its pinned dependencies, the project's Caddy build, the Pulumi CLI;
+`serveform.image.vm`) into a private, encrypted bucket of the stack, and the user data names each
+by its sha256; the boot fetches them with the instance role and checks every digest. The bucket
+blocks public access, encrypts at rest, refuses plain HTTP, and lets only the gateway's role (and
+whoever deploys) read objects.
+
 It runs Caddy with the OpenAI-compatible router, the replica discovery timer and the scaler
 as systemd units (cloud-init from `components/templates/gateway/`). Its security group opens
 80 and 443 and nothing else; its role may list the groups' instances, set their desired
@@ -10,6 +17,7 @@ the address; otherwise the address is exported for the user's DNS.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +25,10 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from serveform.image.vm import VmArtifact
+
 from .._cloud import GatewayGroupRef, VmGatewayArgs
-from .._vm import SecretRef, gateway_user_data
+from .._vm import ArtifactRef, SecretRef, gateway_user_data
 
 __all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "GatewayGroupRef", "GATEWAY_PORTS"]
 
@@ -50,6 +60,8 @@ class GatewayArgs(VmGatewayArgs):
     """Route 53 hosted zone of the domain: when set, `*.<domain>` is created there."""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra tags for every child."""
+    artifacts: tuple[VmArtifact, ...] = ()
+    """What the VM runs (`serveform.image.vm.gateway_artifacts`), uploaded into the stack's bucket."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -67,6 +79,8 @@ class Gateway(pulumi.ComponentResource):
     """`*.<domain>` when the record was created."""
     user_data: pulumi.Output[str]
     """The rendered cloud-init (names secrets, never holds their values)."""
+    artifact_bucket: pulumi.Output[str]
+    """The stack's private bucket of the VM's artifacts."""
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(GATEWAY_TYPE, name, None, opts)
@@ -109,26 +123,80 @@ class Gateway(pulumi.ComponentResource):
         )
         zone_id = args.zone_id if args.dns_provider == "route53" else None
         group_names = [g.group_name for g in args.groups.values()]
+
+        # The artifacts' bucket: private, encrypted, TLS only, readable by this role and the deployer.
+        bucket = aws.s3.Bucket(f"{name}-artifacts", force_destroy=True, tags=tags, opts=child)
+        private = aws.s3.BucketPublicAccessBlock(
+            f"{name}-artifacts-private",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketOwnershipControls(
+            f"{name}-artifacts-owner", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"}, opts=child
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-artifacts-encryption",
+            bucket=bucket.id,
+            rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}],
+            opts=child,
+        )
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        caller = aws.get_caller_identity_output(opts=invoke)
+        # An assumed role's session ARN is not what `aws:PrincipalArn` compares: its role's ARN is.
+        deployer = aws.iam.get_session_context_output(arn=caller.arn, opts=invoke).issuer_arn
+        aws.s3.BucketPolicy(
+            f"{name}-artifacts-policy",
+            bucket=bucket.id,
+            policy=pulumi.Output.all(bucket.arn, role.arn, deployer).apply(lambda v: artifact_bucket_policy(v[0], [v[1], v[2]])),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[private]),
+        )
+        objects = [
+            aws.s3.BucketObjectv2(
+                f"{name}-artifact-{artifact.name}",
+                bucket=bucket.id,
+                key=artifact.key,
+                source=pulumi.FileAsset(str(artifact.path)),
+                checksum_algorithm="SHA256",
+                content_type="application/octet-stream",
+                tags=tags,
+                opts=child,
+            )
+            for artifact in args.artifacts
+        ]
+        refs = tuple(ArtifactRef(name=a.name, sha256=a.sha256, key=a.key) for a in args.artifacts)
+
         aws.iam.RolePolicy(
             f"{name}-policy",
             role=role.id,
-            policy=pulumi.Output.all(secret_arn, scaler_env_arn).apply(
-                lambda arns: gateway_policy(arns[0], args.region, group_names, zone_id, scaler_env_arn=arns[1], domain=args.domain)
+            policy=pulumi.Output.all(secret_arn, scaler_env_arn, bucket.arn).apply(
+                lambda arns: gateway_policy(
+                    arns[0], args.region, group_names, zone_id, scaler_env_arn=arns[1], domain=args.domain,
+                    artifact_arns=[f"{arns[2]}/{r.key}" for r in refs],
+                )
             ),
             opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
 
         targets = args.targets("aws", region=args.region)
-        user_data = pulumi.Output.all(secret_arn, scaler_env_arn).apply(
+        user_data = pulumi.Output.all(secret_arn, scaler_env_arn, bucket.bucket).apply(
             lambda arns: gateway_user_data(
-                args.boot(
-                    "aws",
-                    targets,
-                    tokens_secret=SecretRef(cloud="aws", ref=arns[0], region=args.region) if arns[0] else None,
-                    scaler_env_secret=SecretRef(cloud="aws", ref=arns[1], region=args.region) if arns[1] else None,
-                    # Route 53 is global, but the AWS SDK inside Caddy wants a region.
-                    dns_options={"region": args.region} if args.dns_provider == "route53" else {},
+                dataclasses.replace(
+                    args.boot(
+                        "aws",
+                        targets,
+                        tokens_secret=SecretRef(cloud="aws", ref=arns[0], region=args.region) if arns[0] else None,
+                        scaler_env_secret=SecretRef(cloud="aws", ref=arns[1], region=args.region) if arns[1] else None,
+                        # Route 53 is global, but the AWS SDK inside Caddy wants a region.
+                        dns_options={"region": args.region} if args.dns_provider == "route53" else {},
+                    ),
+                    artifacts=refs,
+                    artifact_bucket=arns[2],
+                    artifact_region=args.region,
                 )
             )
         )
@@ -146,7 +214,8 @@ class Gateway(pulumi.ComponentResource):
             metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1},
             root_block_device={"volume_size": ROOT_DISK_GB, "volume_type": "gp3", "encrypted": True},
             tags={"Name": f"serveform-{args.stack}-gateway", **tags},
-            opts=child,
+            # The boot fetches the artifacts: they are in the bucket before the VM exists.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=objects),
         )
         address = aws.ec2.Eip(f"{name}-address", domain="vpc", instance=vm.id, tags=tags, opts=child)
 
@@ -168,6 +237,7 @@ class Gateway(pulumi.ComponentResource):
         self.role_arn = role.arn
         self.dns_name = dns_name
         self.user_data = user_data
+        self.artifact_bucket = bucket.bucket
         self.register_outputs(
             {
                 "address": self.address,
@@ -175,6 +245,7 @@ class Gateway(pulumi.ComponentResource):
                 "security_group_id": self.security_group_id,
                 "role_arn": self.role_arn,
                 "dns_name": self.dns_name,
+                "artifact_bucket": self.artifact_bucket,
             }
         )
 
@@ -186,6 +257,33 @@ def _stored_secret(
     secret = aws.secretsmanager.Secret(name, description=description, recovery_window_in_days=0, tags=tags, opts=opts)
     aws.secretsmanager.SecretVersion(f"{name}-value", secret_id=secret.id, secret_string=pulumi.Output.secret(value), opts=opts)
     return secret.arn
+
+
+def artifact_bucket_policy(bucket_arn: str, readers: Sequence[str | None]) -> str:
+    """The artifacts bucket's policy: TLS only, and objects readable by ``readers`` (role ARNs) alone.
+
+    The deny applies to every other principal of the account too, whatever its own IAM policy says.
+    """
+    principals = sorted({r for r in readers if r})
+    statements: list[dict[str, object]] = [
+        {
+            "Sid": "TlsOnly",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn, f"{bucket_arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+        {
+            "Sid": "ReadByTheGatewayRoleOnly",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:GetObject",
+            "Resource": [f"{bucket_arn}/*"],
+            "Condition": {"StringNotEquals": {"aws:PrincipalArn": principals}},
+        },
+    ]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
 def acme_challenge_name(domain: str) -> str:
@@ -201,8 +299,9 @@ def gateway_policy(
     *,
     scaler_env_arn: str | None = None,
     domain: str = "",
+    artifact_arns: Sequence[str] = (),
 ) -> str:
-    """The gateway role: discovery, the scaler's desired capacity, its tokens and environment, its DNS challenge."""
+    """The gateway role: its artifacts, discovery, the scaler's desired capacity, its tokens and environment, its DNS challenge."""
     statements: list[dict[str, object]] = [
         # Describe calls take no resource scope in IAM.
         {
@@ -212,6 +311,8 @@ def gateway_policy(
             "Resource": "*",
         }
     ]
+    if artifact_arns:
+        statements.append({"Sid": "FetchArtifacts", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": sorted(artifact_arns)})
     if group_names:
         statements.append(
             {

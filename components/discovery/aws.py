@@ -10,6 +10,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import json
+import os
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -79,9 +80,19 @@ def _credentials(imds: str) -> dict[str, str]:
     return json.loads(_http.request("GET", f"{imds}/latest/meta-data/iam/security-credentials/{role}", headers))
 
 
+def _sdk_endpoints() -> dict[str, str]:
+    """The AWS SDKs' own endpoint variables, when set (only the boot test sets them, to moto)."""
+    found = {}
+    if os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"):
+        found["imds"] = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"].rstrip("/")
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        found["ec2"] = os.environ["AWS_ENDPOINT_URL"].rstrip("/")
+    return found
+
+
 def running_ips(group: str, region: str, *, endpoints: Mapping[str, str] | None = None, now: _dt.datetime | None = None) -> list[str]:
     """Private IPs of the group's running instances."""
-    endpoints = endpoints or {}
+    endpoints = {**_sdk_endpoints(), **(endpoints or {})}
     creds = _credentials(endpoints.get("imds", IMDS))
     base = endpoints.get("ec2", f"https://ec2.{region}.amazonaws.com")
     query = urllib.parse.urlencode(

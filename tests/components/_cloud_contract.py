@@ -102,7 +102,7 @@ def test_one_group_per_example_service_children_parented(recording, request):
 def test_secrets_reach_pulumi_as_secrets_and_no_plain_text_anywhere(recording):
     secret_inputs = [r for r in recording.resources if r.secret_inputs]
     assert len(secret_inputs) >= 3  # llama31's HF_TOKEN, the private registry password, the gateway tokens
-    everything = json.dumps([_strip_secrets(r.raw_inputs) for r in recording.resources])
+    everything = json.dumps([_strip_secrets(r.raw_inputs) for r in recording.resources], default=repr)  # FileAsset: the artifacts uploaded
     texts = [t for r in recording.resources for t in _decoded_texts(_strip_secrets(r.raw_inputs))]
     for secret in (HF_TOKEN, REGISTRY_PASSWORD, TOKEN):
         assert secret not in everything

@@ -201,3 +201,19 @@ def hostile_plan(backend: str, instance_dir: str = "/mnt/it's here") -> ServiceP
         volumes=(VolumePlan(kind="instance", instance_path=instance_dir, path="/data/$HOME"),),
         route=GatewayRoutePlan(subdomain="hostile"),
     )
+
+
+def fake_gateway_artifacts(folder):
+    """Small stand-ins for the AWS gateway's artifacts (`serveform.image.vm.gateway_artifacts`):
+    component tests run under mocks and need files with digests, not the real builds."""
+    import hashlib
+    from pathlib import Path
+
+    from serveform.image.vm import VmArtifact
+
+    artifacts = []
+    for name in ("wheelhouse", "caddy", "pulumi"):
+        path = Path(folder) / name
+        path.write_bytes(f"fake {name}\n".encode())
+        artifacts.append(VmArtifact(name=name, path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    return tuple(artifacts)

@@ -44,6 +44,8 @@ CALLS: dict[str, dict[str, Any]] = {
     "aws:ec2/getVpc:getVpc": {"id": "vpc-0mock", "cidr_block": "10.0.0.0/16"},
     "aws:ec2/getSubnets:getSubnets": {"ids": ["subnet-0b", "subnet-0a"], "id": "us-east-1"},
     "aws:ec2/getSubnet:getSubnet": {"availability_zone": "us-east-1a"},
+    "aws:index/getCallerIdentity:getCallerIdentity": {"accountId": "123456789012", "arn": "arn:aws:sts::123456789012:assumed-role/deployer/ci", "userId": "AROAMOCK:ci", "id": "123456789012"},
+    "aws:iam/getSessionContext:getSessionContext": {"issuerArn": "arn:aws:iam::123456789012:role/deployer", "arn": "arn:aws:sts::123456789012:assumed-role/deployer/ci"},
     "gcp:organizations/getProject:getProject": {"number": "123456789012", "project_id": "mock-project"},
     "azure-native:authorization:getClientConfig": {
         "subscriptionId": "00000000-0000-0000-0000-000000000001",
@@ -142,6 +144,8 @@ class Mocks(_mocks.Mocks):
                 ident = "vol-0" + args.name.replace("-", "")[:12]
             if typ == "aws:autoscaling/group:Group":
                 ident = state.get("name") or ident
+            if typ == "aws:s3/bucket:Bucket":
+                state.setdefault("bucket", f"{args.name}-0mock")
             state.setdefault("name", args.name)
         elif typ.startswith("gcp:"):
             state.setdefault("self_link", f"https://www.googleapis.com/compute/v1/projects/mock-project/{args.name}")

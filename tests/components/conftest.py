@@ -37,3 +37,16 @@ def _no_deploying_state_credentials():
         for name in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_ACCESS_TOKEN"):
             patch.delenv(name, raising=False)
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fake_gateway_artifacts(tmp_path_factory):
+    """The AWS gateway uploads its artifacts; under mocks, small files stand in for the real builds."""
+    from _cloud_examples import fake_gateway_artifacts
+
+    import serveform.components.aws as aws_backend
+
+    fakes = fake_gateway_artifacts(tmp_path_factory.mktemp("artifacts"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aws_backend, "gateway_artifacts", lambda: fakes)
+        yield fakes

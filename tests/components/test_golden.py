@@ -18,7 +18,7 @@ from _cloud_examples import hostile_plan  # noqa: E402
 
 from serveform.scaler import render_unit  # noqa: E402
 
-from serveform.components._vm import DiscoveryTarget, GatewayBoot, ReplicaBoot, SecretRef, gateway_user_data, replica_user_data  # noqa: E402
+from serveform.components._vm import ArtifactRef, DiscoveryTarget, GatewayBoot, ReplicaBoot, SecretRef, gateway_user_data, replica_user_data  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 _REFS = {
@@ -63,5 +63,10 @@ def test_gateway_cloud_init_golden(cloud):
         scaler_unit=render_unit(stack="dev", gateway_state_dir="/var/lib/serveform/gateway"),
         project_files={"Pulumi.yaml": "name: serveform\nruntime: python\n", "stacks/Pulumi.dev.yaml": "config:\n  serveform:backend: x\n"},
         scaler_env_secret=_ENV_REFS[cloud],
+        # AWS ships what the VM runs (issue 14); GCP and Azure still download it.
+        artifacts=tuple(ArtifactRef(name=n, sha256=d * 64, key=f"artifacts/{n}-{d * 64}") for n, d in (("wheelhouse", "a"), ("caddy", "b"), ("pulumi", "c")))
+        if cloud == "aws" else (),
+        artifact_bucket="gateway-artifacts-0123abcd" if cloud == "aws" else None,
+        artifact_region="us-east-1" if cloud == "aws" else None,
     )
     _check(f"gateway-{cloud}.yaml", gateway_user_data(boot))

@@ -36,6 +36,7 @@ from serveform.components import _cloud  # noqa: E402
 from serveform.components._render import render, sh_quote, systemd_quote, yaml_quote  # noqa: E402
 from serveform.components._vm import (  # noqa: E402
     DiscoveryTarget,
+    ArtifactRef,
     GatewayBoot,
     ReplicaBoot,
     SecretRef,
@@ -107,6 +108,11 @@ def _gateway_boot(cloud: str, plans) -> GatewayBoot:
         scaler_unit=_cloud.scaler_unit(settings, plans),
         project_files={"Pulumi.yaml": "name: serveform\nruntime: python\n", "stacks/Pulumi.dev.yaml": "config: {}\n"},
         scaler_env_secret=_SCALER_ENV_REFS[cloud],
+        # AWS ships what the VM runs (issue 14): fetched from the stack's bucket, checked by digest.
+        artifacts=tuple(ArtifactRef(name=n, sha256=d * 64, key=f"artifacts/{n}-{d * 64}") for n, d in (("wheelhouse", "a"), ("caddy", "b"), ("pulumi", "c")))
+        if cloud == "aws" else (),
+        artifact_bucket="gateway-artifacts-0123abcd" if cloud == "aws" else None,
+        artifact_region="us-east-1" if cloud == "aws" else None,
     )
 
 
@@ -181,11 +187,16 @@ def test_gateway_cloud_init(cloud, cloud_init, systemd_analyze, tmp_path):
     units = {Path(p).name: f["content"] for p, f in files.items() if p.startswith("/etc/systemd/system/")}
     assert set(units) == {"serveform-gateway.service", "serveform-discovery.service", "serveform-discovery.timer",
                           "serveform-scaler.service"}
-    assert "--gateway-state-dir" in units["serveform-scaler.service"] and "/var/lib/serveform/gateway" in units["serveform-scaler.service"]
+    # The scaler runs as its own user: it reads Caddy's metrics on the fixed loopback port, not the
+    # gateway's (private) status.json.
+    assert "--gateway-state-dir" not in units["serveform-scaler.service"]
+    assert '"--metrics-url" "http://127.0.0.1:9180/metrics"' in units["serveform-scaler.service"]
+    assert "User=serveform-scaler" in units["serveform-scaler.service"] and "User=serveform\n" in units["serveform-gateway.service"]
     assert files["/opt/serveform/project/stacks/Pulumi.dev.yaml"]["content"] == "config: {}\n"
     _units_ok(systemd_analyze, units, tmp_path)
     document = json.loads(files["/etc/serveform/gateway.json"]["content"])
     assert document["settings"]["http_port"] == 80 and document["settings"]["https_port"] == 443
+    assert document["runtime"] == {"metrics_port": 9180}
     assert {p["name"] for p in document["plans"]} == {p.name for p in plans}
     discovery = json.loads(files["/etc/serveform/discovery.json"]["content"])
     assert [t["service"] for t in discovery["targets"]] == [p.name for p in plans]
@@ -203,9 +214,11 @@ def test_gateway_cloud_init(cloud, cloud_init, systemd_analyze, tmp_path):
     fetch = install.index("> /etc/serveform/scaler.env.json")
     assert install.rindex("umask 077", 0, fetch) > install.rindex("umask 022", 0, fetch), "the env file must be written under umask 077"
     assert install.index("/etc/serveform/scaler.env") < install.index("systemctl enable --now serveform-scaler.service")
-    # The fetch's CLI exists on the host: AWS's through pip (Ubuntu has none); GCP/Azure use curl + python3.
-    assert ("pip install -q awscli" in install) == (cloud == "aws")
-    assert install.index("pip install -q awscli" if cloud == "aws" else "serveform_fetch_secret()") <= install.index("serveform_fetch_secret()")
+    # AWS fetches with serveform-fetch (stdlib Python, written by this document), never awscli from pip.
+    assert "awscli" not in install and "aws secretsmanager" not in install
+    if cloud == "aws":
+        assert "/opt/serveform/bin/serveform-fetch" in files
+        assert install.index("serveform-fetch secret") > install.index("serveform_fetch_secret()")
     # Without a stored environment, nothing is fetched: the operator provides the file.
     bare = gateway_user_data(dataclasses.replace(_gateway_boot(cloud, plans), scaler_env_secret=None))
     assert "scaler.env.json" not in bare and "the operator provides the scaler's environment file" in bare

@@ -13,3 +13,19 @@ _TESTS = Path(__file__).resolve().parents[1]
 for _path in (_TESTS / "components", _TESTS / "components" / "k8s"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fake_gateway_artifacts(tmp_path_factory):
+    """The AWS gateway uploads its artifacts; under mocks, small files stand in for the real builds."""
+    from _cloud_examples import fake_gateway_artifacts
+
+    import serveform.components.aws as aws_backend
+
+    fakes = fake_gateway_artifacts(tmp_path_factory.mktemp("artifacts"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aws_backend, "gateway_artifacts", lambda: fakes)
+        yield fakes

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from _cloud_contract import *  # noqa: F401,F403 (the shared VM-backend tests)
 from _cloud_contract import deploy, make_settings, recording  # noqa: F401
 from _cloud_examples import example_plans
@@ -89,9 +91,40 @@ def test_gateway_role_is_narrow(recording):
     policy = json.loads(recording.one("aws:iam/rolePolicy:RolePolicy", "gateway-policy").inputs["policy"])
     actions = sorted(a for s in policy["Statement"] for a in s["Action"])
     assert actions == sorted(
-        ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances", "autoscaling:SetDesiredCapacity", "secretsmanager:GetSecretValue"]
+        ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances", "autoscaling:SetDesiredCapacity", "secretsmanager:GetSecretValue",
+         "s3:GetObject"]
     )
+    fetch = next(s for s in policy["Statement"] if s["Sid"] == "FetchArtifacts")
+    # Exactly the artifacts' objects, content-addressed: not the bucket, not a wildcard.
+    assert len(fetch["Resource"]) == 3 and all("/artifacts/" in r and "*" not in r for r in fetch["Resource"])
     scale = next(s for s in policy["Statement"] if s["Sid"] == "ScaleServiceGroups")
     assert all(r.endswith(f"autoScalingGroupName/serveform-dev-{n}") for r, n in zip(scale["Resource"], sorted(example_plans("aws"))))
     replica = json.loads(recording.one("aws:iam/rolePolicy:RolePolicy", "llama31-service-policy").inputs["policy"])
     assert {a for s in replica["Statement"] for a in s["Action"]} == {"ec2:DescribeVolumes", "secretsmanager:GetSecretValue"}
+
+
+def test_artifacts_are_shipped_into_a_private_encrypted_bucket(recording):
+    """Issue 14: what the gateway VM runs is uploaded by the deployment, named by digest in its user data."""
+    bucket = recording.one("aws:s3/bucket:Bucket", "gateway-artifacts")
+    assert "serveform:aws:Gateway" in bucket.urn
+    block = recording.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "gateway-artifacts-private").inputs
+    assert all(block[k] for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+    sse = recording.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", "gateway-artifacts-encryption")
+    assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "AES256"
+    policy = json.loads(recording.one("aws:s3/bucketPolicy:BucketPolicy", "gateway-artifacts-policy").inputs["policy"])
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert by_sid["TlsOnly"]["Effect"] == "Deny" and by_sid["TlsOnly"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    readers = by_sid["ReadByTheGatewayRoleOnly"]["Condition"]["StringNotEquals"]["aws:PrincipalArn"]
+    # The gateway's role and the deploying role (its issuer, not the session), nobody else.
+    assert readers == sorted(["arn:aws:mock:::gateway-role", "arn:aws:iam::123456789012:role/deployer"])
+    objects = [r for r in recording.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2"]
+    assert sorted(o.name for o in objects) == ["gateway-artifact-caddy", "gateway-artifact-pulumi", "gateway-artifact-wheelhouse"]
+    user_data = recording.one("aws:ec2/instance:Instance", "gateway-vm").inputs["userData"]
+    install = yaml.safe_load(user_data)["write_files"]
+    script = next(f["content"] for f in install if f["path"] == "/opt/serveform/install.sh")
+    for obj in objects:
+        key = obj.inputs["key"]
+        digest = key.rsplit("-", 1)[1]
+        assert key in script and digest in script
+    # Nothing from the internet at boot: no index, no download, no curl | sh.
+    assert "pip install -q serveform" not in script and "curl" not in script and "get.pulumi.com" not in script

@@ -1,0 +1,195 @@
+"""What a cloud VM runs, as files the deployment uploads: the gateway VM's artifacts.
+
+A VM must not download serveform's software at boot: no package index has serveform, Caddy's
+release download lacks the project's modules, and `curl | sh` checks nothing. So the deploying
+machine builds three files, the AWS gateway component uploads them into the stack's private
+bucket, and the user data names each one with its sha256:
+
+- `wheelhouse` — a tar of wheels: serveform (a wheel of the checkout) and its pinned
+  dependencies (`runtime-requirements.txt` plus the AWS SDK of `VM_EXTRA_REQUIREMENTS`) for
+  CPython 3.11 on x86-64, the Python of the gateway's Debian 12 image; the boot installs them
+  with `pip --no-index`.
+- `caddy` — the project's Caddy build (tools/setup.sh: our gateway module, the DNS modules and
+  the rate limiter).
+- `pulumi` — a tar of the Pulumi CLI build with its Python shims (the scaler's `up`), plus the
+  AWS resource plugin when the deploying machine has it (its `pulumi up` needs it anyway).
+
+Every file is byte-for-byte reproducible from its inputs (tar members sorted, times and owners
+fixed, the wheel built with SOURCE_DATE_EPOCH): an unchanged checkout keeps the digests, the user
+data and so the gateway VM. Results are cached in ~/.cache/serveform/vm-artifacts/ by their
+inputs' hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .build import LOCK_FILE, PYTHON_VERSION, ImageBuildError, _caddy_stamp, _hash_cached, _serveform_cache, project_files, source_root
+
+__all__ = ["VM_EXTRA_REQUIREMENTS", "VmArtifact", "gateway_artifacts"]
+
+# The gateway VM's scaler runs `pulumi up` of an AWS stack: the AWS SDK on top of the runtime
+# lock (its own dependencies, pulumi, parver and semver, are pinned there already).
+VM_EXTRA_REQUIREMENTS = ("pulumi_aws==7.51.1",)
+# Bump when an artifact's recipe changes in a way its key does not see.
+RECIPE_VERSION = "1"
+PULUMI_VERSION = "v3.259.0"
+CADDY_VERSION = "v2.11.9"
+AWS_PLUGIN_VERSION = "7.51.1"
+# 1980-01-01, the earliest time a zip (wheel) can hold: fixed times make the files reproducible.
+SOURCE_DATE_EPOCH = 315532800
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmArtifact:
+    """One file a VM fetches at boot."""
+
+    name: str
+    """What it is (`wheelhouse`, `caddy`, `pulumi`): the boot's messages name it."""
+    path: Path
+    """The file on the deploying machine."""
+    sha256: str
+    """Hex digest the boot checks before using it."""
+
+    @property
+    def key(self) -> str:
+        """Its object key in the stack's bucket: content-addressed, so a new build never overwrites one a VM still fetches."""
+        return f"artifacts/{self.name}-{self.sha256}"
+
+
+def _cache() -> Path:
+    return _serveform_cache() / "vm-artifacts"
+
+
+def _run(step: str, argv: list[str], **kwargs) -> None:
+    try:
+        subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
+    except subprocess.CalledProcessError as exc:
+        tail = (exc.stderr or exc.stdout or "").strip().splitlines()[-5:]
+        raise ImageBuildError(f"{step}: `{' '.join(argv[:4])} …` failed: " + " | ".join(tail)) from None
+    except OSError as exc:
+        raise ImageBuildError(f"{step}: cannot run {argv[0]}: {exc.strerror}") from None
+
+
+def _reproducible_tar(out: Path, members: list[tuple[str, Path, int]]) -> None:
+    """A plain tar of (name, source, mode) members in name order, owned by root, times fixed."""
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, source, mode in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size = source.stat().st_size
+            info.mode = mode
+            info.mtime = SOURCE_DATE_EPOCH
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with source.open("rb") as handle:
+                tar.addfile(info, handle)
+    tmp.replace(out)
+
+
+def _key(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:16]
+
+
+def _requirements() -> str:
+    try:
+        lock = LOCK_FILE.read_text()
+    except OSError as exc:
+        raise ImageBuildError(f"{LOCK_FILE}: cannot read the pinned requirements: {exc.strerror}") from None
+    return lock + "".join(f"{line}\n" for line in VM_EXTRA_REQUIREMENTS)
+
+
+def _wheelhouse(root: Path) -> Path:
+    files = project_files(root)
+    requirements = _requirements()
+    parts = [RECIPE_VERSION.encode(), PYTHON_VERSION.encode(), requirements.encode()]
+    for name in files:
+        parts += [name.encode(), (root / name).read_bytes()]
+    out = _cache() / f"wheelhouse-{_key(*parts)}.tar"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    deps_dir = _cache() / f"wheels-{_key(RECIPE_VERSION.encode(), PYTHON_VERSION.encode(), requirements.encode())}"
+    if not (deps_dir / ".complete").is_file():
+        deps_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as req:
+            req.write(requirements)
+            req.flush()
+            _run(
+                "wheelhouse (pip download of the pinned dependencies)",
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                 "--python-version", PYTHON_VERSION, "--implementation", "cp", "--platform", "manylinux2014_x86_64",
+                 "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64", "-d", str(deps_dir), "-r", req.name],
+            )
+        (deps_dir / ".complete").write_text("")
+    with tempfile.TemporaryDirectory(prefix="serveform-vm-wheel-") as work:
+        # From a copy of the checkout's files (setuptools writes build/ into the tree it builds).
+        source = Path(work) / "source"
+        for name in files:
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / name, source / name)
+        env = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)}
+        _run(
+            "wheelhouse (wheel of the checkout)",
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", work, str(source)],
+            env=env,
+        )
+        (wheel,) = Path(work).glob("serveform-*.whl")
+        members = [(f"wheelhouse/{w.name}", w, 0o644) for w in deps_dir.glob("*.whl")]
+        members.append((f"wheelhouse/{wheel.name}", wheel, 0o644))
+        _reproducible_tar(out, members)
+    return out
+
+
+def _aws_plugin() -> Path | None:
+    """The deploying machine's pulumi-resource-aws, where `pulumi plugin install` leaves it."""
+    home = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
+    binary = home / "plugins" / f"resource-aws-v{AWS_PLUGIN_VERSION}" / "pulumi-resource-aws"
+    return binary if binary.is_file() else None
+
+
+def _pulumi() -> Path:
+    bin_dir = _serveform_cache() / f"pulumi-{PULUMI_VERSION}" / "bin"
+    names = ("pulumi", "pulumi-language-python-exec", "pulumi-resource-pulumi-python")
+    members: list[tuple[str, Path, int]] = []
+    for name in names:
+        if not (bin_dir / name).is_file():
+            raise ImageBuildError(f"{bin_dir / name}: the Pulumi CLI build is missing; run `tools/setup.sh dev` first")
+        members.append((f"pulumi/bin/{name}", bin_dir / name, 0o755))
+    plugin = _aws_plugin()
+    if plugin is not None:
+        members.append((f"pulumi/plugins/resource-aws-v{AWS_PLUGIN_VERSION}/pulumi-resource-aws", plugin, 0o755))
+    key = _key(RECIPE_VERSION.encode(), *(f"{n}={_hash_cached(p)}".encode() for n, p, _ in members))
+    out = _cache() / f"pulumi-{PULUMI_VERSION}-{key}.tar"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _reproducible_tar(out, members)
+    return out
+
+
+def _caddy() -> Path:
+    binary = _serveform_cache() / f"caddy-{CADDY_VERSION}-{_caddy_stamp()}" / "bin" / "caddy"
+    if not binary.is_file():
+        raise ImageBuildError(f"{binary}: the project's Caddy build is missing; run `tools/setup.sh dev` first")
+    return binary
+
+
+def gateway_artifacts(root: Path | None = None) -> tuple[VmArtifact, ...]:
+    """Build (or find cached) the gateway VM's artifacts for a checkout (default: this one).
+
+    Raises `ImageBuildError` naming the missing build or the failed step.
+    """
+    root = root or source_root()
+    paths = {"wheelhouse": _wheelhouse(root), "caddy": _caddy(), "pulumi": _pulumi()}
+    return tuple(VmArtifact(name=name, path=path, sha256=_hash_cached(path)) for name, path in paths.items())
