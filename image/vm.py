@@ -32,7 +32,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import LOCK_FILE, PYTHON_VERSION, ImageBuildError, _caddy_stamp, _hash_cached, _serveform_cache, project_files, source_root
+from .build import (
+    EXCLUDED_PREFIXES,
+    LOCK_FILE,
+    PYTHON_VERSION,
+    ImageBuildError,
+    _caddy_stamp,
+    _hash_cached,
+    _serveform_cache,
+    project_files,
+    source_root,
+)
 
 __all__ = ["VM_EXTRA_REQUIREMENTS", "VmArtifact", "gateway_artifacts"]
 
@@ -110,8 +120,20 @@ def _requirements() -> str:
     return lock + "".join(f"{line}\n" for line in VM_EXTRA_REQUIREMENTS)
 
 
+def _files(root: Path) -> list[str]:
+    """The checkout's files (git's view); a tree exported from git (`serveform plan --base`) has no
+    `.git`, and then every file in it counts."""
+    if (root / ".git").exists():
+        return project_files(root)
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not p.relative_to(root).as_posix().startswith(EXCLUDED_PREFIXES) and "__pycache__" not in p.parts
+    )
+
+
 def _wheelhouse(root: Path) -> Path:
-    files = project_files(root)
+    files = _files(root)
     requirements = _requirements()
     parts = [RECIPE_VERSION.encode(), PYTHON_VERSION.encode(), requirements.encode()]
     for name in files:
