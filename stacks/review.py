@@ -57,8 +57,9 @@ _STAND_IN_OUTPUTS = (
     "arn", "selfLink", "selfLinkUnique", "email", "member", "publicIp", "address", "ipAddress",
     "clientId", "principalId", "fqdn", "availabilityZone", "bucket",
 )
-# Inputs that only say how a provider is implemented (dynamic providers pickle their code).
-_IGNORED_INPUTS = frozenset({"__provider"})
+# Inputs that only say how a provider is implemented (dynamic providers pickle their code), and
+# uploaded files (`source` assets: the object's key carries the file's sha256, so it shows a change).
+_IGNORED_INPUTS = frozenset({"__provider", "source"})
 
 
 @dataclass(frozen=True)
