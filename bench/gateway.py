@@ -9,16 +9,17 @@ One run, the same replicas for every path:
   10 ms apart; time to first token and to the end at a fixed rate, measured by an asyncio client.
 
 Paths: direct to one replica; bare Caddy (`reverse_proxy` least_conn, same binary, minimal
-config: the ceiling for our design); serveform's gateway (bearer auth, per-host metrics, dynamic
+config: the ceiling for our design); serveform's gateway (bearer auth, request counting, dynamic
 upstreams and readiness probes all on; plain HTTP so that every path speaks the same protocol,
 plus its HTTPS stream figures, direct and through the OpenAI router, for information); and SkyServe's load balancer (skypilot 0.14.1, least_load,
 in its own virtualenv under ~/.cache/serveform/bench, fed by a stub controller).
 
 The breakdown adds serveform's features to bare Caddy one at a time on the same replicas (dynamic
-upstreams from the gateway's DNS responder, then the gateway module's host routing and request
-counting, then its bearer-token check, then the body limit, retries and stream timeouts of the
-gateway's proxy, then the whole gateway as deployed: its server timeouts, error routes and the
-other sites on the listener), and prints what each step costs in proxy CPU per request.
+upstreams: the ready replicas of the gateway's prober, served by its `serveform` upstream source,
+then the gateway module's host routing and request counting, then its bearer-token check, then
+the body limit, retries and stream timeout of the gateway's proxy, then the whole gateway as
+deployed: its server timeouts, error routes and the other sites and servers), and prints what
+each step costs in proxy CPU per request.
 
 Goals (issue 15): >= 0.95 of bare Caddy in req/s and in CPU per request; (issue 5) < 1 ms added p50 at the fixed rate, far ahead
 of SkyServe, and streams with no added buffering (time to first token close to direct).
@@ -239,62 +240,65 @@ def start_serveform(procs: Processes, http_port: int, https_port: int, small: li
 # difference between consecutive steps is what that feature costs per request.
 BREAKDOWN_STEPS = (
     "bare caddy", "+ dynamic upstreams", "+ gate: host routing, counting", "+ bearer token",
-    "+ body limit, retries, stream timeouts", "serveform",
+    "+ body limit, retries, stream timeout", "serveform",
 )
 
 
 def start_breakdown_caddy(procs: Processes, state: Path, small_service: str) -> tuple[int, dict[str, tuple[str, dict[str, str]]]]:
-    """One Caddy with a site per intermediate step (the first and last steps are the other paths)."""
+    """One Caddy with a site per intermediate step (the first and last steps are the other paths).
+
+    The steps read a routes file and a ready file of their own, shaped like the gateway's
+    (gateway/render.py `routes_document`, gateway/supervisor.py `_write_ready`), with the replicas
+    the gateway's prober found ready."""
     import hashlib
 
     from serveform.gateway import read_status
     from serveform.gateway.caddy import caddy_binary
 
     status = read_status(state)
-    dns = status["dns_port"]
     work = procs.workdir / "breakdown"
     (work / "secrets").mkdir(parents=True)
     hashes = work / "secrets" / "token_hashes.json"
     hashes.write_text(json.dumps([hashlib.sha256(TOKEN.encode()).hexdigest()]))
+    ready = work / "ready.json"
+    replicas = status["services"][small_service]["ready"]
+    ready.write_text(json.dumps({"services": {"open": replicas, "auth": replicas}}))
     routes = work / "routes.json"
-    service = {"https": False, "srv": f"_{small_service}._tcp.replicas.serveform.internal", "rate_limits": []}
+    service = {"https": False, "srv": "", "rate_limits": []}
     routes.write_text(json.dumps({
         "generation": 1, "router_host": "gateway.localhost", "https_port": 443, "tls_off": True,
-        "token_hashes_file": str(hashes), "secret_hash_file": "",
+        "token_hashes_file": str(hashes), "secret_hash_file": "", "ready_file": str(ready),
         "services": [{**service, "name": "open", "host": "open.localhost", "auth": False},
                      {**service, "name": "auth", "host": "auth.localhost", "auth": True}],
     }))
     dynamic, gated, limited = free_port(), free_port(), free_port()
 
-    def srv(name: str, limits: str = "") -> str:
-        return (f"\t\tdynamic srv {{\n\t\t\tname {name}\n\t\t\trefresh 500ms\n"
-                f"\t\t\tresolvers 127.0.0.1:{dns}\n\t\t\tdial_timeout 1s\n\t\t}}\n\t\tlb_policy least_conn\n"
-                f"\t\ttransport http {{\n\t\t\tresolvers 127.0.0.1:{dns}\n{limits}\t\t}}\n")
+    def proxy(limits: str = "") -> str:
+        return (f"\treverse_proxy {{\n\t\tdynamic serveform {{\n\t\t\troutes_file {routes}\n\t\t}}\n"
+                f"\t\tlb_policy least_conn\n{limits}\t}}\n")
 
-    # What gateway/templates/proxy.caddy.j2 adds beyond the lookup (the bench's gateway settings).
-    transport_limits = ("\t\t\tdial_timeout 3s\n\t\t\tresponse_header_timeout 3600s\n\t\t\tread_timeout 3600s\n"
-                        "\t\t\tkeepalive 2m\n\t\t\tkeepalive_idle_conns_per_host 64\n")
-    retries = "\t\tlb_try_duration 10s\n\t\tlb_try_interval 250ms\n\t\tlb_retry_match {\n\t\t\tmethod GET HEAD OPTIONS\n\t\t}\n"
+    gate = f"\tserveform_gate service_http {{\n\t\troutes_file {routes}\n\t}}\n"
+    # What gateway/templates/proxy.caddy.j2 adds beyond the replica choice (the bench's gateway settings).
+    limits = ("\t\tlb_try_duration 10s\n\t\tlb_try_interval 250ms\n\t\tlb_retry_match {\n\t\t\tmethod GET HEAD OPTIONS\n\t\t}\n"
+              "\t\ttransport http {\n\t\t\tdial_timeout 3s\n\t\t\tread_timeout 3600s\n"
+              "\t\t\tkeepalive 2m\n\t\t\tkeepalive_idle_conns_per_host 64\n\t\t}\n")
 
     config = work / "Caddyfile"
     config.write_text(
         "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n"
-        f"http://:{dynamic} {{\n\tbind 127.0.0.1\n\treverse_proxy {{\n{srv(f'_{small_service}._tcp.replicas.serveform.internal')}\t}}\n}}\n"
-        f"http://:{gated} {{\n\tbind 127.0.0.1\n\troute {{\n\t\tserveform_gate service_http {{\n\t\t\troutes_file {routes}\n\t\t}}\n"
-        f"\t\treverse_proxy {{\n{srv('{serveform.srv}')}\t\t}}\n\t}}\n}}\n"
-        f"http://:{limited} {{\n\tbind 127.0.0.1\n\trequest_body {{\n\t\tmax_size 64MB\n\t}}\n\troute {{\n"
-        f"\t\tserveform_gate service_http {{\n\t\t\troutes_file {routes}\n\t\t}}\n"
-        f"\t\treverse_proxy {{\n{srv('{serveform.srv}', transport_limits)}{retries}\t\t}}\n\t}}\n}}\n"
+        f"http://:{dynamic} {{\n\tbind 127.0.0.1\n{proxy()}}}\n"
+        f"http://:{gated} {{\n\tbind 127.0.0.1\n{gate}{proxy()}}}\n"
+        f"http://:{limited} {{\n\tbind 127.0.0.1\n\trequest_body {{\n\t\tmax_size 64MB\n\t}}\n{gate}{proxy(limits)}}}\n"
     )
     env = {"XDG_DATA_HOME": str(work / "data"), "XDG_CONFIG_HOME": str(work / "config")}
     proc = procs.start("breakdown-caddy", [caddy_binary(), "run", "--config", str(config), "--adapter", "caddyfile"], env=env)
-    wait_http(f"http://127.0.0.1:{dynamic}/", timeout=30, ok=lambda s: s == 200)
+    wait_http(f"http://127.0.0.1:{dynamic}/", headers={"Host": "open.localhost"}, timeout=30, ok=lambda s: s == 200)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     return proc.pid, {
-        "+ dynamic upstreams": (f"http://127.0.0.1:{dynamic}/", {}),
+        "+ dynamic upstreams": (f"http://127.0.0.1:{dynamic}/", {"Host": "open.localhost"}),
         "+ gate: host routing, counting": (f"http://127.0.0.1:{gated}/", {"Host": "open.localhost"}),
         "+ bearer token": (f"http://127.0.0.1:{gated}/", {"Host": "auth.localhost", **auth}),
-        "+ body limit, retries, stream timeouts": (f"http://127.0.0.1:{limited}/", {"Host": "auth.localhost", **auth}),
+        "+ body limit, retries, stream timeout": (f"http://127.0.0.1:{limited}/", {"Host": "auth.localhost", **auth}),
     }
 
 

@@ -33,7 +33,7 @@ from .settings import GatewayRuntime, GatewaySettings
 __all__ = ["DNS_ENV_PREFIX", "SRV_REFRESH_MS", "render_caddyfile", "routes_document", "template_environment"]
 
 SRV_REFRESH_MS = 500
-"""How long Caddy caches a service's replica list; bounds how late it sees a replica change."""
+"""With `replica_dns="system"`: how long Caddy caches a service's SRV answer; bounds how late it sees a replica change."""
 
 DNS_ENV_PREFIX = "SERVEFORM_DNS_"
 """DNS-provider options reach Caddy as `{env.SERVEFORM_DNS_<NAME>}`; the supervisor sets them."""
@@ -132,18 +132,24 @@ def routes_document(
     settings: GatewaySettings, routes: Sequence[ServiceRoute], runtime: GatewayRuntime, *, generation: int
 ) -> dict[str, Any]:
     """The routes file the gateway's Caddy modules read (tools/caddy/serveform/state.go): every
-    service's host and settings, and the paths of the files with the digests of the tokens and of
-    the gateway secret. It holds no secret itself."""
+    service's host and settings, the paths of the files with the digests of the tokens and of
+    the gateway secret, and (when the gateway's prober decides readiness) of the ready file.
+    It holds no secret itself."""
     services = []
+    own_readiness = runtime.replica_dns == "responder"
     for route in routes:
         lookup = runtime.srv_lookups.get(route.name)
+        if own_readiness:
+            srv = ""  # the `serveform` upstream source serves the ready file; no lookup
+        else:
+            srv = f"_{lookup.service}._{lookup.proto}.{lookup.name}" if lookup else srv_name(route.name)
         services.append(
             {
                 "name": route.name,
                 "host": route.host,
                 "auth": route.auth,
                 "https": route.https,
-                "srv": f"_{lookup.service}._{lookup.proto}.{lookup.name}" if lookup else srv_name(route.name),
+                "srv": srv,
                 "rate_limits": [
                     {
                         "zone": zone.zone,
@@ -163,6 +169,7 @@ def routes_document(
         "tls_off": settings.tls == "off",
         "token_hashes_file": str(runtime.token_hashes_file),
         "secret_hash_file": str(runtime.secret_hash_file),
+        "ready_file": str(runtime.ready_file) if own_readiness else "",
         "services": services,
     }
 

@@ -210,7 +210,11 @@ class GatewayRuntime(_Frozen):
     router_socket: Annotated[Path | None, Field(description="Unix socket of the OpenAI router; default <socket_dir>/router.sock.")] = None
     replica_dns: Annotated[
         Literal["responder", "system"],
-        Field(description="responder: the gateway's DNS responder on 127.0.0.1:dns_port; system: the host's resolver."),
+        Field(
+            description="responder: the gateway's own prober decides (its ready sets reach Caddy through the ready "
+            "file; its DNS responder on 127.0.0.1:dns_port answers the same sets); system: SRV lookups in the "
+            "host's resolver (`srv_lookups`)."
+        ),
     ] = "responder"
     srv_lookups: Annotated[
         dict[str, SrvLookup],
@@ -241,6 +245,11 @@ class GatewayRuntime(_Frozen):
     def routes_file(self) -> Path:
         """The routes file the gateway's Caddy modules read (services, token and secret paths)."""
         return self.state_dir / "routes.json"
+
+    @property
+    def ready_file(self) -> Path:
+        """Each service's ready replicas as the prober sees them, what Caddy's `serveform` upstream source serves."""
+        return self.state_dir / "ready.json"
 
     @property
     def token_hashes_file(self) -> Path:

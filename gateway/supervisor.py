@@ -4,7 +4,10 @@ Start order: read and check the config (nothing starts if it is bad), DNS respon
 prober, then Caddy on a validated config; `status.json` says the gateway is up. Then:
 
 * published replica files (``replicas/*.json``) are polled every POLL_SECONDS; changes go to
-  the prober, whose ready sets feed the DNS responder — no Caddy reload;
+  the prober. Whenever a ready set changes, the ready file (``ready.json``) is rewritten and
+  Caddy re-reads it (``POST /serveform/ready``; its ``serveform`` upstream source serves it),
+  so once that answers no new request goes to a replica the prober dropped — no Caddy reload.
+  The DNS responder answers the same ready sets (for lookups that need DNS);
 * SIGHUP (or a changed ``gateway.json`` / secrets file) re-reads the config. Services and
   tokens live in the routes file (and token digests) that the gateway's Caddy modules read:
   a change of services or tokens rewrites those files and asks Caddy to re-read them
@@ -166,6 +169,8 @@ class _Gateway:
         self.gateway_secret = secrets.token_urlsafe(32)
         self.caddyfile_text: str | None = None
         self.routes_generation = 0
+        self.ready_dirty = asyncio.Event()
+        self.ready_pusher: asyncio.Task[None] | None = None
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -173,8 +178,30 @@ class _Gateway:
         return self.prober.ready(service)
 
     def _ready_changed(self, service: str) -> None:
+        self.ready_dirty.set()
         if self.caddy is not None:  # status.json appears only once Caddy serves
             self._write_status()
+
+    def _write_ready(self) -> None:
+        """The ready file Caddy's `serveform` upstream source serves: every service's ready replicas."""
+        assert self.runtime is not None
+        fmt = lambda a: f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"  # noqa: E731
+        document = {"services": {r.name: [fmt(a) for a in self.prober.ready(r.name)] for r in self.routes}}
+        write_private(self.runtime.ready_file, json.dumps(document, sort_keys=True) + "\n")
+
+    async def _push_ready(self) -> None:
+        """Hand every ready-set change to Caddy, newest state first: changes that arrive while a
+        push is under way are coalesced into the next one."""
+        while True:
+            await self.ready_dirty.wait()
+            self.ready_dirty.clear()
+            self._write_ready()
+            if self.caddy is None or self.caddy.poll() is not None or self.settings is None or self.runtime is None:
+                continue  # a starting Caddy reads the file when it provisions
+            try:
+                await asyncio.to_thread(caddy.admin_post, _admin_address(self.settings, self.runtime), "/serveform/ready")
+            except CaddyError as exc:
+                _LOG.error("ready replicas not handed to caddy: %s", exc)
 
     def _stamp(self) -> tuple[Any, ...]:
         stamp = []
@@ -297,10 +324,13 @@ class _Gateway:
         await web.UnixSite(self.runner, str(socket_path)).start()
         os.chmod(socket_path, 0o600)
         self._poll_replicas()
+        self._write_ready()
+        self.ready_pusher = asyncio.create_task(self._push_ready())
         self._write_routes(settings, routes)
         config_path, self.caddyfile_text = await asyncio.to_thread(self._prepare, settings, routes)
         self._start_caddy(config_path)
         await self._wait_listening(settings)
+        self.ready_dirty.set()  # whatever became ready while Caddy started
         await self._wait_certificates(settings, routes)
         self._write_status()
         _LOG.info("gateway up: %s", ", ".join(r.host for r in routes) or "no services")
@@ -414,10 +444,14 @@ class _Gateway:
                 if restarts > RESTARTS_MAX:
                     raise CaddyError(f"caddy keeps exiting; see {self.state_dir / 'caddy.log'}")
                 await asyncio.sleep(min(2**restarts * 0.1, 5))
-                self._start_caddy(self.state_dir / "secrets" / "caddy.json")  # reads the routes file at start
+                self._start_caddy(self.state_dir / "secrets" / "caddy.json")  # reads the routes and ready files at start
+                self.ready_dirty.set()
                 self._write_status()
 
     async def stop(self) -> None:
+        if self.ready_pusher is not None:
+            self.ready_pusher.cancel()
+            await asyncio.gather(self.ready_pusher, return_exceptions=True)
         if self.caddy is not None and self.caddy.poll() is None:
             self.caddy.terminate()
             try:

@@ -102,7 +102,8 @@ def test_routes_document_holds_every_service_setting_and_no_secret():
     chat, web = document["services"]
     assert (chat["name"], chat["host"], chat["auth"], chat["https"]) == ("chat", "chat.localhost", True, True)
     assert (web["auth"], web["https"]) == (False, False)
-    assert chat["srv"] == "_chat._tcp.replicas.serveform.internal"
+    # The gateway's own prober decides readiness: replicas come from the ready file, not a lookup.
+    assert chat["srv"] == "" and document["ready_file"] == "/var/lib/serveform-gateway/ready.json"
     assert chat["rate_limits"] == [
         {"zone": "chat_0", "prefix": "/v1", "key": "{client_ip}", "events": 3, "window_seconds": 2},
         {"zone": "chat_1", "prefix": "", "key": "{http.request.header.X-User}", "events": 5, "window_seconds": 1},
@@ -207,6 +208,7 @@ def test_runtime_for_a_cluster(caddy, tmp_path):
     assert {(p["dynamic_upstreams"].get("service"), p["dynamic_upstreams"]["name"]) for p in proxies} == {(None, "{serveform.srv}")}
     document = routes_document(_settings("internal"), routes_from_plans(_settings("internal"), _plans()), runtime, generation=1)
     assert {s["srv"] for s in document["services"]} == {"_http._tcp.chat.serveform.svc.cluster.local", "_http._tcp.web.serveform.svc.cluster.local"}
+    assert document["ready_file"] == ""
 
 
 def _walk(node):

@@ -68,9 +68,15 @@ type failLimiter struct {
 	blockedUntil atomic.Int64
 }
 
-// anyBlocked is the lock-free fast path: false when no client can be over its budget now.
-func (l *failLimiter) anyBlocked(now time.Time) bool {
-	return now.UnixNano() < l.blockedUntil.Load()
+// anyBlocked is the lock-free fast path: false when no client can be over its budget now. Until
+// a first client is blocked it does not even read the clock.
+func (l *failLimiter) anyBlocked() (bool, time.Time) {
+	until := l.blockedUntil.Load()
+	if until == 0 {
+		return false, time.Time{}
+	}
+	now := time.Now()
+	return now.UnixNano() < until, now
 }
 
 func newFailLimiter() *failLimiter { return &failLimiter{clients: map[string]*failCount{}} }

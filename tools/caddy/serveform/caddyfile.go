@@ -13,9 +13,15 @@ import (
 //	serveform_gate <role> { routes_file <path> }
 //	serveform_metrics { routes_file <path>; require_token [true|false] }
 //	serveform_ask { routes_file <path> }
+//	reverse_proxy { dynamic serveform { routes_file <path> } }
 //
-// The directives are used inside `route` blocks, so they need no global order.
+// serveform_gate has a place in Caddy's directive order, just before reverse_proxy, so a site
+// lists it beside reverse_proxy with no `route` block: a `route` block is a subroute, which
+// compiles its handler chain again on every request (allocations measured in
+// bench/gateway.py's breakdown). serveform_metrics and serveform_ask go inside `route`
+// blocks, off the proxied path.
 func init() {
+	httpcaddyfile.RegisterDirectiveOrder("serveform_gate", httpcaddyfile.Before, "reverse_proxy")
 	httpcaddyfile.RegisterHandlerDirective("serveform_gate", parseGate)
 	httpcaddyfile.RegisterHandlerDirective("serveform_metrics", parseMetrics)
 	httpcaddyfile.RegisterHandlerDirective("serveform_ask", parseAsk)
@@ -72,6 +78,17 @@ func parseMetrics(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	}
 	return m, parseBlock(h.Dispenser, &m.RoutesFile, &m.RequireToken)
 }
+
+// UnmarshalCaddyfile reads `dynamic serveform { routes_file <path> }` inside reverse_proxy.
+func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the source's name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return parseBlock(d, &u.RoutesFile, nil)
+}
+
+var _ caddyfile.Unmarshaler = (*Upstreams)(nil)
 
 func parseAsk(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	a := new(Ask)

@@ -90,9 +90,8 @@ const unauthorizedMessage = "Missing or invalid bearer token. Pass 'Authorizatio
 
 // authorize checks the token with the per-client failure budget; it answers refusals itself.
 func (g *Gate) authorize(w http.ResponseWriter, r *http.Request, t *table, cors bool) (bool, error) {
-	now := time.Now()
 	var client string
-	if !g.state.fails.anyBlocked(now) {
+	if blocked, now := g.state.fails.anyBlocked(); !blocked {
 		// The common case: no client is over its budget, so no lock and no address lookup.
 		if bearerOK(r, t.tokens) {
 			return true, nil
@@ -110,12 +109,22 @@ func (g *Gate) authorize(w http.ResponseWriter, r *http.Request, t *table, cors 
 			return true, nil
 		}
 	}
-	g.state.fails.fail(client, now)
+	g.state.fails.fail(client, time.Now())
 	if cors {
 		// The router adds CORS headers to its own answers; refusals need them too so browsers can read them.
 		w.Header().Set("Access-Control-Allow-Origin", "*")
 	}
 	return false, writeError(w, http.StatusUnauthorized, unauthorizedMessage, "invalid_request_error", "invalid_api_key")
+}
+
+// redirectHTTPS answers a plain-HTTP request for an HTTPS host with a permanent redirect.
+func redirectHTTPS(w http.ResponseWriter, r *http.Request, t *table, host string) error {
+	target := "https://" + host
+	if t.httpsPort != 0 && t.httpsPort != 443 {
+		target += ":" + strconv.Itoa(t.httpsPort)
+	}
+	http.Redirect(w, r, target+r.URL.RequestURI(), http.StatusPermanentRedirect)
+	return nil
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -136,17 +145,17 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		}
 		r.Header.Del(secretHeader)
 	}
-	rt := t.byHost[normaliseHost(r.Host)]
+	host := normaliseHost(r.Host)
+	rt := t.byHost[host]
 	if rt == nil {
+		if g.Role == roleServiceHTTP && host == t.routerHost && host != "" && !t.tlsOff {
+			// Caddy's own redirects are off (they would cost every request a host match).
+			return redirectHTTPS(w, r, t, t.routerHost)
+		}
 		return writeError(w, http.StatusNotFound, "no such service", "invalid_request_error", "unknown_host")
 	}
 	if g.Role == roleServiceHTTP && rt.entry.HTTPS && !t.tlsOff {
-		target := "https://" + rt.entry.Host
-		if t.httpsPort != 0 && t.httpsPort != 443 {
-			target += ":" + strconv.Itoa(t.httpsPort)
-		}
-		http.Redirect(w, r, target+r.URL.RequestURI(), http.StatusPermanentRedirect)
-		return nil
+		return redirectHTTPS(w, r, t, rt.entry.Host)
 	}
 	if g.Role == roleService && !rt.entry.HTTPS {
 		return writeError(w, http.StatusNotFound, "this service is served over plain HTTP only", "invalid_request_error", "unknown_host")
@@ -167,7 +176,10 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			}
 		}
 	}
-	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Set(placeholderSRV, rt.entry.SRV)
+	if rt.entry.SRV != "" {
+		// `dynamic srv` (replicas in another DNS); the `serveform` source needs nothing set.
+		r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Set(placeholderSRV, rt.entry.SRV)
+	}
 	stats := rt.stats
 	stats.inFlight.Add(1)
 	err := next.ServeHTTP(w, r)

@@ -18,7 +18,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,9 +36,18 @@ type routesDocument struct {
 	TLSOff     bool   `json:"tls_off"`
 	// TokenHashesFile and SecretHashFile hold SHA-256 digests (hex) of the accepted bearer
 	// tokens and of the per-gateway secret: no token or secret is ever in a file Caddy reads.
-	TokenHashesFile string         `json:"token_hashes_file"`
-	SecretHashFile  string         `json:"secret_hash_file"`
-	Services        []serviceEntry `json:"services"`
+	TokenHashesFile string `json:"token_hashes_file"`
+	SecretHashFile  string `json:"secret_hash_file"`
+	// ReadyFile lists each service's ready replicas (readyDocument), for the `serveform`
+	// upstream source; empty when replicas are found another way (`dynamic srv`).
+	ReadyFile string         `json:"ready_file"`
+	Services  []serviceEntry `json:"services"`
+}
+
+// readyDocument is the ready file the supervisor rewrites whenever its prober changes a
+// service's ready set: `{"services": {"<name>": ["<ip>:<port>", ...]}}`.
+type readyDocument struct {
+	Services map[string][]string `json:"services"`
 }
 
 type serviceEntry struct {
@@ -44,7 +55,8 @@ type serviceEntry struct {
 	Host  string `json:"host"`
 	Auth  bool   `json:"auth"`
 	HTTPS bool   `json:"https"`
-	// SRV is the full SRV name of the service's replicas, `_<service>._tcp.<name>`.
+	// SRV is the full SRV name of the service's replicas, `_<service>._tcp.<name>`, for
+	// `dynamic srv`; empty when the ready file lists them.
 	SRV        string      `json:"srv"`
 	RateLimits []zoneEntry `json:"rate_limits"`
 }
@@ -64,9 +76,22 @@ type serviceStats struct {
 	inFlight atomic.Int64
 }
 
+// readySet is a service's ready replicas (dial addresses); like the counters, it outlives
+// table swaps, so a routes reload never empties it.
+type readySet struct {
+	dials atomic.Pointer[[]string]
+}
+
+func newReadySet() *readySet {
+	r := &readySet{}
+	r.dials.Store(&[]string{})
+	return r
+}
+
 type route struct {
 	entry serviceEntry
 	stats *serviceStats
+	ready *readySet
 	zones []*zone
 }
 
@@ -80,6 +105,7 @@ type table struct {
 	order      []*route // the file's order, for a stable exposition
 	tokens     [][sha256.Size]byte
 	secret     *[sha256.Size]byte
+	readyFile  string
 }
 
 // state is everything one gateway's modules share, keyed by its routes file.
@@ -88,6 +114,7 @@ type state struct {
 	mu    sync.Mutex // serialises reloads
 	cur   atomic.Pointer[table]
 	stats map[string]*serviceStats // guarded by mu
+	ready map[string]*readySet     // guarded by mu
 	fails *failLimiter
 }
 
@@ -96,7 +123,7 @@ var states = caddy.NewUsagePool()
 // acquire returns the shared state of a routes file, loading it on first use.
 func acquire(path string) (*state, error) {
 	value, _, err := states.LoadOrNew(path, func() (caddy.Destructor, error) {
-		s := &state{path: path, stats: map[string]*serviceStats{}, fails: newFailLimiter()}
+		s := &state{path: path, stats: map[string]*serviceStats{}, ready: map[string]*readySet{}, fails: newFailLimiter()}
 		if err := s.reload(); err != nil {
 			return nil, err
 		}
@@ -139,6 +166,7 @@ func (s *state) reload() error {
 		httpsPort:  doc.HTTPSPort,
 		tlsOff:     doc.TLSOff,
 		byHost:     make(map[string]*route, len(doc.Services)),
+		readyFile:  doc.ReadyFile,
 	}
 	if doc.TokenHashesFile != "" {
 		var hashes []string
@@ -179,7 +207,12 @@ func (s *state) reload() error {
 			st = &serviceStats{}
 		}
 		stats[entry.Name] = st
-		r := &route{entry: entry, stats: st}
+		rs := s.ready[entry.Name]
+		if rs == nil {
+			rs = newReadySet()
+			s.ready[entry.Name] = rs
+		}
+		r := &route{entry: entry, stats: st, ready: rs}
 		for _, z := range entry.RateLimits {
 			if z.Events < 1 || z.WindowSeconds < 1 {
 				return fmt.Errorf("%s: rate limit zone %s needs events and window_seconds >= 1", s.path, z.Zone)
@@ -190,7 +223,53 @@ func (s *state) reload() error {
 		t.order = append(t.order, r)
 	}
 	s.stats = stats // counters of removed services are dropped: their series disappear
+	for name := range s.ready {
+		if _, kept := stats[name]; !kept {
+			delete(s.ready, name)
+		}
+	}
+	// The ready sets first, then the table: a new service is served with its replicas at once.
+	if err := s.readReady(t.readyFile); err != nil {
+		return err
+	}
 	s.cur.Store(t)
+	return nil
+}
+
+// reloadReady re-reads the ready file only (the prober changed a ready set).
+func (s *state) reloadReady() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.readReady(s.cur.Load().readyFile)
+}
+
+// readReady stores every service's ready replicas from the ready file; s.mu is held. A missing
+// file is no replica ready yet. On a bad file nothing changes.
+func (s *state) readReady(path string) error {
+	if path == "" {
+		return nil
+	}
+	var doc readyDocument
+	if err := readJSON(path, &doc); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for name, dials := range doc.Services {
+		for _, dial := range dials {
+			// Only `<ip>:<port>`: an address with a network prefix or a name would let the file
+			// point the proxy at a unix socket or a lookup.
+			host, port, err := net.SplitHostPort(dial)
+			if err != nil || net.ParseIP(host) == nil || port == "" {
+				return fmt.Errorf("%s: service %s: %q is not <ip>:<port>", path, name, dial)
+			}
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				return fmt.Errorf("%s: service %s: %q is not <ip>:<port>", path, name, dial)
+			}
+		}
+	}
+	for name, rs := range s.ready {
+		dials := append([]string(nil), doc.Services[name]...)
+		rs.dials.Store(&dials)
+	}
 	return nil
 }
 
@@ -233,6 +312,18 @@ func normaliseHost(host string) string {
 		}
 	}
 	return host
+}
+
+// reloadAllReady re-reads the ready file of every loaded state; used by the admin endpoint.
+func reloadAllReady() error {
+	var firstErr error
+	states.Range(func(_, value any) bool {
+		if err := value.(*state).reloadReady(); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		return true
+	})
+	return firstErr
 }
 
 // reloadAll re-reads every loaded state; used by the admin endpoint.
