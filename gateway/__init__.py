@@ -17,13 +17,16 @@ Public surface::
 
 How a request flows: `https://<service>.<domain>` → Caddy → `serveform_gate` (our Caddy module,
 tools/caddy/serveform: Host → service from the routes file, token check, the service's rate
-limits, request counting) → `reverse_proxy` to the service's ready replicas, found through a
-`dynamic srv` lookup (whose name the gate fills in) against the gateway's loopback DNS responder.
+limits, request counting) → `reverse_proxy` to the service's ready replicas, which the module's
+upstream source (`dynamic serveform`) takes from an in-memory table: no lookup per request.
 `https://gateway.<domain>/v1/...` → Caddy (token check) → the router on a unix socket → Caddy's
 internal loopback server (which serves only requests carrying the per-gateway secret the router
 holds) with `Host: <service>.<domain>` → the same gate and `reverse_proxy`. Readiness is decided
 by the gateway's prober (the service's probes, or dstack's default one-token chat completion for
-`format: openai` models) and published through the DNS responder. Neither replica changes nor
+`format: openai` models); every change of a ready set is written to the ready file and handed to
+Caddy (`POST /serveform/ready`) before status.json reports it, so once status shows a replica gone
+Caddy sends it no new request. (The loopback DNS responder answers the same ready sets; a gateway
+in a Kubernetes pod uses `dynamic srv` against the cluster's DNS instead.) Neither replica changes nor
 route changes (a service added, removed or changed, tokens rotated) reload Caddy: services and
 token digests live in files the module re-reads on `POST /serveform/reload` (admin endpoint), so
 no connection is cut. Only a change of the gateway's own settings (ports, TLS, limits) reloads

@@ -30,7 +30,6 @@ from pydantic import SecretStr, ValidationError
 from serveform.translator.plan import ServicePlan
 
 from .errors import GatewayConfigError, Problem
-from .render import SRV_REFRESH_MS
 from .settings import GatewaySettings
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "DNS_OPTIONS_FILE",
     "GatewayConfig",
     "config_files",
-    "REPLICA_DRAIN_SECONDS",
     "TOKENS_FILE",
     "parse_address",
     "publish_replicas",
@@ -56,8 +54,6 @@ PROBE_HEADERS_FILE = "secrets/probe_headers.json"
 STATUS_FILE = "status.json"
 REPLICAS_DIR = "replicas"
 
-REPLICA_DRAIN_SECONDS = SRV_REFRESH_MS / 1000 + 0.25
-"""After the gateway acknowledges a removal, Caddy may use its cached replica list this long."""
 PUBLISH_ACK_TIMEOUT_SECONDS = 30.0
 
 
@@ -254,12 +250,12 @@ def publish_replicas(
 ) -> None:
     """Tell the gateway in ``state_dir`` the replica addresses (``IP:PORT``) of ``service``.
 
-    No Caddy reload happens: the gateway probes the new addresses and serves the ready ones
-    from its DNS responder, which Caddy re-reads. With ``wait`` (the default) and a running
-    gateway, this returns once the gateway has taken the list in and, when addresses were
-    removed, once Caddy can no longer pick them (REPLICA_DRAIN_SECONDS later) — so stopping a
-    removed replica afterwards loses no new request. Without a running gateway it only writes
-    the file, which the gateway reads when it starts.
+    No Caddy reload happens: the gateway probes the new addresses and hands the ready ones to
+    Caddy. With ``wait`` (the default) and a running gateway, this returns once the gateway has
+    taken the list in and, when addresses were removed, once status.json (which reports the ready
+    sets Caddy serves) no longer lists them — so stopping a removed replica afterwards loses no new
+    request. Without a running gateway it only writes the file, which the gateway reads when it
+    starts.
     """
     parsed = [parse_address(a) for a in addresses]  # refuse bad input before touching anything
     if not service or "/" in service or service.startswith("."):
@@ -286,10 +282,9 @@ def publish_replicas(
         status = read_status(root)
         if not _gateway_alive(status):
             return
-        acked = ((status or {}).get("services", {}).get(service) or {}).get("generation", 0)
-        if acked >= generation:
-            if previous - set(parsed):
-                time.sleep(REPLICA_DRAIN_SECONDS)
+        view = (status or {}).get("services", {}).get(service) or {}
+        served = {parse_address(a) for a in view.get("ready", [])}
+        if view.get("generation", 0) >= generation and not (previous - set(parsed)) & served:
             return
         time.sleep(0.05)
     raise TimeoutError(f"the gateway in {root} did not take in the replicas of {service} within {timeout_seconds:g} s")

@@ -70,6 +70,8 @@ from .state import (
 __all__ = ["run"]
 
 POLL_SECONDS = 0.1
+PUSH_RETRY_SECONDS = 0.5
+"""After a failed hand-over of the ready sets to Caddy (restarting), try again this much later."""
 STOP_GRACE_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 30.0
 RESTARTS_MAX = 5
@@ -171,6 +173,8 @@ class _Gateway:
         self.routes_generation = 0
         self.ready_dirty = asyncio.Event()
         self.ready_pusher: asyncio.Task[None] | None = None
+        # The ready sets Caddy serves (last ready file it confirmed): what status.json reports.
+        self.served_ready: dict[str, list[str]] = {}
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -178,16 +182,17 @@ class _Gateway:
         return self.prober.ready(service)
 
     def _ready_changed(self, service: str) -> None:
+        # status.json changes once Caddy has the new set (_push_ready), so a reader of status never
+        # sees a replica dropped while Caddy may still send it requests.
         self.ready_dirty.set()
-        if self.caddy is not None:  # status.json appears only once Caddy serves
-            self._write_status()
 
-    def _write_ready(self) -> None:
-        """The ready file Caddy's `serveform` upstream source serves: every service's ready replicas."""
+    def _write_ready(self) -> dict[str, list[str]]:
+        """Write the ready file Caddy's `serveform` upstream source serves; the sets written."""
         assert self.runtime is not None
         fmt = lambda a: f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"  # noqa: E731
-        document = {"services": {r.name: [fmt(a) for a in self.prober.ready(r.name)] for r in self.routes}}
-        write_private(self.runtime.ready_file, json.dumps(document, sort_keys=True) + "\n")
+        services = {r.name: [fmt(a) for a in self.prober.ready(r.name)] for r in self.routes}
+        write_private(self.runtime.ready_file, json.dumps({"services": services}, sort_keys=True) + "\n")
+        return services
 
     async def _push_ready(self) -> None:
         """Hand every ready-set change to Caddy, newest state first: changes that arrive while a
@@ -195,13 +200,19 @@ class _Gateway:
         while True:
             await self.ready_dirty.wait()
             self.ready_dirty.clear()
-            self._write_ready()
+            services = self._write_ready()
             if self.caddy is None or self.caddy.poll() is not None or self.settings is None or self.runtime is None:
-                continue  # a starting Caddy reads the file when it provisions
+                self.served_ready = services  # a starting Caddy reads the file when it provisions
+                continue
             try:
                 await asyncio.to_thread(caddy.admin_post, _admin_address(self.settings, self.runtime), "/serveform/ready")
             except CaddyError as exc:
-                _LOG.error("ready replicas not handed to caddy: %s", exc)
+                _LOG.error("ready replicas not handed to caddy yet, retrying: %s", exc)
+                await asyncio.sleep(PUSH_RETRY_SECONDS)
+                self.ready_dirty.set()
+                continue
+            self.served_ready = services
+            self._write_status()
 
     def _stamp(self) -> tuple[Any, ...]:
         stamp = []
@@ -218,7 +229,11 @@ class _Gateway:
         snapshot = self.prober.snapshot()
         services = {}
         for name in set(snapshot) | set(self.generations):
-            services[name] = {**snapshot.get(name, {"published": [], "ready": []}), "generation": self.generations.get(name, 0)}
+            services[name] = {
+                **snapshot.get(name, {"published": [], "ready": []}),
+                "ready": list(self.served_ready.get(name, [])),  # what Caddy serves now
+                "generation": self.generations.get(name, 0),
+            }
         status = {
             "pid": os.getpid(),
             "caddy_pid": self.caddy.pid if self.caddy else None,
@@ -243,7 +258,11 @@ class _Gateway:
         snapshot = self.prober.snapshot()
         return {
             "services": {
-                name: {**snapshot.get(name, {"published": [], "ready": []}), "generation": self.generations.get(name, 0)}
+                name: {
+                    **snapshot.get(name, {"published": [], "ready": []}),
+                    "ready": list(self.served_ready.get(name, [])),
+                    "generation": self.generations.get(name, 0),
+                }
                 for name in sorted(set(snapshot) | set(self.generations))
             }
         }
