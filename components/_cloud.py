@@ -42,6 +42,8 @@ __all__ = [
     "VolumeCommon",
     "check_plans",
     "checked",
+    "code_asset",
+    "code_object_key",
     "desired_replicas",
     "export_services",
     "gateway_caddyfile",
@@ -294,6 +296,31 @@ class GroupCommon(TypedDict):
     stack: str
     group_name: str
     desired: int
+    code_url: pulumi.Input[str] | None
+
+
+def code_object_key(plan: ServicePlan) -> str:
+    """The artifact store's key of a service's code archive: `code/<service>/<sha256>.tar.gz`.
+
+    Named by the digest, so an object is never rewritten: a code change is a new object (and new
+    user data), an unchanged tree the same one.
+    """
+    if plan.code is None:
+        raise ValueError(f"{plan.file}: the plan has no code archive")
+    return f"code/{plan.name}/{plan.code.sha256}.tar.gz"
+
+
+def code_asset(plan: ServicePlan) -> pulumi.FileAsset:
+    """The plan's code archive as a Pulumi asset, for the object that the artifact store keeps under `code_object_key`.
+
+    The file exists where the archive was built (the deploying machine). A scale update on a
+    gateway VM or in a cluster rebuilds the stack from the last deployment's plans without it:
+    give that object `ignore_changes` on its source — its key is the digest, so its bytes
+    cannot differ.
+    """
+    if plan.code is None:
+        raise ValueError(f"{plan.file}: the plan has no code archive")
+    return pulumi.FileAsset(plan.code.archive)
 
 
 def register(
@@ -306,6 +333,7 @@ def register(
     volume: Callable[[str, VolumeCommon], V],
     gateway: Callable[[GatewayCommon], G],
     group: Callable[[GroupCommon, G, dict[str, V]], Any],
+    code_store: Callable[[ServicePlan], pulumi.Input[str]] | None = None,
 ) -> None:
     """Register a VM backend's components and export its endpoints.
 
@@ -333,6 +361,16 @@ def register(
             project_files=project_files(settings, plans),
         )
     )
+    code_urls: dict[str, pulumi.Input[str] | None] = {}
+    for plan in plans:
+        if plan.code is not None and code_store is not None:
+            code_urls[plan.name] = code_store(plan)
+        elif plan.code is not None:
+            # TODO(issue 14): the stack's artifact store (item 1) uploads it; until then the VMs run without it.
+            pulumi.log.warn(
+                f"{plan.file}: the code archive is not shipped to {settings.backend} replicas yet "
+                "(no artifact store): commands that run files of the repository will not find them"
+            )
     groups = {
         plan.name: group(
             GroupCommon(
@@ -341,6 +379,7 @@ def register(
                 stack=settings.stack,
                 group_name=names[plan.name],
                 desired=desired_replicas(settings, plan),
+                code_url=code_urls.get(plan.name),
             ),
             gw,
             {m.names[0]: volumes[m.names[0]] for m in plan.volumes if m.kind == "network"},

@@ -26,7 +26,9 @@ from ._render import render
 
 __all__ = [
     "ArtifactRef",
+    "CODE_ROOT",
     "Capacity",
+    "CodeSource",
     "DEFAULT_VOLUME_SIZE_GB",
     "Cloud",
     "DiscoveryTarget",
@@ -63,6 +65,10 @@ DISCOVERY_INTERVAL_SECONDS = 15
 DEFAULT_VOLUME_SIZE_GB = 100
 # Where network volumes are mounted on the replica host before they are bound into the container.
 VOLUME_MOUNT_ROOT = "/mnt/serveform"
+# Where a replica host unpacks the service's code archive, one folder per digest.
+CODE_ROOT = "/opt/serveform/code"
+# Where a boot failure is also written, so it shows on the serial console (cloud logs of the VM).
+CONSOLE = "/dev/console"
 # Caddy with the cloud's DNS module, for the wildcard certificate's DNS challenge.
 _CADDY_DNS_MODULE = {
     "route53": "github.com/caddy-dns/route53",
@@ -264,6 +270,17 @@ def secret_payload(plan: ServicePlan) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CodeSource:
+    """Where a replica VM fetches the service's code archive (`ServicePlan.code`) with its own identity."""
+
+    url: str
+    """AWS: `s3://<bucket>/<key>`; GCP: the object's JSON API media URL
+    (`https://storage.googleapis.com/storage/v1/b/<bucket>/o/<object>?alt=media`); Azure: the blob's URL."""
+    region: str | None = None
+    """AWS: the bucket's region."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReplicaBoot:
     """Everything a replica's cloud-init needs, resolved to plain values."""
 
@@ -281,6 +298,10 @@ class ReplicaBoot:
     """Azure: client ID of the scale set's user-assigned identity (reads Key Vault, attaches disks)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     """More environment variables for the container (plain values only)."""
+    code: CodeSource | None = None
+    """Where the plan's code archive lies in the stack's artifact store. With it (and `plan.code`),
+    the boot fetches the archive, checks its SHA-256, unpacks it and mounts it at `/workflow`;
+    the digest is in the user data, so a code change rolls the group."""
 
 
 def _docker_script(plan: ServicePlan) -> list[str]:
@@ -313,6 +334,8 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         **boot.extra_env,
         **_plain_env(plan),
     }
+    # Both or neither: the plan's archive, and where the stack's artifact store keeps it.
+    code = boot.code if plan.code is not None else None
     entrypoint = group.entrypoint.split() if group.entrypoint else (["/bin/sh", "-c"] if _docker_script(plan) else [])
     instance_volumes = [v for v in plan.volumes if v.kind == "instance"]
     run_sh = render(
@@ -328,7 +351,11 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         registry_auth=group.registry_auth,
         entrypoint=entrypoint,
         args=_docker_script(plan),
-        workdir=_container_workdir(plan),
+        workdir=plan.code.workdir if code is not None and plan.code is not None else _container_workdir(plan),
+        code=code,
+        code_plan=plan.code,
+        code_root=CODE_ROOT,
+        console=CONSOLE,
         gpu_vendor=(res.gpu_vendor or ("nvidia" if group.gpus_num else None)),
         gpus_num=group.gpus_num,
         shm_mb=int(res.shm_size_gb * 1024) if res.shm_size_gb else None,

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from serveform.bundle import DEFAULT_MAX_BYTES
+
 __all__ = [
     "AwsSettings",
     "AzureSettings",
@@ -37,6 +39,7 @@ CONFIG_NAMESPACE = "serveform"
 DEFAULT_BODY_LIMIT_MB = 64
 DEFAULT_STREAM_TIMEOUT_SECONDS = 3600
 DEFAULT_REPLICA_WAIT_SECONDS = 120
+DEFAULT_CODE_MAX_BYTES = DEFAULT_MAX_BYTES  # serveform.bundle's cap, restated for the config's docs
 # Plain-HTTP and HTTPS ports of a local gateway: unprivileged, so `make up` needs no root.
 LOCAL_HTTP_PORT = 8080
 LOCAL_HTTPS_PORT = 8443
@@ -101,6 +104,18 @@ class GatewayConfig(_Settings):
         if self.tls == "acme_dns" and self.dns_provider is None:
             raise ValueError("tls: acme_dns needs dns_provider (route53, cloudflare, googleclouddns or azure)")
         return self
+
+
+class CodeSettings(_Settings):
+    """`serveform:code`: the services' code archives (their repository and `files`, see serveform.bundle)."""
+
+    max_bytes: Annotated[
+        int,
+        Field(ge=1, description=f"Largest total size of a service's files before compression, in bytes (default {DEFAULT_CODE_MAX_BYTES})."),
+    ] = DEFAULT_CODE_MAX_BYTES
+    dir: Annotated[
+        str | None, Field(description="Where archives are written (relative to the project); default .serveform/code.")
+    ] = None
 
 
 class LocalSettings(_Settings):
@@ -285,6 +300,7 @@ class StackSettings(_Settings):
         ),
     ] = True
     offers_catalog: Annotated[str | None, Field(alias="offersCatalog")] = None
+    code: CodeSettings = CodeSettings()
     local: LocalSettings = LocalSettings()
     aws: AwsSettings = AwsSettings()
     gcp: GcpSettings = GcpSettings()
@@ -316,6 +332,12 @@ class StackSettings(_Settings):
     def service_paths(self) -> tuple[Path, ...]:
         root = Path(self.project_dir)
         return tuple(p if p.is_absolute() else root / p for p in map(Path, self.services))
+
+    @property
+    def code_dir(self) -> Path:
+        """Where the services' code archives are written (`<sha256>.tar.gz` + manifest)."""
+        path = Path(self.code.dir) if self.code.dir else Path(".serveform") / "code"
+        return path if path.is_absolute() else Path(self.project_dir) / path
 
     @property
     def state_dir(self) -> Path:

@@ -22,9 +22,11 @@ from . import _yaml
 from ._errors import diagnostics_from_validation_error
 from .diagnostics import Diagnostic, TranslatorError, did_you_mean, format_path
 from .env import EnvRef
+from .files import REPO_DIR, container_path, resolve_workdir, under
 from .plan import (
     Backend,
     EnvValue,
+    FileMappingPlan,
     GatewayRoutePlan,
     ModelPlan,
     OfferPlan,
@@ -280,6 +282,7 @@ class _PlanBuilder:
             route=self._route(name),
             max_duration_seconds=spec.max_duration if isinstance(spec.max_duration, int) else None,
             retry=self._retry(),
+            files=self._files(),
         )
         from ._backends import check_backend
 
@@ -294,6 +297,33 @@ class _PlanBuilder:
         for name, reason in DEPRECATED_FIELDS.items():
             if name in self.spec.model_fields_set and name in self.doc.data:
                 self._warn((name,), reason)
+
+    def _files(self) -> tuple[FileMappingPlan, ...]:
+        """`files` with both ends resolved: local paths from the service file's folder, container
+        paths under the working directory. Each local path must exist now (it is archived at deploy)."""
+        base = Path(self.file).resolve().parent if self.file != "<string>" else Path.cwd()
+        workdir = resolve_workdir(self.spec.working_dir)
+        out: list[FileMappingPlan] = []
+        for index, mapping in enumerate(self.spec.files):
+            local = Path(mapping.local_path).expanduser()
+            local = local if local.is_absolute() else base / local
+            assert mapping.path is not None  # FileMappingSpec defaults it
+            target = container_path(mapping.path, workdir)
+            if not (local.is_file() or local.is_dir()):
+                self._at(("files", index), f"`{mapping.local_path}` ({local}) is not a file or folder on this machine")
+                continue
+            if target == "/":
+                self._at(("files", index), "cannot copy onto `/`: name a folder in the container")
+                continue
+            if self.context.backend == "local" and not under(target, REPO_DIR):
+                self._at(
+                    ("files", index),
+                    f"`{target}` is outside {REPO_DIR}: the local backend runs replicas as processes on this machine, "
+                    "so files can only go under the working directory (use a relative path)",
+                )
+                continue
+            out.append(FileMappingPlan(local_path=str(local.resolve()), path=target))
+        return tuple(out)
 
     def _image(self) -> tuple[str, str, str | None, list[str]]:
         spec = self.spec

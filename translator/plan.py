@@ -19,7 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
     "Backend",
+    "CodeMountPlan",
+    "CodePlan",
     "EnvValue",
+    "FileMappingPlan",
     "GatewayRoutePlan",
     "ModelPlan",
     "OfferPlan",
@@ -200,6 +203,36 @@ class GatewayRoutePlan(_Plan):
     rate_limits: tuple[RateLimitPlan, ...] = ()
 
 
+class FileMappingPlan(_Plan):
+    """One `files` entry, resolved: what to copy from this machine and where it appears."""
+
+    local_path: Annotated[str, Field(description="The absolute path of the file or folder on the deploying machine.")]
+    path: Annotated[str, Field(description="The absolute path in the container (relative ones resolved under the working directory).")]
+
+
+class CodeMountPlan(_Plan):
+    """A part of the code archive that appears outside the repository folder (a `files` target elsewhere)."""
+
+    member: Annotated[str, Field(description="The archive member (file or folder) unpacked there: `mounts/<n>`.")]
+    path: Annotated[str, Field(description="The absolute container path it is mounted at.")]
+
+
+class CodePlan(_Plan):
+    """The service's code archive: its repository (and `files`), shipped to every replica.
+
+    Built at deploy time by ``serveform.bundle`` (git-tracked and untracked-but-not-ignored files,
+    minus `.dstackignore`), content-addressed: the same tree gives the same bytes and `sha256`, so
+    an unchanged tree changes nothing and a changed one rolls the replicas.
+    """
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="The archive's SHA-256, checked before every unpack.")]
+    size_bytes: Annotated[int, Field(ge=0, description="The archive's size (gzip-compressed tar).")]
+    archive: Annotated[str, Field(description="Where the deploy that built it wrote the archive (absolute path on that machine).")]
+    repo_dir: Annotated[str, Field(description="Where the archive's `repo/` part is unpacked in the container (dstack: /workflow).")] = "/workflow"
+    workdir: Annotated[str, Field(description="The container's working directory: `working_dir` resolved under `repo_dir`.")] = "/workflow"
+    mounts: Annotated[tuple[CodeMountPlan, ...], Field(description="`files` targets outside `repo_dir`.")] = ()
+
+
 class ServicePlan(_Plan):
     """Everything needed to deploy one service, decided by the translator."""
 
@@ -216,3 +249,8 @@ class ServicePlan(_Plan):
     route: GatewayRoutePlan
     max_duration_seconds: int | None = None
     retry: dict[str, object] | None = None
+    files: Annotated[tuple[FileMappingPlan, ...], Field(description="`files` mappings, shipped in the code archive.")] = ()
+    code: Annotated[
+        CodePlan | None,
+        Field(description="The code archive, added at deploy time (`serveform.stacks.services`); None from the translator alone."),
+    ] = None

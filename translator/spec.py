@@ -21,6 +21,7 @@ from pydantic import BeforeValidator, Field, SecretStr, field_serializer, field_
 
 from ._base import FieldError, Spec, kind, raise_all
 from .diagnostics import did_you_mean
+from .files import FileMappingSpec, parse_file_mapping
 from .env import ENV_ENTRY_RE, ENV_NAME_RE, EnvRef, parse_env
 from .port import PortMapping
 from .ranges import IntRange
@@ -72,8 +73,7 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
     "shell": "commands run with /bin/sh (image) or /bin/bash (base image)",
     "single_branch": "serveform does not clone repositories",
     "priority": "there is no run queue to order",
-    "repos": "serveform does not clone repositories into replicas",
-    "files": "serveform does not copy local files into replicas",
+    "repos": "serveform ships the service file's own repository to /workflow, and clones no other",
     "dstack": "there is no dstack server to expose",
     "availability_zones": "offers are matched per region",
     "reservation": "capacity reservations are not used",
@@ -180,7 +180,10 @@ class ServiceSpec(Spec):
     entrypoint: Annotated[str | None, Field(description="The Docker entrypoint.")] = None
     commands: Annotated[list[str], Field(description="The shell commands to run.")] = []
     setup: Annotated[list[str], Field(description="Deprecated (dstack 0.18.31): commands run before `commands`.")] = []
-    working_dir: Annotated[str | None, Field(description="The working directory inside the container.")] = None
+    working_dir: Annotated[
+        str | None,
+        Field(description="The working directory inside the container: relative to the repository folder `/workflow`, where the service file's repository is unpacked. Defaults to `.`."),
+    ] = None
     home_dir: Annotated[str, Field(description="Deprecated: the home directory. Defaults to `/root`.")] = "/root"
     user: Annotated[str | None, Field(description="The user inside the container (`name[:group]`).")] = None
     shell: Annotated[str | None, Field(description="The shell for commands: `sh`, `bash` or an absolute path.")] = None
@@ -250,7 +253,10 @@ class ServiceSpec(Spec):
     tags: Annotated[dict[str, str] | None, Field(description="Resource tags.")] = None
     backend_options: Annotated[list[dict[str, Any]] | None, Field(description="Backend-specific options.")] = None
     repos: Annotated[list[Any], Field(description="Git repos to clone (not supported by serveform).")] = []
-    files: Annotated[list[Any], Field(description="Local files to copy (not supported by serveform).")] = []
+    files: Annotated[
+        list[Annotated[FileMappingSpec, BeforeValidator(parse_file_mapping, json_schema_input_type=Union[str, FileMappingSpec])]],
+        Field(description="Local files and folders copied into every replica: `LOCAL:PATH`, `LOCAL`, or `{local_path, path}`; relative PATHs are under the working directory."),
+    ] = []
     single_branch: Annotated[bool | None, Field(description="Clone only the current branch.")] = None
     priority: Annotated[int | None, Field(ge=0, le=100, description="The run priority, 0..100.")] = None
     dstack: Annotated[bool, Field(description="Make the dstack server reachable from the run.")] = False
@@ -283,6 +289,18 @@ class ServiceSpec(Spec):
         # a reference is one word; Docker itself refuses anything with spaces or control characters.
         if value is not None and (not value or not value.isprintable() or any(c.isspace() for c in value)):
             raise ValueError(f"invalid image reference {value!r}: one word such as `ghcr.io/org/app:1.0`, without spaces")
+        return value
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, value: str | None) -> str | None:
+        # Reaches run.sh (sh_quote), `docker --workdir` and a pod's workingDir: one plain path.
+        if value is None:
+            return None
+        if any(c in value for c in "\n\r\0") or not value.strip():
+            raise ValueError("expected a path on one line")
+        if ".." in value.split("/"):
+            raise ValueError(f"`..` is not allowed: the working directory stays inside the repository folder (`{value}`)")
         return value
 
     @field_validator("port", mode="before")

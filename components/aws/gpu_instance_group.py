@@ -19,7 +19,7 @@ import pulumi_aws as aws
 
 from serveform.translator.plan import ServicePlan
 
-from .._vm import Capacity, ReplicaBoot, SecretRef, VolumeMount, needs_secret_store, replica_user_data, secret_payload
+from .._vm import Capacity, CodeSource, ReplicaBoot, SecretRef, VolumeMount, needs_secret_store, replica_user_data, secret_payload
 
 __all__ = ["GPU_INSTANCE_GROUP_TYPE", "GpuInstanceGroup", "GpuInstanceGroupArgs", "AwsVolumeRef", "group_name"]
 
@@ -73,6 +73,8 @@ class GpuInstanceGroupArgs:
     """Network volume name → its `Volume`, for every network mount of the plan."""
     key_name: str | None = None
     """An EC2 key pair for SSH (no SSH rule is opened; use Session Manager or a bastion)."""
+    code_url: pulumi.Input[str] | None = None
+    """Where the plan's code archive lies in the stack's artifact store (`_vm.CodeSource.url`); None: not shipped."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -154,7 +156,7 @@ class GpuInstanceGroup(pulumi.ComponentResource):
 
         mounts = [v for v in plan.volumes if v.kind == "network"]
         volume_ids = [args.volumes[m.names[0]].volume_id for m in mounts]
-        user_data = pulumi.Output.all(secret_arn, *volume_ids).apply(
+        user_data = pulumi.Output.all(secret_arn, args.code_url, *volume_ids).apply(
             lambda xs: replica_user_data(
                 ReplicaBoot(
                     plan=plan,
@@ -163,8 +165,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                     secret=SecretRef(cloud="aws", ref=xs[0], region=args.region) if xs[0] else None,
                     volumes=tuple(
                         VolumeMount(name=m.names[0], ref=vid, container_path=m.path, device=_DEVICE_NAMES[i])
-                        for i, (m, vid) in enumerate(zip(mounts, xs[1:]))
+                        for i, (m, vid) in enumerate(zip(mounts, xs[2:]))
                     ),
+                    code=CodeSource(url=xs[1], region=args.region) if xs[1] else None,
                 )
             )
         )

@@ -18,7 +18,7 @@ import pulumi_azure_native as azure
 
 from serveform.translator.plan import ServicePlan
 
-from .._vm import Capacity, ReplicaBoot, SecretRef, VolumeMount, needs_secret_store, replica_user_data, secret_payload, short_name
+from .._vm import Capacity, CodeSource, ReplicaBoot, SecretRef, VolumeMount, needs_secret_store, replica_user_data, secret_payload, short_name
 from . import _roles
 from .gateway import ADMIN_USER, GATEWAY_SUBNET
 
@@ -75,6 +75,8 @@ class GpuInstanceGroupArgs:
     """Image reference; the Data Science VM image unless the stack names one."""
     volumes: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """Network volume name → managed disk ID."""
+    code_url: pulumi.Input[str] | None = None
+    """Where the plan's code archive lies in the stack's artifact store (`_vm.CodeSource.url`); None: not shipped."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -149,7 +151,7 @@ class GpuInstanceGroup(pulumi.ComponentResource):
 
         mounts = [v for v in plan.volumes if v.kind == "network"]
         disk_ids = [args.volumes[m.names[0]] for m in mounts]
-        user_data = pulumi.Output.all(identity.client_id, *disk_ids).apply(
+        user_data = pulumi.Output.all(identity.client_id, args.code_url, *disk_ids).apply(
             lambda xs: replica_user_data(
                 ReplicaBoot(
                     plan=plan,
@@ -159,8 +161,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                     identity=xs[0],
                     volumes=tuple(
                         VolumeMount(name=m.names[0], ref=disk_id, container_path=m.path, device=str(lun))
-                        for lun, (m, disk_id) in enumerate(zip(mounts, xs[1:]))
+                        for lun, (m, disk_id) in enumerate(zip(mounts, xs[2:]))
                     ),
+                    code=CodeSource(url=xs[1]) if xs[1] else None,
                 )
             )
         )

@@ -17,7 +17,7 @@ import pulumi_gcp as gcp
 
 from serveform.translator.plan import ServicePlan
 
-from .._vm import Capacity, ReplicaBoot, SecretRef, VmConfigError, VolumeMount, needs_secret_store, replica_user_data, secret_payload, short_name
+from .._vm import Capacity, CodeSource, ReplicaBoot, SecretRef, VmConfigError, VolumeMount, needs_secret_store, replica_user_data, secret_payload, short_name
 
 __all__ = ["GPU_INSTANCE_GROUP_TYPE", "GpuInstanceGroup", "GpuInstanceGroupArgs", "accelerator_type", "disk_name", "group_name"]
 
@@ -89,6 +89,8 @@ class GpuInstanceGroupArgs:
     """The gateway's service account e-mail: the only source admitted to the service port."""
     volumes: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """Network volume name → the disk's self link."""
+    code_url: pulumi.Input[str] | None = None
+    """Where the plan's code archive lies in the stack's artifact store (`_vm.CodeSource.url`); None: not shipped."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -177,7 +179,7 @@ class GpuInstanceGroup(pulumi.ComponentResource):
 
         mounts = [v for v in plan.volumes if v.kind == "network"]
         links = [args.volumes[m.names[0]] for m in mounts]
-        user_data = pulumi.Output.all(secret_name, *links).apply(
+        user_data = pulumi.Output.all(secret_name, args.code_url, *links).apply(
             lambda xs: replica_user_data(
                 ReplicaBoot(
                     plan=plan,
@@ -186,8 +188,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                     secret=SecretRef(cloud="gcp", ref=xs[0]) if xs[0] else None,
                     volumes=tuple(
                         VolumeMount(name=m.names[0], ref=link, container_path=m.path, device=m.names[0])
-                        for m, link in zip(mounts, xs[1:])
+                        for m, link in zip(mounts, xs[2:])
                     ),
+                    code=CodeSource(url=xs[1]) if xs[1] else None,
                 )
             )
         )

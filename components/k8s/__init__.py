@@ -38,7 +38,7 @@ import pulumi_kubernetes as k8s
 from serveform.stacks.settings import StackConfigError, StackSettings
 from serveform.translator.plan import ServicePlan
 
-from . import _caddy, _capacity, _pod, _security
+from . import _caddy, _capacity, _code, _pod, _security
 from . import _scaler_project as _scaler
 from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, PORT_NAME, GpuInstanceGroup, GpuInstanceGroupArgs
@@ -85,6 +85,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         for plan in plans:
             _pod.split_env(plan)
             _pod.gpu_request(plan)
+            _code.check_size(plan)
         # Service files by their path in the project: the scaler pod runs the same program from
         # another directory, and its `up` must render the same gateway.json.
         routed = [_project_relative(plan, settings.project_dir) for plan in plans]
@@ -176,6 +177,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
                 pod_security=level,
                 image=python_image if plan.replica_group.image_from == "python" else None,
                 cpu_request_fraction=cfg.cpu_request_fraction,
+                code_image=image,
             ),
             opts,
         )

@@ -11,6 +11,11 @@ Children (logical names `<service>-<role>`):
   GPU limits (`nvidia.com/gpu`, `amd.com/gpu`, ...), a toleration of the GPU taint, a node
   selector for GPU nodes (and affinity to the accepted GPU models), shm as a memory `emptyDir`
   on `/dev/shm`, and the volume claims mounted where the service wants them;
+- `<service>-code` Secret (named `<service>-code-<sha256 prefix>`, immutable): the service's code
+  archive (`ServicePlan.code`), checked and unpacked by the pod's `code` init container into an
+  emptyDir mounted at `/workflow` (and at each `files` target elsewhere); the pod template
+  carries the digest as `serveform.dev/code-sha256`, so a code change rolls the pods and an
+  unchanged tree changes nothing;
 - `<service>-service` Service (named `<service>`): headless, so the cluster's DNS answers `<service>.<namespace>.svc` with
   the address of every ready pod (and SRV `_http._tcp.<service>...`). The gateway's Caddy
   resolves it on every request batch, so it follows the Deployment as it scales;
@@ -35,7 +40,7 @@ import pulumi_kubernetes as k8s
 
 from serveform.translator.plan import ServicePlan
 
-from . import _pod, _security
+from . import _code, _pod, _security
 
 __all__ = ["GPU_INSTANCE_GROUP_TYPE", "GpuInstanceGroup", "GpuInstanceGroupArgs"]
 
@@ -71,6 +76,8 @@ class GpuInstanceGroupArgs:
     """The container image when it is not the plan's (`serveform:k8s.python_image`)."""
     cpu_request_fraction: float = 1.0
     """Share of the plan's minimum CPU count the pods request (`serveform:k8s.cpu_request_fraction`)."""
+    code_image: str | None = None
+    """The image of the init container that unpacks the plan's code archive (serveform's image: sh, sha256sum, tar)."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -155,6 +162,46 @@ class GpuInstanceGroup(pulumi.ComponentResource):
             )
             mounts.append(k8s.core.v1.VolumeMountArgs(name="shm", mount_path="/dev/shm"))
 
+        init_containers = None
+        annotations = None
+        workdir = _pod.workdir(group)
+        if plan.code is not None:
+            _code.check_size(plan)
+            code_secret = k8s.core.v1.Secret(
+                f"{name}-code",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=_code.secret_name(plan), namespace=args.namespace, labels=labels),
+                type="Opaque",
+                immutable=True,
+                data=_code.secret_data(plan),
+                # The name is the digest: stored bytes can only be these (a scale update has none to send).
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["data"])),
+            )
+            volumes.append(
+                k8s.core.v1.VolumeArgs(
+                    name="code-archive",
+                    secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=code_secret.metadata.name, default_mode=0o444),
+                )
+            )
+            volumes.append(k8s.core.v1.VolumeArgs(name="code", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()))
+            mounts.extend(k8s.core.v1.VolumeMountArgs(**m) for m in _code.container_mounts(plan, "code"))
+            init_containers = [
+                k8s.core.v1.ContainerArgs(
+                    name="code",
+                    image=args.code_image or args.image or group.image,
+                    command=["/bin/sh", "-c", _code.init_script(plan)],
+                    volume_mounts=[
+                        k8s.core.v1.VolumeMountArgs(name="code-archive", mount_path=_code.ARCHIVE_MOUNT, read_only=True),
+                        k8s.core.v1.VolumeMountArgs(name="code", mount_path=_code.UNPACK_MOUNT),
+                    ],
+                    resources=k8s.core.v1.ResourceRequirementsArgs(
+                        requests={"cpu": "50m", "memory": "64Mi"}, limits={"memory": "256Mi"}
+                    ),
+                    security_context=_security.restricted_container_context(),
+                )
+            ]
+            annotations = {_code.CODE_ANNOTATION: plan.code.sha256}
+            workdir = plan.code.workdir
+
         res = group.resources
         cpu = str(res.cpu_min) if args.cpu_request_fraction == 1 else f"{round(res.cpu_min * 1000 * args.cpu_request_fraction)}m"
         requests = {"cpu": cpu, "memory": _pod.quantity_gb(res.memory_min_gb)}
@@ -213,7 +260,7 @@ class GpuInstanceGroup(pulumi.ComponentResource):
             image=args.image or group.image,
             command=command,
             args=container_args,
-            working_dir=_pod.workdir(group),
+            working_dir=workdir,
             env=env,
             env_from=env_from or None,
             ports=[k8s.core.v1.ContainerPortArgs(name=PORT_NAME, container_port=group.container_port)],
@@ -230,8 +277,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                 replicas=args.replicas,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels, annotations=annotations),
                     spec=k8s.core.v1.PodSpecArgs(
+                        init_containers=init_containers,
                         containers=[container],
                         image_pull_secrets=image_pull_secrets,
                         volumes=volumes or None,

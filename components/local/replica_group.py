@@ -19,14 +19,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pulumi
 from pydantic import SecretStr
 
 from serveform.translator.plan import ServicePlan
 
-from . import _publication, _replica
+from . import _code, _publication, _replica
 
 __all__ = ["REPLICA_GROUP_TYPE", "ReplicaGroup", "ReplicaGroupArgs", "volume_env_name"]
 
@@ -56,6 +56,8 @@ class ReplicaGroupArgs:
     """How long creating a replica waits for its port to accept connections."""
     cleanup_root: str | None = None
     """The outermost directory that deleting the last replica may remove once it is empty."""
+    code_root: str | None = None
+    """Where the plan's code archive is unpacked (`<code_root>/<service>-<sha256 prefix>`); default `<state_dir>/code`."""
 
 
 def volume_env_name(mount_path: str) -> str:
@@ -86,6 +88,25 @@ class ReplicaGroup(pulumi.ComponentResource):
             value = env.value.get_secret_value() if isinstance(env.value, SecretStr) else env.value
             (secret_env if env.secret or isinstance(env.value, SecretStr) else plain_env)[key] = value
         env = pulumi.Output.all(**dict(args.volume_dirs)).apply(lambda dirs: _with_volumes(plain_env, dirs))
+        # With a code archive, replicas run in its unpacked `repo/` (dstack's /workflow) at the
+        # plan's working directory; without one (a plan from the translator alone), in the project.
+        run_dir: pulumi.Input[str] = args.project_dir
+        working_dir = group.working_dir
+        if plan.code is not None:
+            code = plan.code
+            unpacked = _code.Code(
+                f"{name}-code",
+                {
+                    "provider_version": _code.PROVIDER_VERSION,
+                    "archive": code.archive,
+                    "sha256": code.sha256,
+                    "path": str(Path(args.code_root or Path(args.state_dir) / "code") / f"{plan.name}-{code.sha256[:16]}"),
+                    "cleanup_root": args.cleanup_root,
+                },
+                child,
+            )
+            run_dir = unpacked.path.apply(lambda path: str(Path(path) / "repo"))
+            working_dir = _relative_workdir(code.workdir, code.repo_dir)
         replicas = [
             _replica.Replica(
                 f"{name}-replica-{index}",
@@ -93,8 +114,8 @@ class ReplicaGroup(pulumi.ComponentResource):
                     "provider_version": _replica.PROVIDER_VERSION,
                     "service": plan.name,
                     "replica": index,
-                    "project_dir": args.project_dir,
-                    "working_dir": group.working_dir,
+                    "project_dir": run_dir,
+                    "working_dir": working_dir,
                     "log_path": str(Path(args.state_dir) / "replicas" / f"{plan.name}-{index}.log"),
                     "setup": list(group.setup),
                     "commands": list(group.commands),
@@ -124,6 +145,16 @@ class ReplicaGroup(pulumi.ComponentResource):
             child,
         )
         self.register_outputs({"addresses": self.addresses, "log_paths": self.log_paths})
+
+
+def _relative_workdir(workdir: str, repo_dir: str) -> str | None:
+    """The working directory relative to the unpacked repository, or absolute when it lies outside it."""
+    path, repo = PurePosixPath(workdir), PurePosixPath(repo_dir)
+    if path == repo:
+        return None
+    if repo in path.parents:
+        return str(path.relative_to(repo))
+    return workdir
 
 
 def _with_volumes(env: dict[str, str], dirs: Mapping[str, str]) -> dict[str, str]:
