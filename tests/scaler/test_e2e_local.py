@@ -97,7 +97,7 @@ def stack(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
     project.pulumi("destroy", "--yes")
-    for pid in fixtures.processes_mentioning(str(project.root)):
+    for pid in {*fixtures.processes_mentioning(str(project.root)), *fixtures.processes_mentioning(str(project.local_state_dir))}:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -145,9 +145,9 @@ def _replica_resources(stack) -> set[str]:
 
 
 def _replica_processes(stack) -> list[int]:
-    """Live chat-server processes started for this project."""
+    """Live chat-server processes started for this project (they run in its unpacked code, under the state folder)."""
     found = []
-    for pid in fixtures.processes_mentioning(str(stack.root)):
+    for pid in sorted(set(fixtures.processes_mentioning(str(stack.root))) | set(fixtures.processes_mentioning(str(stack.state_dir)))):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
