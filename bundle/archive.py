@@ -13,7 +13,8 @@ working tree, plus local changes, minus what is ignored):
 - each **`files`** mapping: a file, or a folder with its `.gitignore`/`.dstackignore` honoured.
 
 Never, at any depth: `.git`; serveform's and Pulumi's state folders `.serveform/` and `.pulumi/`
-(stack state, logs, passphrases); `__pycache__/`; and the deployment's own configuration —
+(stack state, logs, passphrases), `$PULUMI_HOME` and a `file://` `$PULUMI_BACKEND_URL` when they
+lie inside; `__pycache__/`; and the deployment's own configuration —
 service files (`.dstack.yml`, `*.dstack.yml`) and Pulumi project and stack files (`Pulumi.yaml`,
 `Pulumi.<stack>.yaml`, which hold encrypted secrets). Those reach replicas through the plan, so an
 edit of a replica count or a stack setting changes no archive and restarts nobody; only code
@@ -144,13 +145,29 @@ def _list_tree(root: Path) -> list[str]:
     return _keep(root, listed, ignored)
 
 
+def _pulumi_dirs() -> list[Path]:
+    """Pulumi's home (credentials, plugins) and a `file://` state backend: never code, wherever they are."""
+    found = []
+    home = os.environ.get("PULUMI_HOME")
+    if home:
+        found.append(Path(home).expanduser().resolve())
+    backend = os.environ.get("PULUMI_BACKEND_URL", "")
+    if backend.startswith("file://"):
+        found.append(Path(backend.removeprefix("file://")).expanduser().resolve())
+    return found
+
+
 def _keep(root: Path, listed: str, ignored: str) -> list[str]:
     drop = set(filter(None, ignored.split("\0")))
+    resolved = root.resolve()
+    private = [d.relative_to(resolved) for d in _pulumi_dirs() if d == resolved or resolved in d.parents]
     out = []
     for name in filter(None, listed.split("\0")):
         parts = PurePosixPath(name).parts
         if name in drop or name.endswith("/") or _NEVER.intersection(parts) or _CONFIG_FILE.match(parts[-1]):
             continue  # ignored; a nested repository or submodule (a folder); state; deployment config
+        if any(Path(name) == d or d in Path(name).parents for d in private):
+            continue
         path = root / name
         if path.is_symlink() or path.is_file():
             out.append(name)  # a tracked file deleted in the working tree is not shipped

@@ -219,3 +219,12 @@ def test_the_manifest_lists_every_file_with_its_digest(repo, tmp_path):
     entry = next(f for f in manifest["files"] if f["path"] == "repo/app.py")
     assert entry == {"path": "repo/app.py", "size": 12, "sha256": hashlib.sha256(b"print('hi')\n").hexdigest()}
     assert manifest["sha256"] == archive.sha256 and oct(archive.path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_pulumi_home_and_a_file_backend_inside_the_tree_are_never_shipped(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _write(project, {"app.dstack.yml": SERVICE, "app.py": "x\n", "home/credentials.json": "{\"token\": 1}", "state/.pulumi/x.json": "{}"})
+    monkeypatch.setenv("PULUMI_HOME", str(project / "home"))
+    monkeypatch.setenv("PULUMI_BACKEND_URL", (project / "state").as_uri())
+    _, archive = archive_service(_plan(project / "app.dstack.yml"), out_dir=tmp_path / "out", project_dir=project)
+    assert sorted(archive.members) == ["repo/app.py"]

@@ -1,7 +1,7 @@
 """The k8s stack on k8s-local's real node: real containers of serveform's runtime image.
 
-One stack, the chat example (`python stacks/examples/chat_server.py` from the project inside the
-runtime image, `replicas: 1..2`, a 5 rps target with short delays), state in k8s-local's
+One stack, the chat example (`python stacks/examples/chat_server.py` from the project, shipped as
+the service's code archive and unpacked at /workflow by the pod's init container, in the runtime image, `replicas: 1..2`, a 5 rps target with short delays), state in k8s-local's
 S3-compatible object store (Pulumi's `s3://` backend, shared with the in-cluster scaler, whose
 `scaler-env` Secret the stack writes from this environment), is deployed once for the module and:
 
@@ -134,6 +134,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, k8s_local_real_node: K8sL
     (root / "Pulumi.yaml").write_text("name: serveform\nruntime: python\nstackConfigDir: stacks\n")
     (root / "__main__.py").write_text("from serveform.components.program import run\n\nrun()\n")
     (root / "services" / "chat.dstack.yml").write_text(CHAT)
+    # The project is the repository the stack ships to /workflow: the chat server travels in it.
+    (root / "stacks" / "examples").mkdir(parents=True)
+    (root / "stacks" / "examples" / "chat_server.py").write_text((ROOT / "stacks" / "examples" / "chat_server.py").read_text())
     namespace = f"sf-real-{os.getpid()}"
     config = {
         "serveform:backend": "k8s",
