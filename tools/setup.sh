@@ -8,7 +8,8 @@
 #                    plane, kwok, etcd, the Pulumi Kubernetes provider, the real node's kubelet,
 #                    kube-proxy and CoreDNS (tools/k8s/build.sh), the node's Debian packages
 #                    (containerd, runc, CNI plugins; tools/k8s/host-packages.sh), serveform's
-#                    runtime image (serveform image build) and actionlint (tools/actionlint/build.sh).
+#                    runtime image (serveform image build), actionlint (tools/actionlint/build.sh)
+#                    and the VM boot tests' Debian root with systemd + cloud-init (tools/vmboot/setup.sh).
 # Binaries that cannot be downloaded here are built with Go from the module proxy into
 # ~/.cache/serveform/<name>-<version>/ (outside the checkout, keyed by version), so a
 # second run takes seconds. They are linked into .venv/bin, which the Makefile puts on PATH.
@@ -143,6 +144,8 @@ case "${1:-all}" in
     if [ "$(id -u)" = 0 ]; then
       # The real node and the image need root (apt-get, debootstrap); CI runs as root.
       "$ROOT/tools/k8s/host-packages.sh" all
+      # The VM boot tests' host packages, cached Debian root and moto (tests/boot/).
+      "$ROOT/tools/vmboot/setup.sh" >/dev/null
       t_image=$SECONDS
       "$VENV/bin/python" -m serveform.cli image build --project-dir "$ROOT" >&2
       log "image: ready in $((SECONDS - t_image)) s"

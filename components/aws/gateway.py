@@ -17,7 +17,9 @@ the address; otherwise the address is exported for the user's DNS.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import gzip
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -207,7 +209,10 @@ class Gateway(pulumi.ComponentResource):
             subnet_id=args.subnet_id,
             vpc_security_group_ids=[firewall.id],
             iam_instance_profile=profile.name,
-            user_data=user_data,
+            # EC2 takes 16 KB of user data; the gateway's document (routes, project copy, fetcher)
+            # is larger, so it travels gzip'd (cloud-init unpacks it), without a timestamp so
+            # that the same document gives the same bytes.
+            user_data_base64=user_data.apply(compressed_user_data),
             # The gateway's configuration is its boot document: a changed route set boots a new VM
             # (the Elastic IP moves with it) instead of leaving a stale one running.
             user_data_replace_on_change=True,
@@ -257,6 +262,11 @@ def _stored_secret(
     secret = aws.secretsmanager.Secret(name, description=description, recovery_window_in_days=0, tags=tags, opts=opts)
     aws.secretsmanager.SecretVersion(f"{name}-value", secret_id=secret.id, secret_string=pulumi.Output.secret(value), opts=opts)
     return secret.arn
+
+
+def compressed_user_data(text: str) -> str:
+    """The user data as EC2 takes it: gzip (no timestamp), then base64."""
+    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
 
 def artifact_bucket_policy(bucket_arn: str, readers: Sequence[str | None]) -> str:

@@ -7,6 +7,7 @@ Each backend's test module sets `BACKEND`, `CONFIG` (its `serveform:*` stack con
 from __future__ import annotations
 
 import base64
+import gzip
 import binascii
 import importlib
 import json
@@ -37,7 +38,8 @@ def deploy(backend: str, settings: StackSettings, plans) -> Recording:  # noqa: 
 
 
 def _decoded_texts(value) -> list[str]:
-    """Every string in ``value``, plus the base64-decoded form of strings that decode to text."""
+    """Every string in ``value``, plus the base64-decoded (and gunzipped: the AWS gateway's user data)
+    form of strings that decode to text."""
     out = []
     if isinstance(value, dict):
         for v in value.values():
@@ -49,8 +51,9 @@ def _decoded_texts(value) -> list[str]:
         out.append(value)
         if len(value) > 16:
             try:
-                out.append(base64.b64decode(value, validate=True).decode())
-            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raw = base64.b64decode(value, validate=True)
+                out.append((gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode())
+            except (binascii.Error, UnicodeDecodeError, ValueError, OSError, EOFError):
                 pass
     return out
 

@@ -107,7 +107,7 @@ def test_plan_shows_the_added_service_and_the_changed_group(repo):
     changed = {c["name"]: c["fields"] for c in diff["changes"] if c["op"] == "~"}
     assert changed["web-group"] == ["maxSize"]
     assert "policy" in changed["gateway-policy"]  # the gateway may now scale api's group too
-    assert "userData" in changed["gateway-vm"]  # the gateway's routes and discovery include api
+    assert "userDataBase64" in changed["gateway-vm"]  # the gateway's routes and discovery include api
     assert "web-template" not in changed  # web's replicas changed, not what a replica runs
 
 

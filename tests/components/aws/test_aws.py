@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 
 import yaml
@@ -119,7 +121,10 @@ def test_artifacts_are_shipped_into_a_private_encrypted_bucket(recording):
     assert readers == sorted(["arn:aws:mock:::gateway-role", "arn:aws:iam::123456789012:role/deployer"])
     objects = [r for r in recording.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2"]
     assert sorted(o.name for o in objects) == ["gateway-artifact-caddy", "gateway-artifact-pulumi", "gateway-artifact-wheelhouse"]
-    user_data = recording.one("aws:ec2/instance:Instance", "gateway-vm").inputs["userData"]
+    encoded = recording.one("aws:ec2/instance:Instance", "gateway-vm").inputs["userDataBase64"]
+    user_data = gzip.decompress(base64.b64decode(encoded)).decode()
+    # EC2's limit is 16 KB of user data: the document travels gzip'd.
+    assert len(base64.b64decode(encoded)) < 16384 < len(user_data) + 16384
     install = yaml.safe_load(user_data)["write_files"]
     script = next(f["content"] for f in install if f["path"] == "/opt/serveform/install.sh")
     for obj in objects:
