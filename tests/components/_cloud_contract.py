@@ -7,8 +7,8 @@ Each backend's test module sets `BACKEND`, `CONFIG` (its `serveform:*` stack con
 from __future__ import annotations
 
 import base64
-import gzip
 import binascii
+import gzip
 import importlib
 import json
 
