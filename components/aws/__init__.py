@@ -17,7 +17,7 @@ from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
 from .gateway import DEFAULT_INSTANCE_TYPE as DEFAULT_GATEWAY_INSTANCE_TYPE
-from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef
+from .gateway import GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef, store_code
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, AwsVolumeRef, GpuInstanceGroup, GpuInstanceGroupArgs, group_name
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
 
@@ -57,6 +57,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     caps = _cloud.preflight(settings, plans, "aws", problems, region=region)
     assert region is not None
     artifacts = gateway_artifacts()
+    built: dict[str, Gateway] = {}
 
     provider = aws.Provider("aws", region=region)
     invoke = pulumi.InvokeOutputOptions(provider=provider)
@@ -92,7 +93,12 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             zone_id=cfg.zone_id,
             artifacts=artifacts,
         )
-        return Gateway("gateway", args, opts)
+        built["gateway"] = Gateway("gateway", args, opts)
+        return built["gateway"]
+
+    def code_store(plan: ServicePlan) -> pulumi.Output[str]:
+        # The service's code archive (issue 14 item 2) in the gateway's artifact bucket.
+        return store_code(built["gateway"], f"{plan.name}-code", _cloud.code_object_key(plan), _cloud.code_asset(plan))
 
     def group(common: _cloud.GroupCommon, gateway: Gateway, volumes: dict[str, Volume]) -> GpuInstanceGroup:
         args = GpuInstanceGroupArgs(
@@ -109,7 +115,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         return GpuInstanceGroup(common["plan"].name, args, opts)
 
     _cloud.register(
-        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group
+        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group,
+        code_store=code_store,
     )
 
 

@@ -153,7 +153,7 @@ class Gateway(pulumi.ComponentResource):
         aws.s3.BucketPolicy(
             f"{name}-artifacts-policy",
             bucket=bucket.id,
-            policy=pulumi.Output.all(bucket.arn, role.arn, deployer).apply(lambda v: artifact_bucket_policy(v[0], [v[1], v[2]])),
+            policy=pulumi.Output.all(bucket.arn, deployer).apply(lambda v: artifact_bucket_policy(v[0], args.stack, v[1])),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[private]),
         )
         objects = [
@@ -243,6 +243,7 @@ class Gateway(pulumi.ComponentResource):
         self.dns_name = dns_name
         self.user_data = user_data
         self.artifact_bucket = bucket.bucket
+        self._bucket = bucket
         self.register_outputs(
             {
                 "address": self.address,
@@ -255,6 +256,24 @@ class Gateway(pulumi.ComponentResource):
         )
 
 
+def store_code(gateway: Gateway, name: str, key: str, source: pulumi.Asset) -> pulumi.Output[str]:
+    """Upload a service's code archive into the gateway's artifact bucket, as the gateway's child; its `s3://` URL.
+
+    The key is the archive's digest, so its bytes never change under it: a scale update (which
+    rebuilds the stack without the deploying machine's archive file) ignores the source.
+    """
+    obj = aws.s3.BucketObjectv2(
+        name,
+        bucket=gateway._bucket.id,
+        key=key,
+        source=source,
+        checksum_algorithm="SHA256",
+        content_type="application/gzip",
+        opts=pulumi.ResourceOptions(parent=gateway, ignore_changes=["source"]),
+    )
+    return pulumi.Output.all(gateway.artifact_bucket, obj.key).apply(lambda v: _code_url(v[0], v[1]))
+
+
 def _stored_secret(
     name: str, description: str, value: pulumi.Input[str], tags: dict[str, str], opts: pulumi.ResourceOptions
 ) -> pulumi.Output[str]:
@@ -264,17 +283,23 @@ def _stored_secret(
     return secret.arn
 
 
+def _code_url(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
 def compressed_user_data(text: str) -> str:
     """The user data as EC2 takes it: gzip (no timestamp), then base64."""
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
 
-def artifact_bucket_policy(bucket_arn: str, readers: Sequence[str | None]) -> str:
-    """The artifacts bucket's policy: TLS only, and objects readable by ``readers`` (role ARNs) alone.
+def artifact_bucket_policy(bucket_arn: str, stack: str, deployer_arn: str | None) -> str:
+    """The artifacts bucket's policy: TLS only, and objects readable by the stack's instance roles alone.
 
-    The deny applies to every other principal of the account too, whatever its own IAM policy says.
+    The gateway's and the replicas' roles carry the tag `serveform:stack=<stack>` (the replicas'
+    roles are created after this policy, hence the tag rather than their ARNs); the deploying role
+    reads too (a refresh reads the objects back). Every other principal of the account is denied,
+    whatever its own IAM policy says; each role's own policy then names the exact objects it may read.
     """
-    principals = sorted({r for r in readers if r})
     statements: list[dict[str, object]] = [
         {
             "Sid": "TlsOnly",
@@ -285,12 +310,16 @@ def artifact_bucket_policy(bucket_arn: str, readers: Sequence[str | None]) -> st
             "Condition": {"Bool": {"aws:SecureTransport": "false"}},
         },
         {
-            "Sid": "ReadByTheGatewayRoleOnly",
+            "Sid": "ReadByTheStackRolesOnly",
             "Effect": "Deny",
             "Principal": "*",
             "Action": "s3:GetObject",
             "Resource": [f"{bucket_arn}/*"],
-            "Condition": {"StringNotEquals": {"aws:PrincipalArn": principals}},
+            # Both must hold for the deny: not a role of this stack, and not the deployer.
+            "Condition": {
+                "StringNotEquals": {"aws:PrincipalTag/serveform:stack": stack},
+                **({"ArnNotEquals": {"aws:PrincipalArn": deployer_arn}} if deployer_arn else {}),
+            },
         },
     ]
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)

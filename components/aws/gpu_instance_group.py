@@ -131,7 +131,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-policy",
             role=role.id,
-            policy=pulumi.Output.all(secret_arn, *volume_arns).apply(lambda xs: _replica_policy(xs[0], xs[1:])),
+            policy=pulumi.Output.all(secret_arn, args.code_url, *volume_arns).apply(
+                lambda xs: _replica_policy(xs[0], xs[2:], code_url=xs[1])
+            ),
             opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
@@ -245,11 +247,16 @@ class GpuInstanceGroup(pulumi.ComponentResource):
         )
 
 
-def _replica_policy(secret_arn: str | None, volume_arns: Sequence[str]) -> str:
-    """Read the service's own secret, attach its own volumes (an empty policy is not allowed)."""
+def _replica_policy(secret_arn: str | None, volume_arns: Sequence[str], *, code_url: str | None = None) -> str:
+    """Read the service's own secret and code archive, attach its own volumes (an empty policy is not allowed)."""
     statements: list[dict[str, object]] = [
         {"Sid": "DescribeOwnVolumes", "Effect": "Allow", "Action": ["ec2:DescribeVolumes"], "Resource": "*"}
     ]
+    if code_url:
+        # `s3://<bucket>/<key>`: this service's archive only, not the bucket.
+        statements.append(
+            {"Sid": "FetchServiceCode", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{code_url.removeprefix('s3://')}"]}
+        )
     if secret_arn:
         statements.append({"Sid": "ReadServiceSecret", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [secret_arn]})
     if volume_arns:

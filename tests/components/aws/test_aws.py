@@ -116,10 +116,14 @@ def test_artifacts_are_shipped_into_a_private_encrypted_bucket(recording):
     policy = json.loads(recording.one("aws:s3/bucketPolicy:BucketPolicy", "gateway-artifacts-policy").inputs["policy"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     assert by_sid["TlsOnly"]["Effect"] == "Deny" and by_sid["TlsOnly"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    readers = by_sid["ReadByTheGatewayRoleOnly"]["Condition"]["StringNotEquals"]["aws:PrincipalArn"]
-    # The gateway's role and the deploying role (its issuer, not the session), nobody else.
-    assert readers == sorted(["arn:aws:mock:::gateway-role", "arn:aws:iam::123456789012:role/deployer"])
-    objects = [r for r in recording.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2"]
+    condition = by_sid["ReadByTheStackRolesOnly"]["Condition"]
+    # The stack's roles (by their tag: the replicas' roles come later) and the deploying role
+    # (its issuer, not the session), nobody else.
+    assert condition == {"StringNotEquals": {"aws:PrincipalTag/serveform:stack": "dev"},
+                         "ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::123456789012:role/deployer"}}
+    roles = [r for r in recording.resources if r.type == "aws:iam/role:Role"]
+    assert roles and all(r.inputs["tags"]["serveform:stack"] == "dev" for r in roles)
+    objects = [r for r in recording.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2" and r.name.startswith("gateway-artifact-")]
     assert sorted(o.name for o in objects) == ["gateway-artifact-caddy", "gateway-artifact-pulumi", "gateway-artifact-wheelhouse"]
     encoded = recording.one("aws:ec2/instance:Instance", "gateway-vm").inputs["userDataBase64"]
     user_data = gzip.decompress(base64.b64decode(encoded)).decode()
@@ -133,3 +137,27 @@ def test_artifacts_are_shipped_into_a_private_encrypted_bucket(recording):
         assert key in script and digest in script
     # Nothing from the internet at boot: no index, no download, no curl | sh.
     assert "pip install -q serveform" not in script and "curl" not in script and "get.pulumi.com" not in script
+
+
+def test_a_services_code_archive_is_uploaded_and_only_its_replicas_may_read_it(tmp_path):
+    """Issue 14 item 2 on AWS: the archive goes into the stack's artifact bucket (item 1), named by digest."""
+    import hashlib
+
+    from _cloud_contract import deploy as deploy_backend
+
+    from serveform.translator.plan import CodePlan
+
+    archive = tmp_path / "code.tar.gz"
+    archive.write_bytes(b"not really a tarball")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    plans = {name: p for name, p in example_plans("aws").items()}
+    name, plan = sorted(plans.items())[0]
+    plans[name] = plan.model_copy(update={"code": CodePlan(sha256=digest, size_bytes=20, archive=str(archive))})
+    rec = deploy_backend("aws", make_settings("aws", CONFIG), plans.values())
+    code = rec.one("aws:s3/bucketObjectv2:BucketObjectv2", f"{name}-code")
+    assert code.inputs["key"] == f"code/{name}/{digest}.tar.gz" and "serveform:aws:Gateway" in code.urn
+    policy = json.loads(rec.one("aws:iam/rolePolicy:RolePolicy", f"{name}-policy").inputs["policy"])
+    (grant,) = [s for s in policy["Statement"] if s["Sid"] == "FetchServiceCode"]
+    assert grant["Resource"] == [f"arn:aws:s3:::gateway-artifacts-0mock/code/{name}/{digest}.tar.gz"]
+    others = [json.loads(r.inputs["policy"]) for r in rec.resources if r.type == "aws:iam/rolePolicy:RolePolicy" and r.name != f"{name}-policy"]
+    assert not [s for p in others for s in p["Statement"] if s.get("Sid") == "FetchServiceCode"]
