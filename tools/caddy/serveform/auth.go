@@ -36,7 +36,7 @@ func bearerOK(r *http.Request, tokens [][sha256.Size]byte) bool {
 	if token == "" {
 		return false
 	}
-	sum := sha256.Sum256([]byte(token))
+	sum := digest(token)
 	match := 0
 	for i := range tokens {
 		match |= subtle.ConstantTimeCompare(sum[:], tokens[i][:])
@@ -50,8 +50,23 @@ func secretOK(r *http.Request, secret *[sha256.Size]byte) bool {
 	if secret == nil || len(values) != 1 {
 		return false
 	}
-	sum := sha256.Sum256([]byte(values[0]))
+	sum := digest(values[0])
 	return subtle.ConstantTimeCompare(sum[:], secret[:]) == 1
+}
+
+// tokenBufferBytes covers every token the gateway issues or accepts in practice; a longer one is
+// hashed all the same, with one allocation.
+const tokenBufferBytes = 256
+
+// digest is SHA-256 of a header value without allocating for it: Go copies a string into a heap
+// []byte when it is longer than 32 bytes, and tokens are longer.
+func digest(value string) [sha256.Size]byte {
+	if len(value) > tokenBufferBytes {
+		return sha256.Sum256([]byte(value))
+	}
+	var buf [tokenBufferBytes]byte
+	n := copy(buf[:], value)
+	return sha256.Sum256(buf[:n])
 }
 
 type failCount struct {

@@ -62,33 +62,38 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	if rt == nil {
 		return nil, nil
 	}
-	dials := *rt.ready.dials.Load()
-	// Fresh values every time: reverse_proxy writes into each Upstream it is given (its host
-	// record, circuit breaker), so a shared one would be written by concurrent requests. Up to
-	// smallPool replicas, one allocation holds them all.
-	if len(dials) <= smallPool {
-		p := new(upstreamPool)
-		for i, dial := range dials {
-			p.values[i].Dial = dial
-			p.pointers[i] = &p.values[i]
-		}
-		return p.pointers[:len(dials)], nil
+	return fresh(*rt.ready.dials.Load()), nil
+}
+
+// fresh returns new Upstreams for dials, every time: reverse_proxy writes into each Upstream it
+// is given (its host record, circuit breaker), so a shared one would be written by concurrent
+// requests. A service's few replicas take one small allocation, sized to fit.
+func fresh(dials []string) []*reverseproxy.Upstream {
+	var values []reverseproxy.Upstream
+	var out []*reverseproxy.Upstream
+	switch n := len(dials); {
+	case n == 0:
+		return nil
+	case n <= 2:
+		p := new(struct {
+			values   [2]reverseproxy.Upstream
+			pointers [2]*reverseproxy.Upstream
+		})
+		values, out = p.values[:n], p.pointers[:n]
+	case n <= 4:
+		p := new(struct {
+			values   [4]reverseproxy.Upstream
+			pointers [4]*reverseproxy.Upstream
+		})
+		values, out = p.values[:n], p.pointers[:n]
+	default:
+		values, out = make([]reverseproxy.Upstream, n), make([]*reverseproxy.Upstream, n)
 	}
-	values := make([]reverseproxy.Upstream, len(dials))
-	out := make([]*reverseproxy.Upstream, len(dials))
 	for i, dial := range dials {
 		values[i].Dial = dial
 		out[i] = &values[i]
 	}
-	return out, nil
-}
-
-// smallPool is how many replicas fit the single-allocation pool (most services run a few).
-const smallPool = 4
-
-type upstreamPool struct {
-	values   [smallPool]reverseproxy.Upstream
-	pointers [smallPool]*reverseproxy.Upstream
+	return out
 }
 
 var (
