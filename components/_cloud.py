@@ -468,9 +468,15 @@ def scaler_unit(settings: StackSettings, plans: Sequence[ServicePlan]) -> str | 
         return None
     from serveform.scaler import render_unit
 
-    from ._vm import GATEWAY_METRICS_PORT, SCALER_USER
+    from ._vm import GATEWAY_METRICS_PORT, SCALER_USER, VM_ARTIFACTS_ENV, VM_ARTIFACTS_FILE
 
-    return render_unit(stack=settings.stack, user=SCALER_USER, metrics_url=f"http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics")
+    return render_unit(
+        stack=settings.stack,
+        user=SCALER_USER,
+        metrics_url=f"http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics",
+        # Its `up` keeps the artifacts the VM booted from (no checkout here to build them from).
+        environment={VM_ARTIFACTS_ENV: VM_ARTIFACTS_FILE},
+    )
 
 
 def project_files(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict[str, str]:

@@ -57,6 +57,10 @@ SCALER_USER = "serveform-scaler"
 # Caddy's Prometheus endpoint on the gateway host, loopback only: fixed, so that the scaler (another
 # user, who cannot read the gateway's status.json) is told where it is.
 GATEWAY_METRICS_PORT = 9180
+# What the gateway VM booted from (name, sha256, key of each artifact), written by its user data;
+# the scaler's `up` on the VM reuses these instead of building artifacts (it has no checkout).
+VM_ARTIFACTS_FILE = "/etc/serveform/artifacts.json"
+VM_ARTIFACTS_ENV = "SERVEFORM_VM_ARTIFACTS"
 GATEWAY_STATE_DIR = "/var/lib/serveform/gateway"
 GATEWAY_CONFIG_DIR = "/etc/serveform"
 # How often the gateway host lists each group's instances (systemd timer), in seconds.
@@ -544,4 +548,8 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         project_dir=SCALER_PROJECT_DIR,
         project_files=boot.project_files if boot.scaler_unit is not None else {},
         fetch_py=_AWS_FETCH.read_text() if boot.artifacts else "",
+        artifacts_json=json.dumps(
+            {"bucket": boot.artifact_bucket, "artifacts": [a.__dict__ for a in boot.artifacts]}, sort_keys=True, indent=2
+        ) + "\n" if boot.artifacts else "",
+        artifacts_file=VM_ARTIFACTS_FILE,
     )

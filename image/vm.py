@@ -44,7 +44,7 @@ from .build import (
     source_root,
 )
 
-__all__ = ["VM_EXTRA_REQUIREMENTS", "VmArtifact", "gateway_artifacts"]
+__all__ = ["VM_EXTRA_REQUIREMENTS", "VmArtifact", "gateway_artifacts", "shipped_artifacts"]
 
 # The gateway VM's scaler runs `pulumi up` of an AWS stack: the AWS SDK on top of the runtime
 # lock (its own dependencies, pulumi, parver and semver, are pinned there already).
@@ -64,8 +64,8 @@ class VmArtifact:
 
     name: str
     """What it is (`wheelhouse`, `caddy`, `pulumi`): the boot's messages name it."""
-    path: Path
-    """The file on the deploying machine."""
+    path: Path | None
+    """The file on the deploying machine; None on a VM that booted from it (`shipped_artifacts`)."""
     sha256: str
     """Hex digest the boot checks before using it."""
 
@@ -205,6 +205,21 @@ def _caddy() -> Path:
     if not binary.is_file():
         raise ImageBuildError(f"{binary}: the project's Caddy build is missing; run `tools/setup.sh dev` first")
     return binary
+
+
+def shipped_artifacts(path: str | os.PathLike[str]) -> tuple[VmArtifact, ...]:
+    """The artifacts a gateway VM booted from, as its user data listed them (`/etc/serveform/artifacts.json`).
+
+    The scaler's `up` on the VM has no checkout to build artifacts from; keeping these keeps the
+    user data, so a scale update never replaces the VM it runs on.
+    """
+    import json
+
+    try:
+        document = json.loads(Path(path).read_text())
+        return tuple(VmArtifact(name=a["name"], path=None, sha256=a["sha256"]) for a in document["artifacts"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ImageBuildError(f"{path}: expected the VM's artifact list ({{\"artifacts\": [{{\"name\", \"sha256\", \"key\"}}]}}): {exc}") from None
 
 
 def gateway_artifacts(root: Path | None = None) -> tuple[VmArtifact, ...]:

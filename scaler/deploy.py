@@ -134,8 +134,11 @@ def render_unit(
     env_file: str = GATEWAY_HOST_ENV_FILE,
     user: str = "serveform",
     listen: str = DEFAULT_LISTEN_ADDRESS,
+    environment: Mapping[str, str] | None = None,
 ) -> str:
     """`serveform-scaler.service` for a gateway host (installed by the VM backends' gateway).
+
+    ``environment``: more variables for the scaler and its `up` (plain values, never secrets).
 
     The host must hold the stack's project (Pulumi.yaml, `stacks/Pulumi.<stack>.yaml`, the service
     files) in `project_dir`, and the stack's backend URL and passphrase in `env_file`.
@@ -156,6 +159,7 @@ def render_unit(
         env_file=env_file,
         argv=argv,
         stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
+        environment=dict(environment or {}),
     )
 
 

@@ -43,8 +43,6 @@ OFFLINE_INVOKES: dict[str, dict[str, Any]] = {
     "aws:ec2/getVpc:getVpc": {"id": "vpc-offline", "cidrBlock": "10.0.0.0/16"},
     "aws:ec2/getSubnets:getSubnets": {"id": "offline", "ids": ["subnet-offline"]},
     "aws:ec2/getSubnet:getSubnet": {"id": "subnet-offline", "availabilityZone": "offline-zone"},
-    "aws:index/getCallerIdentity:getCallerIdentity": {"id": "offline", "accountId": "000000000000", "arn": "arn:aws:iam::000000000000:user/offline"},
-    "aws:iam/getSessionContext:getSessionContext": {"id": "offline", "issuerArn": "arn:aws:iam::000000000000:user/offline"},
     "azure-native:authorization:getClientConfig": {
         "subscriptionId": "00000000-0000-0000-0000-000000000000",
         "tenantId": "00000000-0000-0000-0000-000000000000",

@@ -122,10 +122,18 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
 
 def gateway_artifacts():
     """What the gateway VM runs, built (or found cached) from this checkout; a `pulumi.RunError` when a build is missing."""
+    import os
+
     from serveform.image import ImageBuildError
     from serveform.image.vm import gateway_artifacts as build
+    from serveform.image.vm import shipped_artifacts
+
+    from .._vm import VM_ARTIFACTS_ENV
 
     try:
+        # The scaler's `up` on the gateway VM: the artifacts it booted from, unchanged.
+        if os.environ.get(VM_ARTIFACTS_ENV):
+            return shipped_artifacts(os.environ[VM_ARTIFACTS_ENV])
         return build()
     except ImageBuildError as exc:
         raise pulumi.RunError(f"the gateway VM's artifacts: {exc}") from None

@@ -126,7 +126,7 @@ class Gateway(pulumi.ComponentResource):
         zone_id = args.zone_id if args.dns_provider == "route53" else None
         group_names = [g.group_name for g in args.groups.values()]
 
-        # The artifacts' bucket: private, encrypted, TLS only, readable by this role and the deployer.
+        # The artifacts' bucket: private, encrypted, TLS only, no other instance reads it.
         bucket = aws.s3.Bucket(f"{name}-artifacts", force_destroy=True, tags=tags, opts=child)
         private = aws.s3.BucketPublicAccessBlock(
             f"{name}-artifacts-private",
@@ -146,14 +146,10 @@ class Gateway(pulumi.ComponentResource):
             rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}],
             opts=child,
         )
-        invoke = pulumi.InvokeOutputOptions(parent=self)
-        caller = aws.get_caller_identity_output(opts=invoke)
-        # An assumed role's session ARN is not what `aws:PrincipalArn` compares: its role's ARN is.
-        deployer = aws.iam.get_session_context_output(arn=caller.arn, opts=invoke).issuer_arn
         aws.s3.BucketPolicy(
             f"{name}-artifacts-policy",
             bucket=bucket.id,
-            policy=pulumi.Output.all(bucket.arn, deployer).apply(lambda v: artifact_bucket_policy(v[0], args.stack, v[1])),
+            policy=bucket.arn.apply(lambda arn: artifact_bucket_policy(arn, args.stack)),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[private]),
         )
         objects = [
@@ -161,11 +157,13 @@ class Gateway(pulumi.ComponentResource):
                 f"{name}-artifact-{artifact.name}",
                 bucket=bucket.id,
                 key=artifact.key,
-                source=pulumi.FileAsset(str(artifact.path)),
+                # A scale update on the VM has no file (it keeps what it booted from): the key is
+                # the digest, so the bytes under it never change, and the source is not compared.
+                source=pulumi.FileAsset(str(artifact.path)) if artifact.path else pulumi.StringAsset(""),
                 checksum_algorithm="SHA256",
                 content_type="application/octet-stream",
                 tags=tags,
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=["source"]),
             )
             for artifact in args.artifacts
         ]
@@ -292,13 +290,32 @@ def compressed_user_data(text: str) -> str:
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
 
-def artifact_bucket_policy(bucket_arn: str, stack: str, deployer_arn: str | None) -> str:
-    """The artifacts bucket's policy: TLS only, and objects readable by the stack's instance roles alone.
+# What the scaler's `pulumi up` reads, beyond discovery's describes: the program's lookups
+# (default VPC, its subnets, the machine images) and the auto scaling group's read-back and
+# capacity wait in the AWS provider 7.x. Derived from the program and the provider: the provider
+# cannot run on this machine, so the boot test observes the VM's own calls only.
+SCALER_UP_DESCRIBES = (
+    "ec2:DescribeVpcs",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeImages",
+    "autoscaling:DescribeScalingActivities",
+    "autoscaling:DescribeWarmPool",
+    "autoscaling:DescribeTrafficSources",
+    "autoscaling:DescribeLifecycleHooks",
+    "autoscaling:DescribeLoadBalancers",
+    "autoscaling:DescribeLoadBalancerTargetGroups",
+)
 
-    The gateway's and the replicas' roles carry the tag `serveform:stack=<stack>` (the replicas'
-    roles are created after this policy, hence the tag rather than their ARNs); the deploying role
-    reads too (a refresh reads the objects back). Every other principal of the account is denied,
-    whatever its own IAM policy says; each role's own policy then names the exact objects it may read.
+
+def artifact_bucket_policy(bucket_arn: str, stack: str) -> str:
+    """The artifacts bucket's policy: TLS only, and no instance but the stack's own reads an object.
+
+    Instance credentials (requests carrying `ec2:SourceInstanceARN`) are denied unless their role
+    carries the tag `serveform:stack=<stack>`: the gateway's and the replicas' roles (the replicas'
+    are created after this policy, hence the tag rather than their ARNs). People and CI of the
+    account keep what their own IAM policies give them (the deployer reads objects back on a
+    refresh), and each stack role's own policy names the exact objects it may read. The policy
+    names no deployer, so a scale update run by the gateway's role leaves it unchanged.
     """
     statements: list[dict[str, object]] = [
         {
@@ -310,15 +327,15 @@ def artifact_bucket_policy(bucket_arn: str, stack: str, deployer_arn: str | None
             "Condition": {"Bool": {"aws:SecureTransport": "false"}},
         },
         {
-            "Sid": "ReadByTheStackRolesOnly",
+            "Sid": "NoOtherInstanceReads",
             "Effect": "Deny",
             "Principal": "*",
             "Action": "s3:GetObject",
             "Resource": [f"{bucket_arn}/*"],
-            # Both must hold for the deny: not a role of this stack, and not the deployer.
+            # Both must hold for the deny: instance credentials, and not a role of this stack.
             "Condition": {
+                "Null": {"ec2:SourceInstanceARN": "false"},
                 "StringNotEquals": {"aws:PrincipalTag/serveform:stack": stack},
-                **({"ArnNotEquals": {"aws:PrincipalArn": deployer_arn}} if deployer_arn else {}),
             },
         },
     ]
@@ -353,11 +370,23 @@ def gateway_policy(
     if artifact_arns:
         statements.append({"Sid": "FetchArtifacts", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": sorted(artifact_arns)})
     if group_names:
+        # The scaler's `up` (the Pulumi AWS provider) re-reads the program's lookups and changes a
+        # group's desired capacity with UpdateAutoScalingGroup, then reads the group back and waits
+        # for its capacity. Describe calls take no resource scope in IAM; the writes name the
+        # stack's groups only.
+        statements.append(
+            {
+                "Sid": "ScalerUpReads",
+                "Effect": "Allow",
+                "Action": sorted(SCALER_UP_DESCRIBES),
+                "Resource": "*",
+            }
+        )
         statements.append(
             {
                 "Sid": "ScaleServiceGroups",
                 "Effect": "Allow",
-                "Action": ["autoscaling:SetDesiredCapacity"],
+                "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup"],
                 "Resource": [
                     f"arn:aws:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{n}" for n in sorted(group_names)
                 ],

@@ -44,8 +44,6 @@ CALLS: dict[str, dict[str, Any]] = {
     "aws:ec2/getVpc:getVpc": {"id": "vpc-0mock", "cidr_block": "10.0.0.0/16"},
     "aws:ec2/getSubnets:getSubnets": {"ids": ["subnet-0b", "subnet-0a"], "id": "us-east-1"},
     "aws:ec2/getSubnet:getSubnet": {"availability_zone": "us-east-1a"},
-    "aws:index/getCallerIdentity:getCallerIdentity": {"accountId": "123456789012", "arn": "arn:aws:sts::123456789012:assumed-role/deployer/ci", "userId": "AROAMOCK:ci", "id": "123456789012"},
-    "aws:iam/getSessionContext:getSessionContext": {"issuerArn": "arn:aws:iam::123456789012:role/deployer", "arn": "arn:aws:sts::123456789012:assumed-role/deployer/ci"},
     "gcp:organizations/getProject:getProject": {"number": "123456789012", "project_id": "mock-project"},
     "azure-native:authorization:getClientConfig": {
         "subscriptionId": "00000000-0000-0000-0000-000000000001",

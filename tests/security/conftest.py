@@ -23,9 +23,9 @@ def _fake_gateway_artifacts(tmp_path_factory):
     """The AWS gateway uploads its artifacts; under mocks, small files stand in for the real builds."""
     from _cloud_examples import fake_gateway_artifacts
 
-    import serveform.components.aws as aws_backend
+    import serveform.image.vm as vm_artifacts
 
     fakes = fake_gateway_artifacts(tmp_path_factory.mktemp("artifacts"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(aws_backend, "gateway_artifacts", lambda: fakes)
+        patch.setattr(vm_artifacts, "gateway_artifacts", lambda root=None: fakes)
         yield fakes

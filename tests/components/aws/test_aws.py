@@ -92,10 +92,16 @@ def test_no_zone_no_record(request):
 def test_gateway_role_is_narrow(recording):
     policy = json.loads(recording.one("aws:iam/rolePolicy:RolePolicy", "gateway-policy").inputs["policy"])
     actions = sorted(a for s in policy["Statement"] for a in s["Action"])
+    from serveform.components.aws.gateway import SCALER_UP_DESCRIBES
+
     assert actions == sorted(
         ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances", "autoscaling:SetDesiredCapacity", "secretsmanager:GetSecretValue",
-         "s3:GetObject"]
+         "s3:GetObject", "autoscaling:UpdateAutoScalingGroup", *SCALER_UP_DESCRIBES]
     )
+    # Every write names the stack's own groups; only describe calls (which IAM cannot scope) use "*".
+    for statement in policy["Statement"]:
+        if statement["Resource"] == "*":
+            assert all(":Describe" in a or a.startswith("route53:Get") or a.startswith("route53:List") for a in statement["Action"]), statement
     fetch = next(s for s in policy["Statement"] if s["Sid"] == "FetchArtifacts")
     # Exactly the artifacts' objects, content-addressed: not the bucket, not a wildcard.
     assert len(fetch["Resource"]) == 3 and all("/artifacts/" in r and "*" not in r for r in fetch["Resource"])
@@ -116,11 +122,9 @@ def test_artifacts_are_shipped_into_a_private_encrypted_bucket(recording):
     policy = json.loads(recording.one("aws:s3/bucketPolicy:BucketPolicy", "gateway-artifacts-policy").inputs["policy"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     assert by_sid["TlsOnly"]["Effect"] == "Deny" and by_sid["TlsOnly"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    condition = by_sid["ReadByTheStackRolesOnly"]["Condition"]
-    # The stack's roles (by their tag: the replicas' roles come later) and the deploying role
-    # (its issuer, not the session), nobody else.
-    assert condition == {"StringNotEquals": {"aws:PrincipalTag/serveform:stack": "dev"},
-                         "ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::123456789012:role/deployer"}}
+    condition = by_sid["NoOtherInstanceReads"]["Condition"]
+    # No instance credentials but the stack's roles' (by their tag: the replicas' roles come later).
+    assert condition == {"Null": {"ec2:SourceInstanceARN": "false"}, "StringNotEquals": {"aws:PrincipalTag/serveform:stack": "dev"}}
     roles = [r for r in recording.resources if r.type == "aws:iam/role:Role"]
     assert roles and all(r.inputs["tags"]["serveform:stack"] == "dev" for r in roles)
     objects = [r for r in recording.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2" and r.name.startswith("gateway-artifact-")]
@@ -161,3 +165,30 @@ def test_a_services_code_archive_is_uploaded_and_only_its_replicas_may_read_it(t
     assert grant["Resource"] == [f"arn:aws:s3:::gateway-artifacts-0mock/code/{name}/{digest}.tar.gz"]
     others = [json.loads(r.inputs["policy"]) for r in rec.resources if r.type == "aws:iam/rolePolicy:RolePolicy" and r.name != f"{name}-policy"]
     assert not [s for p in others for s in p["Statement"] if s.get("Sid") == "FetchServiceCode"]
+
+
+def test_the_scalers_up_on_the_vm_keeps_the_artifacts_it_booted_from(recording, tmp_path, monkeypatch):
+    """A scale update on the gateway VM has no checkout to build artifacts from: it reuses the VM's
+    own list, so the user data (and the VM) stay as they are."""
+    from _cloud_contract import deploy as deploy_backend
+
+    def user_data(rec):
+        return gzip.decompress(base64.b64decode(rec.one("aws:ec2/instance:Instance", "gateway-vm").inputs["userDataBase64"])).decode()
+
+    files = {f["path"]: f for f in yaml.safe_load(user_data(recording))["write_files"]}
+    listed = tmp_path / "artifacts.json"
+    listed.write_text(files["/etc/serveform/artifacts.json"]["content"])
+    scaler = files["/etc/systemd/system/serveform-scaler.service"]["content"]
+    assert 'Environment="SERVEFORM_VM_ARTIFACTS=/etc/serveform/artifacts.json"' in scaler
+    monkeypatch.setenv("SERVEFORM_VM_ARTIFACTS", str(listed))
+    import serveform.image.vm as vm_artifacts
+
+    def no_build(root=None):
+        raise AssertionError("a scale update on the VM must not build artifacts")
+
+    monkeypatch.setattr(vm_artifacts, "gateway_artifacts", no_build)
+    again = deploy_backend("aws", make_settings("aws", CONFIG), example_plans("aws").values())
+    assert user_data(again) == user_data(recording)
+    sources = [r for r in again.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2" and r.name.startswith("gateway-artifact-")]
+    assert len(sources) == 3
+
