@@ -60,6 +60,7 @@ from .state import (
     CONFIG_FILE,
     DNS_OPTIONS_FILE,
     PROBE_HEADERS_FILE,
+    REPLICAS_DIR,
     STATUS_FILE,
     TOKENS_FILE,
     read_config,
@@ -70,6 +71,8 @@ from .state import (
 __all__ = ["run"]
 
 POLL_SECONDS = 0.1
+MTIME_SETTLE_SECONDS = 1.0
+"""A replicas folder changed this recently is re-read at every poll (file times are coarse)."""
 PUSH_RETRY_SECONDS = 0.5
 """After a failed hand-over of the ready sets to Caddy (restarting), try again this much later."""
 STOP_GRACE_SECONDS = 10.0
@@ -171,6 +174,7 @@ class _Gateway:
         self.gateway_secret = secrets.token_urlsafe(32)
         self.caddyfile_text: str | None = None
         self.routes_generation = 0
+        self.replicas_mtime: int | None = None
         self.ready_dirty = asyncio.Event()
         self.ready_pusher: asyncio.Task[None] | None = None
         # The ready sets Caddy serves (last ready file it confirmed): what status.json reports.
@@ -405,7 +409,19 @@ class _Gateway:
                         raise CaddyError(f"no certificate for {host} within {START_TIMEOUT_SECONDS:g} s") from None
                     await asyncio.sleep(0.05)
 
-    def _poll_replicas(self) -> None:
+    def _poll_replicas(self, *, force: bool = False) -> None:
+        # Publishing replaces a file in the replicas folder, which changes the folder's mtime: an
+        # unchanged, settled mtime means nothing to read (the poll runs 10 times a second, and the
+        # gateway shares its machine with the traffic it serves). File times are coarse (a clock
+        # tick), so a folder changed within the last MTIME_SETTLE_SECONDS is read anyway.
+        try:
+            mtime = (self.state_dir / REPLICAS_DIR).stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        settled = mtime is not None and time.time_ns() - mtime > MTIME_SETTLE_SECONDS * 1e9
+        if not force and settled and mtime == self.replicas_mtime:
+            return
+        self.replicas_mtime = mtime
         published = read_published(self.state_dir)
         changed = False
         for service, (generation, addresses) in published.items():
@@ -433,7 +449,7 @@ class _Gateway:
             _LOG.error("config not applied, the previous one keeps serving:\n%s", exc)
             return
         self._apply_routes(settings, routes)
-        self._poll_replicas()
+        self._poll_replicas(force=True)
         try:
             await self._wait_certificates(settings, routes)
         except CaddyError as exc:
