@@ -18,7 +18,8 @@ from _cloud_examples import hostile_plan  # noqa: E402
 
 from serveform.scaler import render_unit  # noqa: E402
 
-from serveform.components._vm import ArtifactRef, DiscoveryTarget, GatewayBoot, ReplicaBoot, SecretRef, gateway_user_data, replica_user_data  # noqa: E402
+from serveform.components._vm import ArtifactRef, CodeSource, DiscoveryTarget, GatewayBoot, ReplicaBoot, SecretRef, gateway_user_data, replica_user_data  # noqa: E402
+from serveform.translator.plan import CodeMountPlan, CodePlan  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 _REFS = {
@@ -48,6 +49,26 @@ def test_replica_cloud_init_golden(cloud):
     plan = hostile_plan(cloud, instance_dir="/mnt/it's here")
     identity = "00000000-0000-0000-0000-0000000000aa" if cloud == "azure" else None
     _check(f"replica-{cloud}.yaml", replica_user_data(ReplicaBoot(plan=plan, cloud=cloud, stack="dev", secret=_REFS[cloud], identity=identity)))
+
+
+_CODE_URLS = {
+    "aws": "s3://serveform-dev-artifacts/code/hostile/1111111111111111111111111111111111111111111111111111111111111111.tar.gz",
+    "gcp": "https://storage.googleapis.com/storage/v1/b/sf-dev/o/code%2Fhostile%2F1111.tar.gz?alt=media",
+    "azure": "https://sfdev.blob.core.windows.net/artifacts/code/hostile/1111.tar.gz",
+}
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_replica_cloud_init_with_code_golden(cloud):
+    code = CodePlan(
+        sha256="1" * 64, size_bytes=1234, archive="/p/.serveform/code/1111.tar.gz", workdir="/workflow/sub dir",
+        mounts=(CodeMountPlan(member="mounts/0", path="/root/it's/key"),),
+    )
+    plan = hostile_plan(cloud, instance_dir="/mnt/it's here").model_copy(update={"code": code})
+    identity = "00000000-0000-0000-0000-0000000000aa" if cloud == "azure" else None
+    boot = ReplicaBoot(plan=plan, cloud=cloud, stack="dev", secret=_REFS[cloud], identity=identity,
+                       code=CodeSource(url=_CODE_URLS[cloud], region="us-east-1" if cloud == "aws" else None))
+    _check(f"replica-{cloud}-code.yaml", replica_user_data(boot))
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
