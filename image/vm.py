@@ -54,6 +54,8 @@ RECIPE_VERSION = "1"
 PULUMI_VERSION = "v3.259.0"
 CADDY_VERSION = "v2.11.9"
 AWS_PLUGIN_VERSION = "7.51.1"
+# Wheelhouses kept in the cache (one per checkout state that deployed or was tested, ~50 MB each).
+KEEP_WHEELHOUSES = 8
 # 1980-01-01, the earliest time a zip (wheel) can hold: fixed times make the files reproducible.
 SOURCE_DATE_EPOCH = 315532800
 
@@ -171,7 +173,22 @@ def _wheelhouse(root: Path) -> Path:
         members = [(f"wheelhouse/{w.name}", w, 0o644) for w in deps_dir.glob("*.whl")]
         members.append((f"wheelhouse/{wheel.name}", wheel, 0o644))
         _reproducible_tar(out, members)
+    _prune(out)
     return out
+
+
+def _prune(keep: Path) -> None:
+    """Remove all but the KEEP_WHEELHOUSES newest wheelhouses (every code change makes one)."""
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # another checkout pruned it meanwhile
+            return 0.0
+
+    found = sorted(_cache().glob("wheelhouse-*.tar"), key=mtime, reverse=True)
+    for old in found[KEEP_WHEELHOUSES:]:
+        if old != keep:
+            old.unlink(missing_ok=True)
 
 
 def _aws_plugin() -> Path | None:
