@@ -25,7 +25,7 @@ Goals (issue 15): >= 0.95 of bare Caddy in req/s and in CPU per request; (issue 
 of SkyServe, and streams with no added buffering (time to first token close to direct).
 
     python bench/gateway.py                    # about 10 minutes; --quick for a shorter, noisier run
-    python bench/gateway.py --saturation-only  # the saturation rounds, the breakdown and the ratios (~6 min)
+    python bench/gateway.py --saturation-only  # the saturation rounds, the breakdown and the ratios (~7 min)
 
 wrk and nginx come from Debian: the script installs them with apt-get when missing (services are
 not started: RUNLEVEL=1). All traffic stays on loopback.
@@ -60,6 +60,8 @@ CACHE = Path(os.environ.get("SERVEFORM_CACHE", Path(os.environ.get("XDG_CACHE_HO
 SKYPILOT_VERSION = "0.14.1"
 TOKEN = "bench-token-0123456789abcdef0123456789abcdef"
 SATURATION_CONNECTIONS = 64
+SATURATION_SECONDS = 6
+SATURATION_ROUNDS = 8
 FIXED_RATE_RPS = 200
 FIXED_RATE_CONNECTIONS = 4
 STREAM_TOKENS = 16
@@ -440,7 +442,14 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:6.3f}" if base and base == base and value == value else "   n/a"
 
 
-def report_saturation(small: dict[str, dict[str, float]]) -> None:
+def _round_ratios(sf: list[dict[str, float]], bare: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Per round, serveform against bare Caddy: (lowest, highest) of each goal's ratio."""
+    rps = [s["rps"] / b["rps"] for s, b in zip(sf, bare) if b["rps"]]
+    cpu = [b["cpu_us"] / s["cpu_us"] for s, b in zip(sf, bare) if s["cpu_us"]]
+    return {"rps": (min(rps), max(rps)) if rps else (float("nan"),) * 2, "cpu": (min(cpu), max(cpu)) if cpu else (float("nan"),) * 2}
+
+
+def report_saturation(small: dict[str, dict[str, float]], spread: dict[str, tuple[float, float]]) -> None:
     direct, bare = "direct", "bare caddy"
     print("\nsmall response (2 B), saturation: wrk -t2 -c%d (median of interleaved rounds)" % SATURATION_CONNECTIONS)
     print(f"  {'path':<34}{'req/s':>10}{'errors':>8}{'x direct':>10}{'x bare caddy':>14}{'proxy CPU us/req':>18}{'x bare caddy':>14}")
@@ -460,8 +469,10 @@ def report_saturation(small: dict[str, dict[str, float]]) -> None:
         previous = r
     sf = "serveform"
     print("\ngoals (issue 15: >= 0.95 of bare caddy with auth, counting and readiness on)")
-    print(f"  serveform / bare caddy, req/s:                    {_ratio(small[sf]['rps'], small[bare]['rps'])}")
-    print(f"  bare caddy / serveform, CPU per request:          {_ratio(small[bare]['cpu_us'], small[sf]['cpu_us'])}")
+    print(f"  serveform / bare caddy, req/s:                    {_ratio(small[sf]['rps'], small[bare]['rps'])}"
+          f"   (rounds: {spread['rps'][0]:.3f} .. {spread['rps'][1]:.3f})")
+    print(f"  bare caddy / serveform, CPU per request:          {_ratio(small[bare]['cpu_us'], small[sf]['cpu_us'])}"
+          f"   (rounds: {spread['cpu'][0]:.3f} .. {spread['cpu'][1]:.3f})")
 
 
 def report(small: dict[str, dict[str, float]], paced: dict[str, dict[str, float]], stream: dict[str, dict[str, float]]) -> None:
@@ -489,11 +500,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="gateway benchmark")
     parser.add_argument("--quick", action="store_true", help="3 s runs instead of 10 s")
     parser.add_argument("--no-skyserve", action="store_true", help="skip SkyServe's load balancer")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved saturation rounds (default 5, 1 with --quick)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help=f"interleaved saturation rounds (default {SATURATION_ROUNDS}, 1 with --quick)"
+    )
     parser.add_argument("--saturation-only", action="store_true", help="only the saturation rounds, the breakdown and the ratios")
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
-    args.rounds = args.rounds or (1 if args.quick else 5)
+    saturation_seconds = 3 if args.quick else SATURATION_SECONDS
+    args.rounds = args.rounds or (1 if args.quick else SATURATION_ROUNDS)
     stream_count = 30 if args.quick else 100
 
     ensure_debian_tools()
@@ -551,21 +565,26 @@ def main() -> int:
 
         small: dict[str, dict[str, float]] = {}
         paced: dict[str, dict[str, float]] = {}
-        # The machine is shared: interleave the paths over several rounds and keep each one's
-        # median, so that a burst of someone else's load does not land on one path only.
+        # The machine is shared: interleave the paths over several short rounds and keep each
+        # one's median, so that a burst of someone else's load does not land on one path only;
+        # each round starts one path further on, so no path always runs right after another.
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        names = list(targets)
         for round_index in range(args.rounds):
-            for name, (url, headers) in targets.items():
-                if name == "skyserve lb" and round_index:
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                url, headers = targets[name]
+                if name == "skyserve lb" and rounds[name]:
                     continue  # two orders of magnitude slower: one round says enough
                 print(f"[bench] saturation round {round_index + 1}/{args.rounds}: {name}", file=sys.stderr)
-                rounds[name].append(wrk(url, headers, seconds, SATURATION_CONNECTIONS, pids=pids.get(name) or None))
+                rounds[name].append(wrk(url, headers, saturation_seconds, SATURATION_CONNECTIONS, pids=pids.get(name) or None))
         for name, results in rounds.items():
             small[name] = {key: statistics.median(r[key] for r in results) for key in results[0]}
+        spread = _round_ratios(rounds["serveform"], rounds["bare caddy"])
         load = os.getloadavg()
         print(f"\nserveform gateway benchmark ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
               f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end of the saturation rounds, state in {state})")
-        report_saturation(small)
+        report_saturation(small, spread)
         if args.saturation_only:
             return 0
         for step in breakdown:
