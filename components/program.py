@@ -107,7 +107,8 @@ def run() -> None:
     settings = settings.model_copy(update={"replicas": {name: c.count for name, c in counts.items()}})
     build(settings, plans)
     pulumi.export(REPLICAS_OUTPUT, {name: c.to_output() for name, c in sorted(counts.items())})
-    pulumi.export(DEPLOYMENT_OUTPUT, pulumi.Output.secret(DeployedInputs(config=config, plans=tuple(plans)).to_output()))
+    deployed = DeployedInputs(config=config, plans=tuple(plans)).relative_to(settings.project_dir)
+    pulumi.export(DEPLOYMENT_OUTPUT, pulumi.Output.secret(deployed.to_output()))
 
 
 # How this host reaches the deployment, not what is deployed: taken from the running host's
@@ -154,6 +155,7 @@ def _deployed_inputs(
     config = _with_host_keys(deployed.config, live_config)
     try:
         settings = load_settings(config)
+        deployed = deployed.rebased(settings.project_dir)
     except StackConfigError as exc:
         raise pulumi.RunError(f"the last deployment's stack config no longer validates: {exc}") from None
     try:

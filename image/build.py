@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,9 @@ LOCK_FILE = Path(__file__).with_name("runtime-requirements.txt")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Project paths never copied into the image (tests, benchmarks, CI, local state).
 EXCLUDED_PREFIXES = ("tests/", "bench/", ".ci/", ".github/", ".serveform/", ".venv/")
+# Per-environment stack files are configuration, not code: Pulumi rewrites them (the passphrase
+# salt of a first `up`), which must not change the image's tag; the in-cluster scaler writes its own.
+STACK_FILE = re.compile(r"stacks/Pulumi\.[^/]+\.ya?ml")
 # Environment of every process in the image: nothing writable is needed but /tmp.
 IMAGE_ENV = {
     "PATH": f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -204,7 +208,7 @@ def project_files(root: Path) -> list[str]:
         ).stdout.decode()
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ImageBuildError(f"{root}: not a git checkout (git ls-files failed: {exc}); the image is built from one") from None
-    files = sorted({f for f in listed.split("\0") if f and not f.startswith(EXCLUDED_PREFIXES)})
+    files = sorted({f for f in listed.split("\0") if f and not f.startswith(EXCLUDED_PREFIXES) and not STACK_FILE.fullmatch(f)})
     return [f for f in files if (root / f).is_file()]
 
 

@@ -86,6 +86,8 @@ def load_services(
 
     outputs = outputs or {}
     deployed = DeployedInputs.from_output(outputs.get(DEPLOYMENT_OUTPUT))
+    if deployed is not None:
+        deployed = deployed.rebased(project_dir)
     counts = counts_from_output(outputs.get(REPLICAS_OUTPUT))
     if deployed is not None:
         plans, problems = list(deployed.plans), []

@@ -35,6 +35,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -204,6 +205,30 @@ class DeployedInputs:
             "plans": [json.dumps(_reveal(plan.model_dump(mode="python")), sort_keys=True) for plan in self.plans],
         }
 
+    def relative_to(self, project_dir: str | os.PathLike[str]) -> DeployedInputs:
+        """These inputs with service files named relative to the project directory.
+
+        A deployment's record must not depend on where its checkout was: CI's clone, a laptop
+        and the scaler pod's project copy all rebuild the same resources from it.
+        """
+        root = Path(project_dir)
+        plans = []
+        for plan in self.plans:
+            path = Path(plan.file)
+            if path.is_absolute() and path.is_relative_to(root):
+                plan = plan.model_copy(update={"file": path.relative_to(root).as_posix()})
+            plans.append(plan)
+        return DeployedInputs(config=self.config, plans=tuple(plans))
+
+    def rebased(self, project_dir: str | os.PathLike[str]) -> DeployedInputs:
+        """These inputs with relative service files resolved against this host's project directory."""
+        root = Path(project_dir)
+        plans = tuple(
+            plan if Path(plan.file).is_absolute() else plan.model_copy(update={"file": str(root / plan.file)})
+            for plan in self.plans
+        )
+        return DeployedInputs(config=self.config, plans=plans)
+
     @classmethod
     def from_output(cls, value: Any) -> DeployedInputs | None:
         """The inputs exported by a deployment, or None when there are none (or of another format)."""
@@ -218,7 +243,7 @@ def describe_drift(deployed: DeployedInputs, config: Mapping[str, Any], plans: I
     """What the working tree changes against the last deployment, one line per difference."""
     lines: list[str] = []
     for key in sorted(set(deployed.config) | set(config)):
-        if _reveal(deployed.config.get(key)) != _reveal(config.get(key)):
+        if _config_value(deployed.config.get(key)) != _config_value(config.get(key)):
             lines.append(f"stack config {key} differs from the last deployment")
     before = {p.name: _reveal(p.model_dump(mode="python")) for p in deployed.plans}
     after = {p.name: _reveal(p.model_dump(mode="python")) for p in plans}
@@ -231,6 +256,17 @@ def describe_drift(deployed: DeployedInputs, config: Mapping[str, Any], plans: I
             fields = sorted(k for k in set(before[name]) | set(after[name]) if before[name].get(k) != after[name].get(k))
             lines.append(f"service {name}: {', '.join(fields)} changed in the working tree")
     return lines
+
+
+def _config_value(value: Any) -> Any:
+    """A config value for comparison: objects arrive as JSON text whose spacing and key order vary."""
+    value = _reveal(value)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _reveal(value: Any) -> Any:

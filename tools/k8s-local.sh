@@ -199,7 +199,15 @@ start() {
   if [ -f "$DIR/ports.env" ] && alive kube-apiserver; then
     # shellcheck disable=SC1091
     . "$DIR/ports.env"
-    if api GET /readyz >/dev/null 2>&1; then log "already running ($DIR/kubeconfig)"; return; fi
+    if api GET /readyz >/dev/null 2>&1; then
+      log "already running ($DIR/kubeconfig)"
+      if [ -d "$DIR/node" ]; then
+        # The checkout may have changed since the cluster started: its pods need today's image.
+        "$PY" -m serveform.cli image build --project-dir "$ROOT" >&2
+        "$NODE" images "$DIR"
+      fi
+      return
+    fi
   fi
   stop_all quiet
   local t0=$SECONDS

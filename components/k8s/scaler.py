@@ -95,7 +95,11 @@ class Scaler(pulumi.ComponentResource):
                 ),
                 k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], resources=["deployments"], verbs=["list", "watch"]),
                 k8s.rbac.v1.PolicyRuleArgs(api_groups=["apps"], resources=["replicasets"], verbs=["get", "list", "watch"]),
-                k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["pods", "events"], verbs=["get", "list", "watch"]),
+                # What the provider's rollout wait watches; without persistentvolumeclaims its
+                # watch never syncs and the scale `up` waits forever on the Deployment it changed.
+                k8s.rbac.v1.PolicyRuleArgs(
+                    api_groups=[""], resources=["events", "persistentvolumeclaims", "pods"], verbs=["get", "list", "watch"]
+                ),
             ],
             opts=child,
         )

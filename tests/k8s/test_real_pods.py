@@ -8,8 +8,10 @@ S3-compatible object store (Pulumi's `s3://` backend, shared with the in-cluster
 - served through the gateway pod on its LoadBalancer address (loopback) with TLS from the pod's
   internal CA: curl and the `openai` client, plain and streaming; 200 with the token, 401 without;
 - a killed gateway pod comes back and serves (with a new internal CA, read again);
-- (the in-cluster scaler's 1 -> 2 -> 1 under load passed before issue 12's scale updates landed;
-  its test stays out of this file until the scaler pod's scale update succeeds again: TODO(issue 13))
+- under locust load the scaler pod (its ServiceAccount, no host kubeconfig) runs a scale `up` in
+  the cluster that takes chat from 1 to 2 Ready pods, changing nothing but the count; traffic
+  reaches both; an `up` from a fresh copy of the project (what CI runs) keeps 2 during the load
+  and keeps the scaler's count after it; idle again, the scaler brings chat back to 1;
 - a replica pod killed under load is replaced; locust's failures are counted and bounded;
 - `destroy` leaves nothing of the stack in the cluster (no volume is retained: none is declared).
 
@@ -309,6 +311,73 @@ def _locust_totals(csv_prefix: Path) -> tuple[int, int]:
 def _replicas_answering(deployed: Deployed, requests: int = 30) -> set[str]:
     with deployed.client() as client:
         return {client.get("/ping", headers={"Authorization": f"Bearer {TOKEN}"}).headers.get("X-Replica", "") for _ in range(requests)}
+
+
+def _ci_up(deployed: Deployed, tmp_path: Path, name: str) -> dict:
+    """`up` from a fresh copy of the project (CI's clone: the reviewed files, nothing of a host);
+    the stack's `replicas` output afterwards."""
+    import shutil
+
+    clone = tmp_path / name
+    clone.mkdir()
+    for entry in ("Pulumi.yaml", "__main__.py", "stacks", "services"):
+        source = deployed.project / entry
+        if source.is_dir():
+            shutil.copytree(source, clone / entry)
+        else:
+            shutil.copy2(source, clone / entry)
+    lines: list[str] = []
+    t0 = time.monotonic()
+    result = Engine(stack="k8s", project=clone, on_output=lines.append).up()
+    assert result.summary.result == "succeeded", "\n".join(lines[-40:])
+    print(f"{name}: CI up in {time.monotonic() - t0:.1f} s")
+    return result.outputs["replicas"].value
+
+
+def test_load_makes_the_in_cluster_scaler_add_a_pod_and_ci_keeps_it(deployed: Deployed, tmp_path: Path) -> None:
+    # The scaler pod is the cluster's own: its ServiceAccount, no kubeconfig from the host.
+    (scaler,) = poll(lambda: _ready_pods(deployed.core, deployed.namespace, "serveform-scaler"),
+                     timeout_seconds=READY_TIMEOUT_SECONDS, what="scaler pod Ready")
+    assert scaler.spec.service_account_name == "scaler"
+    assert not any("kubeconfig" in " ".join(c.command or []) for c in scaler.spec.containers)
+    assert deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == 1
+    (first,) = _ready_pods(deployed.core, deployed.namespace, "chat")
+    template = first.metadata.labels["pod-template-hash"]
+    load = _locust(deployed, users=2, rps_per_user=4, csv_prefix=tmp_path / "scale")  # ~8 rps, target 5
+    t0 = time.monotonic()
+    try:
+        poll(lambda: len(_ready_pods(deployed.core, deployed.namespace, "chat")) == 2,
+             timeout_seconds=SCALE_TIMEOUT_SECONDS, what="chat at 2 Ready pods (the scaler's in-cluster up)")
+        print(f"load step to a second pod Ready: {time.monotonic() - t0:.1f} s")
+        assert deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == 2
+        # The scaler's `up` changed the count only: the same pod template as the host's `up`.
+        all_chat = deployed.core.list_namespaced_pod(deployed.namespace, label_selector="app.kubernetes.io/name=chat").items
+        assert {p.metadata.labels["pod-template-hash"] for p in all_chat} == {template}
+        # CI's `up` of the reviewed files (chat's range 1..2, initial 1) keeps the scaler's 2.
+        replicas = _ci_up(deployed, tmp_path, "ci-during-load")
+        assert replicas["chat"]["count"] == 2 and replicas["chat"]["source"] == "scaler", replicas
+        assert deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == 2
+        pods = {p.metadata.name for p in _ready_pods(deployed.core, deployed.namespace, "chat")}
+        assert len(pods) == 2
+        # Traffic reaches both pods (X-Replica is the pod's name).
+        poll(lambda: {r.rpartition("/")[2] for r in _replicas_answering(deployed)} == pods,
+             timeout_seconds=90, what=f"requests answered by both pods {sorted(pods)}")
+    finally:
+        _stop(load)
+    requests, failures = _locust_totals(tmp_path / "scale")
+    assert requests > 0 and failures <= requests * MAX_FAILURE_RATIO, (requests, failures)
+    # Right after the load, CI again: whatever the scaler last decided stays (never the file's 1).
+    replicas = _ci_up(deployed, tmp_path, "ci-after-load")
+    assert replicas["chat"]["source"] == "scaler", replicas
+    assert deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == replicas["chat"]["count"]
+    # Idle: after the window and the scale-down delay, the scaler brings chat back to one pod.
+    poll(lambda: deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == 1,
+         timeout_seconds=SCALE_TIMEOUT_SECONDS, what="chat scaled back to 1")
+    poll(lambda: len(_ready_pods(deployed.core, deployed.namespace, "chat")) == 1
+         and len(deployed.core.list_namespaced_pod(deployed.namespace, label_selector="app.kubernetes.io/name=chat").items) == 1,
+         timeout_seconds=READY_TIMEOUT_SECONDS, what="one chat pod left")
+    poll(lambda: {k: deployed.engine.outputs()["replicas"]["chat"][k] for k in ("count", "source")} == {"count": 1, "source": "scaler"},
+         timeout_seconds=READY_TIMEOUT_SECONDS, what="the stack's replicas output at 1, set by the scaler")
 
 
 def test_a_replica_pod_killed_under_load_is_replaced_with_bounded_failures(deployed: Deployed, tmp_path: Path) -> None:

@@ -142,6 +142,24 @@ def test_drift_names_what_the_working_tree_changed():
     assert describe_drift(inputs, dict(inputs.config), list(inputs.plans)) == []
 
 
+def test_a_deployment_record_does_not_depend_on_where_its_checkout_was():
+    # CI deploys from /ci/repo; the scaler pod rebuilds from its copy at /srv/serveform.
+    deployed = plan().model_copy(update={"file": "/ci/repo/services/chat.dstack.yml"})
+    outside = plan(name="other").model_copy(update={"file": "/elsewhere/other.dstack.yml"})
+    record = DeployedInputs(config={}, plans=(deployed, outside)).relative_to("/ci/repo")
+    assert [p.file for p in record.plans] == ["services/chat.dstack.yml", "/elsewhere/other.dstack.yml"]
+    back = DeployedInputs.from_output(json.loads(json.dumps(record.to_output()))).rebased("/srv/serveform")
+    assert [p.file for p in back.plans] == ["/srv/serveform/services/chat.dstack.yml", "/elsewhere/other.dstack.yml"]
+
+
+def test_drift_ignores_how_an_object_config_value_is_spelled():
+    inputs = DeployedInputs(config={"serveform:k8s": '{"namespace": "a", "cpu_request_fraction": 0.1}'}, plans=())
+    assert describe_drift(inputs, {"serveform:k8s": '{"cpu_request_fraction":0.1,"namespace":"a"}'}, []) == []
+    assert describe_drift(inputs, {"serveform:k8s": '{"cpu_request_fraction":0.2,"namespace":"a"}'}, []) == [
+        "stack config serveform:k8s differs from the last deployment"
+    ]
+
+
 def test_a_request_expecting_another_count_keeps_the_one_set_since():
     # The scaler decided 0 believing the stack ran 1; `serveform scale chat 3` ran meanwhile.
     manual = ReplicaCount(3, "manual", "2026-12-06T01:00:00Z")

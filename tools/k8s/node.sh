@@ -5,6 +5,7 @@
 #   node.sh net-up DIR        create the node's network (prints NODE_* lines for ports.env)
 #   node.sh start DIR         start containerd, import the images, start kubelet, kube-proxy,
 #                             CoreDNS (needs the API server, DIR/kubeconfig and DIR/pki)
+#   node.sh images DIR        import the checkout's current runtime image into the running node
 #   node.sh stop DIR          stop everything the node started and remove its network: no
 #                             process, mount, network namespace, veth or cgroup is left
 #   node.sh resources DIR     print what stop removes (tests compare it before and after)
@@ -263,6 +264,24 @@ import_image() { # import_image REF ARCHIVE: into containerd's k8s.io namespace 
   log "imported $ref in $((SECONDS - t0)) s"
 }
 
+import_images() { # the pause image and this checkout's runtime image, as built now
+  local pause_line pause_ref pause_archive runtime_ref runtime_archive
+  pause_line=$("$PY" -m serveform.cli image pause "$PAUSE")
+  pause_ref=${pause_line%% *}
+  pause_archive=${pause_line#* }
+  runtime_ref=$("$PY" -m serveform.cli image ref --project-dir "$ROOT")
+  runtime_archive=$("$PY" -c 'import sys; from serveform.image.build import archive_path; print(archive_path(sys.argv[1].split(":", 1)[1]))' "$runtime_ref")
+  import_image "$pause_ref" "$pause_archive"
+  import_image "$runtime_ref" "$runtime_archive"
+  echo "$runtime_ref" > "$NODE_DIR/runtime-image"
+}
+
+images() { # a running node gets the images of the checkout as it is now (code changed since start)
+  running "$(pid_of holder)" && running "$(pid_of containerd)" || die "the node is not running: tools/k8s-local.sh start"
+  eval "$("$ROOT/tools/k8s/build.sh" paths)"
+  import_images
+}
+
 start() {
   load_net || die "node network missing: run net-up first"
   # shellcheck disable=SC1091
@@ -270,13 +289,8 @@ start() {
   eval "$("$ROOT/tools/k8s/build.sh" paths)"
   [ -x "$KUBELET" ] && [ -x "$KUBE_PROXY" ] && [ -x "$COREDNS" ] && [ -x "$PAUSE" ] \
     || die "node binaries missing: tools/k8s/build.sh all"
-  local pause_line
-  pause_line=$("$PY" -m serveform.cli image pause "$PAUSE")
-  PAUSE_REF=${pause_line%% *}
-  local pause_archive=${pause_line#* }
-  RUNTIME_REF=$("$PY" -m serveform.cli image ref --project-dir "$ROOT")
-  local runtime_archive
-  runtime_archive=$("$PY" -c 'import sys; from serveform.image.build import archive_path; print(archive_path(sys.argv[1].split(":", 1)[1]))' "$RUNTIME_REF")
+  PAUSE_REF=$("$PY" -m serveform.cli image pause "$PAUSE")
+  PAUSE_REF=${PAUSE_REF%% *}  # containerd's sandbox image
   node_config
   local mount
   for mount in /sys/fs/cgroup/*/; do
@@ -300,8 +314,7 @@ start() {
 
   spawn containerd containerd --config "$NODE_DIR/containerd.toml"
   wait_for containerd 30 in_node ctr --address "$RUN_DIR/containerd.sock" version
-  import_image "$PAUSE_REF" "$pause_archive"
-  import_image "$RUNTIME_REF" "$runtime_archive"
+  import_images
 
   node_kubeconfig kubelet "$(cat "$DIR/pki/node.token")"
   node_kubeconfig kube-proxy "$(cat "$DIR/pki/proxy.token")"
@@ -316,7 +329,6 @@ start() {
     --conntrack-tcp-timeout-close-wait 0 --metrics-bind-address 127.0.0.1:10249 \
     --healthz-bind-address 127.0.0.1:10256
   spawn coredns "$COREDNS" -conf "$NODE_DIR/Corefile"
-  echo "$RUNTIME_REF" > "$NODE_DIR/runtime-image"
 }
 
 stop() {
@@ -381,6 +393,7 @@ resources() { # what stop must remove, one per line
 case "$CMD" in
   net-up) net_up ;;
   start) start ;;
+  images) images ;;
   stop) stop ;;
   resources) resources ;;
   *) echo "usage: $0 net-up|start|stop|resources DIR" >&2; exit 2 ;;
