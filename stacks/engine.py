@@ -240,10 +240,19 @@ class Engine:
         return self._updating(self.stack_obj.up, **kwargs)
 
     def refresh(self, **kwargs: Any):
-        return self._updating(self.stack_obj.refresh, **kwargs)
+        return self._updating(self.stack_obj.refresh, **self._provider_settings(kwargs))
 
     def destroy(self, **kwargs: Any):
-        return self._updating(self.stack_obj.destroy, **kwargs)
+        return self._updating(self.stack_obj.destroy, **self._provider_settings(kwargs))
+
+    def _provider_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """refresh/destroy of a k8s stack run the program, so its provider reaches the cluster as
+        this host does: the state holds the provider settings of the last update, and the
+        in-cluster scaler's updates store none (its ServiceAccount, no kubeconfig)."""
+        backend = (_stack_file_or_empty(self.project, self.stack).get("config") or {}).get("serveform:backend")
+        if backend == "k8s":
+            kwargs.setdefault("run_program", True)
+        return kwargs
 
     def _updating(self, operation: Callable[..., Any], **kwargs: Any):
         """Run an update; while another update holds the stack's lock, wait with backoff.
