@@ -3,7 +3,7 @@
 Each entry maps a path on the deploying machine to a path in the container:
 
 - ``LOCAL:PATH`` or ``{local_path: LOCAL, path: PATH}``;
-- ``LOCAL`` alone: the same relative path in the container (LOCAL must then be relative).
+- ``LOCAL`` alone: the same path in the container (relative: under the working directory).
 
 A relative LOCAL is taken from the service file's folder and ``~`` is the deploying user's home,
 as dstack resolves them; a relative PATH lies under the working directory (dstack: under
@@ -39,7 +39,7 @@ class FileMappingSpec(Spec):
     ]
     path: Annotated[
         str | None,
-        Field(description="Where it appears in the container; relative paths are under the working directory. Defaults to `local_path` (which must then be relative)."),
+        Field(description="Where it appears in the container; relative paths are under the working directory. Defaults to `local_path`."),
     ] = None
 
     @field_validator("local_path")
@@ -66,10 +66,11 @@ class FileMappingSpec(Spec):
     @model_validator(mode="before")
     @classmethod
     def _default_path(cls, data: Any) -> Any:
+        # dstack 0.22: a LOCAL alone appears at the same path (`~` would name another home there).
         if isinstance(data, dict) and data.get("path") is None and isinstance(data.get("local_path"), str):
             local = data["local_path"]
-            if local.startswith(("/", "~")):
-                raise ValueError(f"`{local}` is absolute: give the container path too (`{local}:/path`)")
+            if local.startswith("~"):
+                raise ValueError(f"`{local}` starts with `~`: give the container path too (`{local}:/path`)")
             data = {**data, "path": local}
         return data
 
@@ -78,7 +79,7 @@ def parse_file_mapping(value: Any) -> Any:
     """Parse a `files` entry. Accepted forms:
 
     - ``LOCAL:PATH`` (``data/prompts:/opt/prompts``, ``.env:.env``);
-    - ``LOCAL`` (``requirements.txt``: the same relative path under the working directory);
+    - ``LOCAL`` (``requirements.txt``: the same path, relative ones under the working directory);
     - ``{local_path: LOCAL, path: PATH}`` (``path`` optional, as in the short form).
     """
     if isinstance(value, str):
