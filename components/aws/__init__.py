@@ -56,7 +56,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:aws.zone_id", "required for tls acme_dns with dns_provider route53 (the hosted zone of the domain)"))
     caps = _cloud.preflight(settings, plans, "aws", problems, region=region)
     assert region is not None
-    artifacts = gateway_artifacts()
+    artifacts = _gateway_artifacts()
     built: dict[str, Gateway] = {}
 
     provider = aws.Provider("aws", region=region)
@@ -120,7 +120,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     )
 
 
-def gateway_artifacts():
+def _gateway_artifacts():
     """What the gateway VM runs, built (or found cached) from this checkout; a `pulumi.RunError` when a build is missing."""
     import os
 

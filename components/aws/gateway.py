@@ -32,7 +32,18 @@ from serveform.image.vm import VmArtifact
 from .._cloud import GatewayGroupRef, VmGatewayArgs
 from .._vm import ArtifactRef, SecretRef, gateway_user_data
 
-__all__ = ["GATEWAY_TYPE", "Gateway", "GatewayArgs", "GatewayGroupRef", "GATEWAY_PORTS"]
+__all__ = [
+    "GATEWAY_TYPE",
+    "Gateway",
+    "GatewayArgs",
+    "GatewayGroupRef",
+    "GATEWAY_PORTS",
+    "SCALER_UP_DESCRIBES",
+    "artifact_bucket_policy",
+    "compressed_user_data",
+    "gateway_policy",
+    "store_code",
+]
 
 GATEWAY_TYPE = "serveform:aws:Gateway"
 GATEWAY_PORTS = (80, 443)

@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,7 +294,3 @@ def _descendants(pid: int) -> list[int]:
             found.append(child)
             queue.append(child)
     return found
-
-
-def python_in_venv(script: str) -> list[str]:
-    return [sys.executable, "-c", script]

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _vmboot import ROOT, Moto, Network, Vm, prepare, run, wait_port
+from _vmboot import ROOT, Moto, Network, Vm, prepare, wait_port
 
 import _pulumi_harness
 

@@ -1,28 +1,41 @@
-"""`serveform.image.vm`: the gateway VM's artifacts are reproducible, listed, and fail clearly."""
+"""`serveform.image.vm`: the gateway VM's artifacts are reproducible, listed, and fail clearly.
+
+The builders are called by their own names: tests/components replaces `gateway_artifacts` with
+small stand-ins for its whole session.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 
 import pytest
 
 import serveform.image.vm as vm
 from serveform.image import ImageBuildError
+from serveform.image.build import source_root
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_the_same_checkout_gives_the_same_bytes():
-    first = {a.name: a for a in vm.gateway_artifacts()}
-    assert set(first) == {"wheelhouse", "caddy", "pulumi"}
+    root = source_root()
+    first = vm._wheelhouse(root)
+    before = _digest(first)
     # Built again from scratch (the dependency wheels stay cached): the same digest, so an
     # unchanged checkout keeps the gateway's user data and VM.
-    first["wheelhouse"].path.unlink()
-    again = {a.name: a for a in vm.gateway_artifacts()}
-    assert {n: a.sha256 for n, a in again.items()} == {n: a.sha256 for n, a in first.items()}
+    first.unlink()
+    assert _digest(vm._wheelhouse(root)) == before
+    pulumi = vm._pulumi()
+    before = _digest(pulumi)
+    pulumi.unlink()
+    assert _digest(vm._pulumi()) == before
 
 
 def test_the_wheelhouse_holds_serveform_and_exactly_the_pinned_wheels():
-    wheelhouse = next(a for a in vm.gateway_artifacts() if a.name == "wheelhouse")
-    with tarfile.open(wheelhouse.path) as tar:
+    with tarfile.open(vm._wheelhouse(source_root())) as tar:
         members = tar.getmembers()
     names = [m.name for m in members]
     assert names == sorted(names)
