@@ -71,6 +71,8 @@ DEFAULT_VOLUME_SIZE_GB = 100
 VOLUME_MOUNT_ROOT = "/mnt/serveform"
 # Where a replica host unpacks the service's code archive, one folder per digest.
 CODE_ROOT = "/opt/serveform/code"
+# Where the AWS boot's fetcher (components/boot/aws_fetch.py) is written on the VM.
+FETCH_BIN = "/opt/serveform/bin/serveform-fetch"
 # Where a boot failure is also written, so it shows on the serial console (cloud logs of the VM).
 CONSOLE = "/dev/console"
 # Caddy with the cloud's DNS module, for the wildcard certificate's DNS challenge.
@@ -340,6 +342,7 @@ def replica_user_data(boot: ReplicaBoot) -> str:
     }
     # Both or neither: the plan's archive, and where the stack's artifact store keeps it.
     code = boot.code if plan.code is not None else None
+    s3 = _s3_location(plan, code) if code is not None and boot.cloud == "aws" else None
     entrypoint = group.entrypoint.split() if group.entrypoint else (["/bin/sh", "-c"] if _docker_script(plan) else [])
     instance_volumes = [v for v in plan.volumes if v.kind == "instance"]
     run_sh = render(
@@ -360,6 +363,8 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         code_plan=plan.code,
         code_root=CODE_ROOT,
         console=CONSOLE,
+        s3=s3,
+        fetch_bin=FETCH_BIN,
         gpu_vendor=(res.gpu_vendor or ("nvidia" if group.gpus_num else None)),
         gpus_num=group.gpus_num,
         shm_mb=int(res.shm_size_gb * 1024) if res.shm_size_gb else None,
@@ -377,7 +382,19 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         cloud=boot.cloud,
         run_sh=run_sh,
         unit=unit,
+        # AWS replicas fetch the code with the gateway's fetcher: the instance role over IMDSv2 and
+        # SigV4, Python's standard library only (no awscli on the image needed).
+        fetch_py=_AWS_FETCH.read_text() if s3 is not None else "",
+        fetch_bin=FETCH_BIN,
     )
+
+
+def _s3_location(plan: ServicePlan, code: CodeSource) -> dict[str, str]:
+    """Bucket, key and region of an `s3://` code URL, for `serveform-fetch artifact`."""
+    bucket, _, key = code.url.removeprefix("s3://").partition("/")
+    if not code.url.startswith("s3://") or not bucket or not re.fullmatch(r"[A-Za-z0-9/._-]+", key) or not code.region:
+        raise VmConfigError(f"{plan.file}: error: code archive: expected an s3://BUCKET/KEY location and its region, got {code.url!r}")
+    return {"bucket": bucket, "key": key, "region": code.region}
 
 
 @dataclass(frozen=True, kw_only=True)

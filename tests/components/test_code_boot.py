@@ -71,6 +71,22 @@ def test_the_replica_boot_fetches_checks_and_mounts_the_code(cloud, cloud_init, 
     assert """docker_args+=(-v "$CODE_DIR/"'mounts/0:/etc/it'"'"'s/key')""" in run_sh
     # The code step runs before the container starts.
     assert run_sh.index("serveform_fetch_code \"$CODE_DIR.tar.gz\"") < run_sh.index("exec docker run")
+    files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+    if cloud == "aws":  # the gateway's stdlib fetcher: instance role over IMDSv2, SigV4, no awscli
+        assert files["/opt/serveform/bin/serveform-fetch"]["permissions"] == "0755"
+        assert f"/opt/serveform/bin/serveform-fetch artifact code {sha256} serveform-dev-artifacts code/hostile/x.tar.gz us-east-1" in run_sh
+    else:
+        assert "/opt/serveform/bin/serveform-fetch" not in files
+
+
+def test_an_aws_code_location_must_be_an_s3_object_with_its_region(tmp_path):
+    from serveform.components._vm import VmConfigError
+
+    archive, sha256 = _archive(tmp_path)
+    plan = hostile_plan("aws").model_copy(update={"code": _code_plan(archive, sha256)})
+    for source in (CodeSource(url="https://example.com/x.tar.gz", region="us-east-1"), CodeSource(url=URLS["aws"])):
+        with pytest.raises(VmConfigError, match="code archive: expected an s3://BUCKET/KEY location and its region"):
+            replica_user_data(ReplicaBoot(plan=plan, cloud="aws", stack="dev", code=source))
 
 
 def test_without_an_artifact_store_the_boot_is_as_before(tmp_path):
@@ -83,25 +99,28 @@ def test_without_an_artifact_store_the_boot_is_as_before(tmp_path):
 def test_a_code_change_changes_the_user_data_and_an_unchanged_tree_does_not(tmp_path):
     archive, sha256 = _archive(tmp_path)
     plan = hostile_plan("aws").model_copy(update={"code": _code_plan(archive, sha256)})
-    boot = ReplicaBoot(plan=plan, cloud="aws", stack="dev", code=CodeSource(url=URLS["aws"]))
-    assert replica_user_data(boot) == replica_user_data(ReplicaBoot(plan=plan, cloud="aws", stack="dev", code=CodeSource(url=URLS["aws"])))
+    source = CodeSource(url=URLS["aws"], region="us-east-1")
+    boot = ReplicaBoot(plan=plan, cloud="aws", stack="dev", code=source)
+    assert replica_user_data(boot) == replica_user_data(ReplicaBoot(plan=plan, cloud="aws", stack="dev", code=source))
     other = plan.model_copy(update={"code": plan.code.model_copy(update={"sha256": "f" * 64})})
-    assert replica_user_data(ReplicaBoot(plan=other, cloud="aws", stack="dev", code=CodeSource(url=URLS["aws"]))) != replica_user_data(boot)
+    assert replica_user_data(ReplicaBoot(plan=other, cloud="aws", stack="dev", code=source)) != replica_user_data(boot)
 
 
 def _run_code_step(tmp_path: Path, code: CodePlan, served: Path, name: str) -> subprocess.CompletedProcess[str]:
     """The rendered code step of an AWS replica, run by bash with `aws` stubbed to copy ``served``."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    stub = bin_dir / "aws"
-    # `aws s3 cp ... URL FILE`: the stub serves a local file instead of the bucket's object.
-    stub.write_text('#!/bin/sh\nfor last; do :; done\ncp "$SERVED" "$last"\necho fetched >> "$FETCH_LOG"\n')
+    stub = tmp_path / "serveform-fetch"
+    # `serveform-fetch artifact NAME SHA256 BUCKET KEY REGION DEST` (components/boot/aws_fetch.py,
+    # tested with its own digest check elsewhere): this stub serves a local file and checks nothing,
+    # so the step's own check is what stands between a bad archive and the container.
+    stub.write_text('#!/bin/sh\n[ "$1 $2 $4 $5 $6" = "artifact code serveform-dev-artifacts code/hostile/x.tar.gz us-east-1" ] || exit 9\n'
+                    'cp "$SERVED" "$7"\necho fetched >> "$FETCH_LOG"\n')
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
-    step = render("replica/code.sh.j2", cloud="aws", code=CodeSource(url=URLS["aws"]), code_plan=code, code_root=str(tmp_path / "code"),
-                  console=str(tmp_path / "console"))
+    step = render("replica/code.sh.j2", cloud="aws", code=CodeSource(url=URLS["aws"], region="us-east-1"), code_plan=code,
+                  code_root=str(tmp_path / "code"), console=str(tmp_path / "console"), fetch_bin=str(stub),
+                  s3={"bucket": "serveform-dev-artifacts", "key": "code/hostile/x.tar.gz", "region": "us-east-1"})
     script = "set -euo pipefail\numask 077\ndocker_args=()\nretry() { \"$@\"; }\n" + step + '\nprintf "%s\\n" "${docker_args[@]}"\n'
     (tmp_path / name).write_text(script)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SERVED": str(served), "FETCH_LOG": str(tmp_path / "fetches")}
+    env = {**os.environ, "SERVED": str(served), "FETCH_LOG": str(tmp_path / "fetches")}
     return subprocess.run(["bash", str(tmp_path / name)], capture_output=True, text=True, env=env, timeout=60)
 
 
