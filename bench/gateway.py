@@ -282,8 +282,7 @@ def start_breakdown_caddy(procs: Processes, state: Path, small_service: str) -> 
     gate = f"\tserveform_gate service_http {{\n\t\troutes_file {routes}\n\t}}\n"
     # What gateway/templates/proxy.caddy.j2 adds beyond the replica choice (the bench's gateway settings).
     limits = ("\t\tlb_try_duration 10s\n\t\tlb_try_interval 250ms\n\t\tlb_retry_match {\n\t\t\tmethod GET HEAD OPTIONS\n\t\t}\n"
-              "\t\ttransport http {\n\t\t\tdial_timeout 3s\n\t\t\tread_timeout 3600s\n"
-              "\t\t\tkeepalive 2m\n\t\t\tkeepalive_idle_conns_per_host 64\n\t\t}\n")
+              "\t\ttransport http {\n\t\t\tread_timeout 3600s\n\t\t}\n")
 
     config = work / "Caddyfile"
     config.write_text(
