@@ -36,6 +36,7 @@ from .build import (
     EXCLUDED_PREFIXES,
     LOCK_FILE,
     PYTHON_VERSION,
+    STACK_FILE,
     ImageBuildError,
     _caddy_stamp,
     _hash_cached,
@@ -131,6 +132,8 @@ def _files(root: Path) -> list[str]:
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
         if p.is_file() and not p.relative_to(root).as_posix().startswith(EXCLUDED_PREFIXES) and "__pycache__" not in p.parts
+        # Stack files are configuration, as in git's view (project_files): the same tree, the same wheelhouse.
+        and not STACK_FILE.fullmatch(p.relative_to(root).as_posix())
     )
 
 
