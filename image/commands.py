@@ -1,4 +1,4 @@
-"""`serveform image build|ref|push|lock`: the runtime image of the gateway, scaler and CPU services."""
+"""`serveform image build|ref|push|pause|node|lock`: the runtime image of the gateway, scaler and CPU services."""
 
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pause = verbs.add_parser("pause", help="build k8s-local's pod sandbox image from the pause binary; print REF ARCHIVE")
     pause.add_argument("binary", type=Path, help="the static pause binary (tools/k8s/build.sh pause)")
     pause.set_defaults(func=_pause)
+    node = verbs.add_parser(
+        "node", help="build both images k8s-local's real node imports; print them as shell assignments (RUNTIME_REF, …)"
+    )
+    _root(node)
+    node.add_argument("--pause", type=Path, required=True, help="the static pause binary (tools/k8s/build.sh pause)")
+    node.set_defaults(func=_node)
     lock = verbs.add_parser("lock", help="re-pin the image's Python dependencies (image/runtime-requirements.txt)")
     _root(lock)
     lock.set_defaults(func=_lock)
@@ -105,6 +111,24 @@ def _pause(args: argparse.Namespace) -> int:
 
     ref, archive = pause_image(args.binary)
     print(ref, archive)
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    """One process for what a node start needs: every extra Python start is a second on a busy host."""
+    import shlex
+
+    from .build import ImageBuildError, build, pause_image
+
+    try:
+        result = build(args.project_dir.resolve())
+    except ImageBuildError as exc:
+        print(f"serveform: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{result.ref}: {result.archive} (rebuilt: {', '.join(result.rebuilt) or 'nothing'}; {result.seconds:.0f} s)", file=sys.stderr)
+    pause_ref, pause_archive = pause_image(args.pause)
+    values = {"RUNTIME_REF": result.ref, "RUNTIME_ARCHIVE": str(result.archive), "PAUSE_REF": pause_ref, "PAUSE_ARCHIVE": str(pause_archive)}
+    print("".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items()), end="")
     return 0
 
 

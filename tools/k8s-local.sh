@@ -195,6 +195,12 @@ ready = [c for c in node.get("status", {}).get("conditions", []) if c["type"] ==
 sys.exit(0 if ready and ready[0]["status"] == "True" else 1)'
 }
 
+node_images() { # the runtime and pause images the node imports (cached per layer; built when the checkout changed)
+  eval "$("$ROOT/tools/k8s/build.sh" paths)"
+  eval "$("$PY" -m serveform.image node --project-dir "$ROOT" --pause "$PAUSE")"
+  export RUNTIME_REF RUNTIME_ARCHIVE PAUSE_REF PAUSE_ARCHIVE
+}
+
 start() {
   if [ -f "$DIR/ports.env" ] && alive kube-apiserver; then
     # shellcheck disable=SC1091
@@ -203,7 +209,7 @@ start() {
       log "already running ($DIR/kubeconfig)"
       if [ -d "$DIR/node" ]; then
         # The checkout may have changed since the cluster started: its pods need today's image.
-        "$PY" -m serveform.cli image build --project-dir "$ROOT" >&2
+        node_images
         "$NODE" images "$DIR"
       fi
       return
@@ -214,11 +220,10 @@ start() {
   "$ROOT/tools/k8s/build.sh" all
   if [ "$K8S_LOCAL_REAL_NODE" = 1 ]; then
     "$ROOT/tools/k8s/host-packages.sh" all
-    # The runtime image the node's pods run (cached per layer; seconds when nothing changed).
-    "$PY" -m serveform.cli image build --project-dir "$ROOT" >&2
   fi
-  local build_s=$((SECONDS - t0))
   eval "$("$ROOT/tools/k8s/build.sh" paths)"
+  [ "$K8S_LOCAL_REAL_NODE" != 1 ] || node_images
+  local build_s=$((SECONDS - t0))
   mkdir -p "$DIR/logs" "$DIR/pids"
   local node_env=""
   if [ "$K8S_LOCAL_REAL_NODE" = 1 ]; then

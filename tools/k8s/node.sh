@@ -265,15 +265,12 @@ import_image() { # import_image REF ARCHIVE: into containerd's k8s.io namespace 
 }
 
 import_images() { # the pause image and this checkout's runtime image, as built now
-  local pause_line pause_ref pause_archive runtime_ref runtime_archive
-  pause_line=$("$PY" -m serveform.cli image pause "$PAUSE")
-  pause_ref=${pause_line%% *}
-  pause_archive=${pause_line#* }
-  runtime_ref=$("$PY" -m serveform.cli image ref --project-dir "$ROOT")
-  runtime_archive=$("$PY" -c 'import sys; from serveform.image.build import archive_path; print(archive_path(sys.argv[1].split(":", 1)[1]))' "$runtime_ref")
-  import_image "$pause_ref" "$pause_archive"
-  import_image "$runtime_ref" "$runtime_archive"
-  echo "$runtime_ref" > "$NODE_DIR/runtime-image"
+  if [ -z "${RUNTIME_REF:-}" ] || [ -z "${PAUSE_REF:-}" ]; then
+    eval "$("$PY" -m serveform.image node --project-dir "$ROOT" --pause "$PAUSE")"
+  fi
+  import_image "$PAUSE_REF" "$PAUSE_ARCHIVE"
+  import_image "$RUNTIME_REF" "$RUNTIME_ARCHIVE"
+  echo "$RUNTIME_REF" > "$NODE_DIR/runtime-image"
 }
 
 images() { # a running node gets the images of the checkout as it is now (code changed since start)
@@ -289,8 +286,10 @@ start() {
   eval "$("$ROOT/tools/k8s/build.sh" paths)"
   [ -x "$KUBELET" ] && [ -x "$KUBE_PROXY" ] && [ -x "$COREDNS" ] && [ -x "$PAUSE" ] \
     || die "node binaries missing: tools/k8s/build.sh all"
-  PAUSE_REF=$("$PY" -m serveform.cli image pause "$PAUSE")
-  PAUSE_REF=${PAUSE_REF%% *}  # containerd's sandbox image
+  if [ -z "${PAUSE_REF:-}" ]; then  # containerd's sandbox image (tools/k8s-local.sh passes it)
+    PAUSE_REF=$("$PY" -m serveform.image pause "$PAUSE")
+    PAUSE_REF=${PAUSE_REF%% *}
+  fi
   node_config
   local mount
   for mount in /sys/fs/cgroup/*/; do
