@@ -151,6 +151,9 @@ def main() -> int:
                              ("scale_down_delay: 60s", "scale_down_delay: 10s\n  window: 30s")):
                 chat = chat.replace(old, new)
             (project / "services" / "chat.dstack.yml").write_text(chat)
+            # The project is the repository shipped to /workflow: the chat server travels in it.
+            (project / "stacks" / "examples").mkdir()
+            (project / "stacks" / "examples" / "chat_server.py").write_text((ROOT / "stacks" / "examples" / "chat_server.py").read_text())
             namespace = "bench"
             config = {
                 "serveform:backend": "k8s", "serveform:domain": DOMAIN,

@@ -426,10 +426,11 @@ def gateway_document(settings: StackSettings, plans: Sequence[ServicePlan]) -> d
         # Caddy's metrics on a fixed loopback port: the scaler runs as another user and cannot
         # read status.json, where a random port would be named.
         "runtime": {"metrics_port": GATEWAY_METRICS_PORT},
-        # Service files by their project-relative path: the boot document must not change with
-        # the checkout folder of whoever deploys (a changed boot document replaces the gateway VM).
+        # Service files by their project-relative path, and no code archive (its path is the
+        # deploying machine's): the boot document must not change with the checkout folder of
+        # whoever deploys (a changed boot document replaces the gateway VM).
         "plans": [
-            json.loads(plan.model_copy(update={"file": _relative(plan.file, settings.project_dir)}).model_dump_json())
+            json.loads(plan.model_copy(update={"file": _relative(plan.file, settings.project_dir)}).model_dump_json(exclude={"code"}))
             for plan in plans
         ],
         "tokens_file": TOKENS_FILE,

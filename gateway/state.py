@@ -90,7 +90,9 @@ def config_files(settings: GatewaySettings, plans: Sequence[ServicePlan]) -> tup
                 probe_headers.setdefault(plan.name, {})[str(index)] = hidden
     document = {
         "settings": settings.model_dump(mode="json", exclude={"tokens", "dns_options"}),
-        "plans": [json.loads(plan.model_dump_json()) for plan in plans],
+        # Without `code`: the gateway never needs the archive, whose path is the deploying checkout's
+        # (a CI clone elsewhere must not change the gateway's config, and restart it).
+        "plans": [json.loads(plan.model_dump_json(exclude={"code"})) for plan in plans],
         "tokens_file": TOKENS_FILE,
         "dns_options_file": DNS_OPTIONS_FILE,
         "probe_headers_file": PROBE_HEADERS_FILE,

@@ -139,6 +139,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, k8s_local_real_node: K8sL
     # The project is the repository the stack ships to /workflow: the chat server travels in it.
     (root / "stacks" / "examples").mkdir(parents=True)
     (root / "stacks" / "examples" / "chat_server.py").write_text((ROOT / "stacks" / "examples" / "chat_server.py").read_text())
+    # Beside the project, not in it: everything in the project is the code the replicas run.
+    ca_file = tmp_path_factory.mktemp("real-pods-ca") / "gateway-ca.crt"
     namespace = f"sf-real-{os.getpid()}"
     config = {
         "serveform:backend": "k8s",
@@ -173,7 +175,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, k8s_local_real_node: K8sL
         address = engine.outputs()["gateway_address"]
         print(f"up: {time.monotonic() - t0:.1f} s")
         _resolve_to(address)
-        state = Deployed(engine, namespace, address, root, core, apps, root / "gateway-ca.crt")
+        state = Deployed(engine, namespace, address, root, core, apps, ca_file)
         poll(lambda: _ready_pods(core, namespace, "gateway"), timeout_seconds=READY_TIMEOUT_SECONDS, what="gateway pod Ready")
         state.refresh_ca()
         yield state
@@ -183,7 +185,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, k8s_local_real_node: K8sL
         socket.getaddrinfo = original_getaddrinfo
         if not destroyed:
             try:
-                _destroy(Deployed(engine, namespace, "", root, core, apps, root / "gateway-ca.crt"))
+                _destroy(Deployed(engine, namespace, "", root, core, apps, ca_file))
             except Exception as exc:  # the test's own failure is the one to report
                 print(f"destroy after a failure: {exc}", file=sys.stderr)
         os.environ.clear()
@@ -343,6 +345,7 @@ def test_load_makes_the_in_cluster_scaler_add_a_pod_and_ci_keeps_it(deployed: De
     assert deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == 1
     (first,) = _ready_pods(deployed.core, deployed.namespace, "chat")
     template = first.metadata.labels["pod-template-hash"]
+    (gateway,) = _ready_pods(deployed.core, deployed.namespace, "gateway")
     load = _locust(deployed, users=2, rps_per_user=4, csv_prefix=tmp_path / "scale")  # ~8 rps, target 5
     t0 = time.monotonic()
     try:
@@ -357,6 +360,10 @@ def test_load_makes_the_in_cluster_scaler_add_a_pod_and_ci_keeps_it(deployed: De
         replicas = _ci_up(deployed, tmp_path, "ci-during-load")
         assert replicas["chat"]["count"] == 2 and replicas["chat"]["source"] == "scaler", replicas
         assert deployed.apps.read_namespaced_deployment("chat", deployed.namespace).spec.replicas == 2
+        # The clone deploys what is deployed already: the same code archive, the same pods.
+        all_chat = deployed.core.list_namespaced_pod(deployed.namespace, label_selector="app.kubernetes.io/name=chat").items
+        assert {p.metadata.labels["pod-template-hash"] for p in all_chat} == {template}
+        assert [p.metadata.uid for p in _ready_pods(deployed.core, deployed.namespace, "gateway")] == [gateway.metadata.uid]
         pods = {p.metadata.name for p in _ready_pods(deployed.core, deployed.namespace, "chat")}
         assert len(pods) == 2
         # Traffic reaches both pods (X-Replica is the pod's name).
