@@ -28,12 +28,14 @@ Exports: `services` (per service: url, model endpoint, group name, replica bound
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pulumi
 import pulumi_kubernetes as k8s
+from pydantic import SecretStr
 
 from serveform.stacks.settings import StackConfigError, StackSettings
 from serveform.translator.plan import ServicePlan
@@ -89,8 +91,12 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         # Service files by their path in the project: the scaler pod runs the same program from
         # another directory, and its `up` must render the same gateway.json.
         routed = [_project_relative(plan, settings.project_dir) for plan in plans]
-        caddyfile = _caddy.gateway_caddyfile(settings, routed, cfg.namespace, PORT_NAME)
-        gateway_config, gateway_secret_files = _caddy.gateway_files(settings, routed, cfg.namespace, PORT_NAME)
+        # As on the local backend, a stack without `serveform:tokens` still gets an authenticated
+        # gateway: a token made once and kept, a secret, in the stack's state (`serveform
+        # endpoints` prints it). It reaches the pod only through the Secret's tokens file.
+        rendered = settings if settings.tokens else settings.model_copy(update={"tokens": [SecretStr(_GENERATED_TOKEN)]})
+        caddyfile = _caddy.gateway_caddyfile(rendered, routed, cfg.namespace, PORT_NAME)
+        gateway_config, gateway_secret_files = _caddy.gateway_files(rendered, routed, cfg.namespace, PORT_NAME)
     except (_pod.K8sPlanError, GatewayConfigError) as exc:
         raise pulumi.RunError(str(exc)) from None
     image = cfg.image or cfg.scaler_image
@@ -182,6 +188,17 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             opts,
         )
 
+    secret_files = pulumi.Output.secret(gateway_secret_files)
+    token = pulumi.Output.secret(settings.tokens[0].get_secret_value()) if settings.tokens else None
+    if token is None:
+        from ..local._token import PROVIDER_VERSION, Token
+
+        token = pulumi.Output.secret(Token("gateway-token", {"provider_version": PROVIDER_VERSION}).value)
+        stand_in = json.dumps([_GENERATED_TOKEN])
+        secret_files = pulumi.Output.all(secret_files, token).apply(
+            lambda values: {name: json.dumps([values[1]]) if text == stand_in else text for name, text in values[0].items()}
+        )
+
     scales = any(p.scaling for p in plans)
     gateway = Gateway(
         "gateway",
@@ -189,7 +206,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             namespace=namespace,
             stack=settings.stack,
             config=gateway_config,
-            secret_files=pulumi.Output.secret(gateway_secret_files),
+            secret_files=secret_files,
             image=image,
             caddyfile=caddyfile,
             http_port=settings.gateway.http_port or 80,
@@ -210,7 +227,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
                 image=image,
                 project_files=scaler_files,
                 deployments=tuple(sorted(p.name for p in plans)),
-                metrics_token_secret=gateway.secrets_name if settings.tokens else None,
+                metrics_token_secret=gateway.secrets_name,
                 environment=_scaler_environment(),
             ),
             opts,
@@ -227,8 +244,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     )
     pulumi.export("namespace", namespace)
     # What `serveform endpoints` prints examples with (as the local backend exports them).
-    if settings.tokens:
-        pulumi.export("token", pulumi.Output.secret(settings.tokens[0].get_secret_value()))
+    pulumi.export("token", token)
     if https and any(p.route.model for p in plans):
         suffix = "" if port == 443 else f":{port}"
         pulumi.export("openai_base_url", f"https://gateway.{settings.domain}{suffix}/v1")
@@ -260,6 +276,10 @@ def _scaler_environment() -> pulumi.Output | None:
         environment["PULUMI_CONFIG_PASSPHRASE"] = Path(passphrase_file).read_text().strip()
     return pulumi.Output.secret(environment)
 
+
+# Stands in for the generated token while the gateway's files are rendered: only the tokens file
+# holds it, and it is replaced there before anything leaves the program.
+_GENERATED_TOKEN = "serveform-generated-token-stand-in-replaced-before-use"
 
 # The Python of serveform's runtime image (Debian bookworm's python3, the virtualenv's).
 RUNTIME_PYTHON = "3.11"
