@@ -46,6 +46,7 @@ __all__ = [
     "code_object_key",
     "desired_replicas",
     "export_services",
+    "gateway_artifacts",
     "gateway_caddyfile",
     "gateway_document",
     "gateway_settings",
@@ -389,6 +390,28 @@ def register(
     export_services(settings, plans, {name: g.group_name for name, g in groups.items()})
     pulumi.export("gateway_address", gw.address)
     pulumi.export("gateway_dns_name", gw.dns_name)
+
+
+def gateway_artifacts(cloud: Cloud):
+    """What the gateway VM runs on ``cloud`` (`serveform.image.vm`), built (or found cached) from this
+    checkout; a `pulumi.RunError` when a build is missing.
+
+    The scaler's `up` on the gateway VM (``SERVEFORM_VM_ARTIFACTS`` set) keeps the artifacts it
+    booted from: it has no checkout to build them from, and the same digests keep its user data.
+    """
+    import os
+
+    from serveform.image import ImageBuildError
+    from serveform.image import vm
+
+    from ._vm import VM_ARTIFACTS_ENV
+
+    try:
+        if os.environ.get(VM_ARTIFACTS_ENV):
+            return vm.shipped_artifacts(os.environ[VM_ARTIFACTS_ENV])
+        return vm.gateway_artifacts(cloud=cloud)
+    except ImageBuildError as exc:
+        raise pulumi.RunError(f"the gateway VM's artifacts: {exc}") from None
 
 
 def gateway_settings(settings: StackSettings):

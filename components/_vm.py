@@ -38,6 +38,7 @@ __all__ = [
     "VolumeMount",
     "VmConfigError",
     "capacity",
+    "fetch_files",
     "gateway_user_data",
     "image_registry",
     "replica_user_data",
@@ -71,8 +72,10 @@ DEFAULT_VOLUME_SIZE_GB = 100
 VOLUME_MOUNT_ROOT = "/mnt/serveform"
 # Where a replica host unpacks the service's code archive, one folder per digest.
 CODE_ROOT = "/opt/serveform/code"
-# Where the AWS boot's fetcher (components/boot/aws_fetch.py) is written on the VM.
+# Where the boot's fetcher (components/boot/<cloud>_fetch.py) is written on the VM, and what every
+# cloud's fetcher shares (components/boot/_fetch.py) beside it: the script's folder is on its path.
 FETCH_BIN = "/opt/serveform/bin/serveform-fetch"
+FETCH_LIB = "/opt/serveform/bin/_fetch.py"
 # Where a boot failure is also written, so it shows on the serial console (cloud logs of the VM).
 CONSOLE = "/dev/console"
 # Caddy with the cloud's DNS module, for the wildcard certificate's DNS challenge.
@@ -96,8 +99,8 @@ SCALER_ENV_NAMES = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_AC
 # What an artifact's name and digest may be: they reach install.sh's command lines and object keys.
 _ARTIFACT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# The boot's fetcher (stdlib Python), written to the AWS gateway as /opt/serveform/bin/serveform-fetch.
-_AWS_FETCH = Path(__file__).resolve().parent / "boot" / "aws_fetch.py"
+# The boot's fetchers (stdlib Python), written to the VMs as FETCH_BIN and FETCH_LIB.
+_BOOT = Path(__file__).resolve().parent / "boot"
 
 # AWS Graviton (arm64) instance families: a letter prefix, a generation, then a `g` among the suffixes.
 _AWS_ARM = re.compile(r"^(a1|[a-z]+\d+[a-z]*g[a-z]*)\.")
@@ -384,9 +387,13 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         unit=unit,
         # AWS replicas fetch the code with the gateway's fetcher: the instance role over IMDSv2 and
         # SigV4, Python's standard library only (no awscli on the image needed).
-        fetch_py=_AWS_FETCH.read_text() if s3 is not None else "",
-        fetch_bin=FETCH_BIN,
+        fetch_files=fetch_files("aws") if s3 is not None else {},
     )
+
+
+def fetch_files(cloud: Cloud) -> dict[str, str]:
+    """The boot's fetcher of ``cloud`` and the part every cloud's shares: VM path → text (user data's write_files)."""
+    return {FETCH_BIN: (_BOOT / f"{cloud}_fetch.py").read_text(), FETCH_LIB: (_BOOT / "_fetch.py").read_text()}
 
 
 def _s3_location(plan: ServicePlan, code: CodeSource) -> dict[str, str]:
@@ -468,12 +475,13 @@ class GatewayBoot:
     """Where the scaler's environment (state backend URL, passphrase) lives; fetched at boot into
     SCALER_ENV_FILE (0600). None: the operator provides that file."""
     artifacts: tuple[ArtifactRef, ...] = ()
-    """What the VM runs, shipped by the deployment (AWS): fetched from `artifact_bucket` and checked
-    by digest. Empty: the older download path (GCP, Azure)."""
+    """What the VM runs, shipped by the deployment: fetched from `artifact_bucket` with the
+    instance's identity and checked by digest. Empty: the older download path."""
     artifact_bucket: str | None = None
-    """The stack's private bucket holding `artifacts`."""
+    """The stack's private store holding `artifacts`: AWS and GCP the bucket's name, Azure the
+    blob container's URL (`https://<account>.blob.core.windows.net/<container>`)."""
     artifact_region: str | None = None
-    """The bucket's region."""
+    """AWS: the bucket's region."""
 
 
 def scaler_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -515,8 +523,10 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         discovery["azure_client_id"] = boot.identity
     from serveform.gateway.state import CONFIG_FILE, DNS_OPTIONS_FILE, TOKENS_FILE
 
-    if boot.artifacts and (boot.cloud != "aws" or not boot.artifact_bucket or not boot.artifact_region):
-        raise VmConfigError(f"{boot.cloud} gateway: shipped artifacts need the stack's AWS bucket and its region")
+    if boot.artifacts and (not boot.artifact_bucket or (boot.cloud == "aws" and not boot.artifact_region)):
+        raise VmConfigError(f"{boot.cloud} gateway: shipped artifacts need the stack's store (and on AWS its region)")
+    if boot.artifacts and boot.cloud == "azure" and not re.fullmatch(r"https://[a-z0-9]{3,24}\.blob\.core\.windows\.net/[a-z0-9-]{3,63}", boot.artifact_bucket or ""):
+        raise VmConfigError(f"azure gateway: expected the artifacts' container URL, got {boot.artifact_bucket!r}")
     install_sh = render(
         "gateway/install.sh.j2",
         config_file=CONFIG_FILE,
@@ -564,7 +574,7 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         state_dir=GATEWAY_STATE_DIR,
         project_dir=SCALER_PROJECT_DIR,
         project_files=boot.project_files if boot.scaler_unit is not None else {},
-        fetch_py=_AWS_FETCH.read_text() if boot.artifacts else "",
+        fetch_files=fetch_files(boot.cloud) if boot.artifacts else {},
         artifacts_json=json.dumps(
             {"bucket": boot.artifact_bucket, "artifacts": [a.__dict__ for a in boot.artifacts]}, sort_keys=True, indent=2
         ) + "\n" if boot.artifacts else "",

@@ -2,17 +2,18 @@
 
 A VM must not download serveform's software at boot: no package index has serveform, Caddy's
 release download lacks the project's modules, and `curl | sh` checks nothing. So the deploying
-machine builds three files, the AWS gateway component uploads them into the stack's private
-bucket, and the user data names each one with its sha256:
+machine builds three files, each cloud's gateway component uploads them into the stack's private
+store (an S3 bucket, a Cloud Storage bucket, a blob container), and the user data names each one
+with its sha256:
 
 - `wheelhouse` — a tar of wheels: serveform (a wheel of the checkout) and its pinned
-  dependencies (`runtime-requirements.txt` plus the AWS SDK of `VM_EXTRA_REQUIREMENTS`) for
+  dependencies (`runtime-requirements.txt` plus the cloud's Pulumi SDK, `VM_EXTRA_REQUIREMENTS`) for
   CPython 3.11 on x86-64, the Python of the gateway's Debian 12 image; the boot installs them
   with `pip --no-index`.
 - `caddy` — the project's Caddy build (tools/setup.sh: our gateway module, the DNS modules and
   the rate limiter).
 - `pulumi` — a tar of the Pulumi CLI build with its Python shims (the scaler's `up`), plus the
-  AWS resource plugin when the deploying machine has it (its `pulumi up` needs it anyway).
+  cloud's resource plugin when the deploying machine has it (its `pulumi up` needs it anyway).
 
 Every file is byte-for-byte reproducible from its inputs (tar members sorted, times and owners
 fixed, the wheel built with SOURCE_DATE_EPOCH): an unchanged checkout keeps the digests, the user
@@ -47,14 +48,20 @@ from .build import (
 
 __all__ = ["VM_EXTRA_REQUIREMENTS", "VmArtifact", "gateway_artifacts", "shipped_artifacts"]
 
-# The gateway VM's scaler runs `pulumi up` of an AWS stack: the AWS SDK on top of the runtime
-# lock (its own dependencies, pulumi, parver and semver, are pinned there already).
-VM_EXTRA_REQUIREMENTS = ("pulumi_aws==7.51.1",)
+# The gateway VM's scaler runs `pulumi up` of its cloud's stack: that cloud's Pulumi SDK on top of
+# the runtime lock (their own dependencies, pulumi, parver and semver, are pinned there already);
+# the versions of pyproject.toml's `cloud` extra.
+VM_EXTRA_REQUIREMENTS = {
+    "aws": ("pulumi_aws==7.51.1",),
+    "gcp": ("pulumi_gcp==10.2.0",),
+    "azure": ("pulumi_azure_native==3.29.0",),
+}
 # Bump when an artifact's recipe changes in a way its key does not see.
 RECIPE_VERSION = "1"
 PULUMI_VERSION = "v3.259.0"
 CADDY_VERSION = "v2.11.9"
-AWS_PLUGIN_VERSION = "7.51.1"
+# The cloud's resource plugin, as `pulumi plugin install` names its folder.
+PLUGINS = {"aws": "resource-aws-v7.51.1", "gcp": "resource-gcp-v10.2.0", "azure": "resource-azure-native-v3.29.0"}
 # Wheelhouses kept in the cache (one per checkout state that deployed or was tested, ~50 MB each).
 KEEP_WHEELHOUSES = 8
 # 1980-01-01, the earliest time a zip (wheel) can hold: fixed times make the files reproducible.
@@ -115,12 +122,12 @@ def _key(*parts: bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-def _requirements() -> str:
+def _requirements(cloud: str = "aws") -> str:
     try:
         lock = LOCK_FILE.read_text()
     except OSError as exc:
         raise ImageBuildError(f"{LOCK_FILE}: cannot read the pinned requirements: {exc.strerror}") from None
-    return lock + "".join(f"{line}\n" for line in VM_EXTRA_REQUIREMENTS)
+    return lock + "".join(f"{line}\n" for line in VM_EXTRA_REQUIREMENTS[cloud])
 
 
 def _files(root: Path) -> list[str]:
@@ -137,9 +144,9 @@ def _files(root: Path) -> list[str]:
     )
 
 
-def _wheelhouse(root: Path) -> Path:
+def _wheelhouse(root: Path, cloud: str = "aws") -> Path:
     files = _files(root)
-    requirements = _requirements()
+    requirements = _requirements(cloud)
     parts = [RECIPE_VERSION.encode(), PYTHON_VERSION.encode(), requirements.encode()]
     for name in files:
         parts += [name.encode(), (root / name).read_bytes()]
@@ -194,14 +201,15 @@ def _prune(keep: Path) -> None:
             old.unlink(missing_ok=True)
 
 
-def _aws_plugin() -> Path | None:
-    """The deploying machine's pulumi-resource-aws, where `pulumi plugin install` leaves it."""
+def _plugin(cloud: str) -> Path | None:
+    """The deploying machine's resource plugin of ``cloud``, where `pulumi plugin install` leaves it."""
     home = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
-    binary = home / "plugins" / f"resource-aws-v{AWS_PLUGIN_VERSION}" / "pulumi-resource-aws"
+    folder = PLUGINS[cloud]
+    binary = home / "plugins" / folder / ("pulumi-" + folder.rsplit("-v", 1)[0])
     return binary if binary.is_file() else None
 
 
-def _pulumi() -> Path:
+def _pulumi(cloud: str = "aws") -> Path:
     bin_dir = _serveform_cache() / f"pulumi-{PULUMI_VERSION}" / "bin"
     names = ("pulumi", "pulumi-language-python-exec", "pulumi-resource-pulumi-python")
     members: list[tuple[str, Path, int]] = []
@@ -209,9 +217,9 @@ def _pulumi() -> Path:
         if not (bin_dir / name).is_file():
             raise ImageBuildError(f"{bin_dir / name}: the Pulumi CLI build is missing; run `tools/setup.sh dev` first")
         members.append((f"pulumi/bin/{name}", bin_dir / name, 0o755))
-    plugin = _aws_plugin()
+    plugin = _plugin(cloud)
     if plugin is not None:
-        members.append((f"pulumi/plugins/resource-aws-v{AWS_PLUGIN_VERSION}/pulumi-resource-aws", plugin, 0o755))
+        members.append((f"pulumi/plugins/{PLUGINS[cloud]}/{plugin.name}", plugin, 0o755))
     key = _key(RECIPE_VERSION.encode(), *(f"{n}={_hash_cached(p)}".encode() for n, p, _ in members))
     out = _cache() / f"pulumi-{PULUMI_VERSION}-{key}.tar"
     if not out.is_file():
@@ -242,11 +250,13 @@ def shipped_artifacts(path: str | os.PathLike[str]) -> tuple[VmArtifact, ...]:
         raise ImageBuildError(f"{path}: expected the VM's artifact list ({{\"artifacts\": [{{\"name\", \"sha256\", \"key\"}}]}}): {exc}") from None
 
 
-def gateway_artifacts(root: Path | None = None) -> tuple[VmArtifact, ...]:
-    """Build (or find cached) the gateway VM's artifacts for a checkout (default: this one).
+def gateway_artifacts(root: Path | None = None, *, cloud: str = "aws") -> tuple[VmArtifact, ...]:
+    """Build (or find cached) the gateway VM's artifacts for a checkout (default: this one) on ``cloud``.
 
     Raises `ImageBuildError` naming the missing build or the failed step.
     """
+    if cloud not in VM_EXTRA_REQUIREMENTS:
+        raise ImageBuildError(f"cloud {cloud!r}: expected one of {sorted(VM_EXTRA_REQUIREMENTS)}")
     root = root or source_root()
-    paths = {"wheelhouse": _wheelhouse(root), "caddy": _caddy(), "pulumi": _pulumi()}
+    paths = {"wheelhouse": _wheelhouse(root, cloud), "caddy": _caddy(), "pulumi": _pulumi(cloud)}
     return tuple(VmArtifact(name=name, path=path, sha256=_hash_cached(path)) for name, path in paths.items())

@@ -56,7 +56,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:aws.zone_id", "required for tls acme_dns with dns_provider route53 (the hosted zone of the domain)"))
     caps = _cloud.preflight(settings, plans, "aws", problems, region=region)
     assert region is not None
-    artifacts = _gateway_artifacts()
+    artifacts = _cloud.gateway_artifacts("aws")
     built: dict[str, Gateway] = {}
 
     provider = aws.Provider("aws", region=region)
@@ -119,21 +119,3 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         code_store=code_store,
     )
 
-
-def _gateway_artifacts():
-    """What the gateway VM runs, built (or found cached) from this checkout; a `pulumi.RunError` when a build is missing."""
-    import os
-
-    from serveform.image import ImageBuildError
-    from serveform.image.vm import gateway_artifacts as build
-    from serveform.image.vm import shipped_artifacts
-
-    from .._vm import VM_ARTIFACTS_ENV
-
-    try:
-        # The scaler's `up` on the gateway VM: the artifacts it booted from, unchanged.
-        if os.environ.get(VM_ARTIFACTS_ENV):
-            return shipped_artifacts(os.environ[VM_ARTIFACTS_ENV])
-        return build()
-    except ImageBuildError as exc:
-        raise pulumi.RunError(f"the gateway VM's artifacts: {exc}") from None

@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """serveform-fetch: what an AWS VM fetches at boot, with the instance's identity, checked by digest.
 
-The gateway's user data writes this file to /opt/serveform/bin/serveform-fetch and runs it before
-anything of serveform is installed, so it uses Python's standard library only (Debian's python3):
-no awscli, no SDK, nothing from a package index.
+The gateway's user data writes this file to /opt/serveform/bin/serveform-fetch (and what every
+cloud's fetcher shares, `_fetch.py`, beside it) and runs it before anything of serveform is
+installed, so it uses Python's standard library only (Debian's python3): no awscli, no SDK,
+nothing from a package index.
 
     serveform-fetch artifact NAME SHA256 BUCKET KEY REGION DEST   # S3 object -> DEST, digest checked
     serveform-fetch secret SECRET_ID REGION                        # Secrets Manager SecretString -> stdout
@@ -26,49 +27,21 @@ import hmac
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
+try:
+    from . import _fetch  # imported as part of serveform (tests)
+except ImportError:  # the VM: /opt/serveform/bin/_fetch.py, beside this script
+    import _fetch
+
 IMDS = "http://169.254.169.254"
 IMDS_TOKEN_TTL_SECONDS = 300
-TIMEOUT_SECONDS = 30
-# A fresh instance's role and network may lag its boot by tens of seconds; a missing object or a
-# wrong digest never gets better and fails at once.
-ATTEMPTS = 30
-RETRY_SECONDS = 5
-CHUNK_BYTES = 1 << 20
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-class FetchError(Exception):
-    """A fetch that cannot succeed; its message is the console line."""
-
-
-class _Transient(Exception):
-    """A failure worth retrying (connection, throttling, 5xx, a role not yet effective)."""
-
-
-def _console(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-    # The serial console too: cloud-init's log is not where an operator looks first.
-    try:
-        with open("/dev/console", "w") as console:
-            console.write(line + "\n")
-    except OSError:
-        pass
-
-
-def _open(request: urllib.request.Request):
-    try:
-        return urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (403, 429) or exc.code >= 500:
-            raise _Transient(f"HTTP {exc.code} from {request.full_url}") from None
-        raise
-    except (urllib.error.URLError, OSError) as exc:
-        raise _Transient(f"{request.full_url}: {exc}") from None
+FetchError = _fetch.FetchError
+_Transient = _fetch.Transient
+_open = _fetch.open_url
+_retrying = _fetch.retrying
 
 
 def _credentials() -> dict[str, str]:
@@ -122,17 +95,6 @@ def _signed(method: str, url: str, region: str, service: str, headers: dict[str,
     return urllib.request.Request(url, data=body or None, method=method, headers=all_headers)
 
 
-def _retrying(what: str, call):
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            return call()
-        except _Transient as exc:
-            if attempt == ATTEMPTS:
-                raise FetchError(f"serveform: {what}: giving up after {ATTEMPTS} attempts ({exc})") from None
-            time.sleep(RETRY_SECONDS)
-    raise AssertionError("unreachable")
-
-
 def _object_url(bucket: str, key: str, region: str) -> str:
     path = urllib.parse.quote(key, safe="/-_.~")
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -144,32 +106,7 @@ def _object_url(bucket: str, key: str, region: str) -> str:
 def fetch_artifact(name: str, sha256: str, bucket: str, key: str, region: str, dest: str) -> None:
     """Download s3://BUCKET/KEY to DEST (0644, atomically) if and only if its digest is SHA256."""
     url = _object_url(bucket, key, region)
-    tmp = f"{dest}.fetch-{os.getpid()}"
-
-    def attempt() -> str:
-        digest = hashlib.sha256()
-        try:
-            response = _open(_signed("GET", url, region, "s3", {}, b""))
-        except urllib.error.HTTPError as exc:
-            raise FetchError(f"serveform: artifact {name}: not found at s3://{bucket}/{key} (HTTP {exc.code})") from None
-        with response, open(tmp, "wb") as out:
-            try:
-                for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-            except OSError as exc:
-                raise _Transient(f"reading s3://{bucket}/{key}: {exc}") from None
-        return digest.hexdigest()
-
-    try:
-        got = _retrying(f"artifact {name}", attempt)
-        if got != sha256:
-            raise FetchError(f"serveform: artifact {name}: sha256 mismatch (expected {sha256}, got {got})")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _fetch.fetch_checked(name, sha256, f"s3://{bucket}/{key}", lambda: _signed("GET", url, region, "s3", {}, b""), dest)
 
 
 def fetch_secret(secret_id: str, region: str) -> str:
@@ -189,18 +126,7 @@ def fetch_secret(secret_id: str, region: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        if len(argv) == 8 and argv[1] == "artifact":
-            fetch_artifact(*argv[2:])
-            return 0
-        if len(argv) == 4 and argv[1] == "secret":
-            sys.stdout.write(fetch_secret(argv[2], argv[3]))
-            return 0
-    except FetchError as exc:
-        _console(str(exc))
-        return 1
-    print(__doc__.split("\n\n")[2], file=sys.stderr)
-    return 2
+    return _fetch.main(argv, {"artifact": (6, fetch_artifact), "secret": (2, fetch_secret)}, __doc__.split("\n\n")[2])
 
 
 if __name__ == "__main__":

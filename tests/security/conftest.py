@@ -27,5 +27,5 @@ def _fake_gateway_artifacts(tmp_path_factory):
 
     fakes = fake_gateway_artifacts(tmp_path_factory.mktemp("artifacts"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vm_artifacts, "gateway_artifacts", lambda root=None: fakes)
+        patch.setattr(vm_artifacts, "gateway_artifacts", lambda root=None, **_: fakes)
         yield fakes

@@ -183,7 +183,7 @@ def test_the_scalers_up_on_the_vm_keeps_the_artifacts_it_booted_from(recording, 
     monkeypatch.setenv("SERVEFORM_VM_ARTIFACTS", str(listed))
     import serveform.image.vm as vm_artifacts
 
-    def no_build(root=None):
+    def no_build(root=None, **_):
         raise AssertionError("a scale update on the VM must not build artifacts")
 
     monkeypatch.setattr(vm_artifacts, "gateway_artifacts", no_build)
