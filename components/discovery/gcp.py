@@ -6,6 +6,7 @@ labels their template gives them (`serveform-stack`, `serveform-service`).
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from collections.abc import Mapping
 
@@ -17,8 +18,20 @@ METADATA = "http://metadata.google.internal"
 COMPUTE = "https://compute.googleapis.com"
 
 
+def _sdk_endpoints() -> dict[str, str]:
+    """The Google tools' own endpoint variables, when set (only the boot test sets them, to its stub):
+    GCE_METADATA_HOST (google-auth) and CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE (gcloud, which
+    names the API's root with its `compute/v1/` path)."""
+    found = {}
+    if os.environ.get("GCE_METADATA_HOST"):
+        found["metadata"] = "http://" + os.environ["GCE_METADATA_HOST"]
+    if os.environ.get("CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"):
+        found["compute"] = os.environ["CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"].rstrip("/").removesuffix("/compute/v1")
+    return found
+
+
 def running_ips(project: str, zone: str, *, stack: str, service: str, endpoints: Mapping[str, str] | None = None) -> list[str]:
-    endpoints = endpoints or {}
+    endpoints = {**_sdk_endpoints(), **(endpoints or {})}
     token = _http.get_json(
         f"{endpoints.get('metadata', METADATA)}/computeMetadata/v1/instance/service-accounts/default/token",
         {"Metadata-Flavor": "Google"},

@@ -57,6 +57,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:gcp.subnetwork", "set only with serveform:gcp.network (the stack's own network has its own subnet)"))
     caps = _cloud.preflight(settings, plans, "gcp", problems, region=region, zone=cfg.zone)
     assert cfg.project and cfg.zone and region
+    artifacts = _cloud.gateway_artifacts("gcp")
     project, zone = cfg.project, cfg.zone
 
     provider = gcp.Provider("gcp", project=project, region=region, zone=zone)
@@ -83,6 +84,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             subnetwork=subnetwork,
             machine_type=settings.gateway.instance_type or DEFAULT_MACHINE_TYPE,
             dns_zone=cfg.dns_zone,
+            artifacts=artifacts,
         )
         return Gateway("gateway", args, opts)
 

@@ -17,17 +17,28 @@ GCP allows:
 
 It also reads the bearer tokens' secret. With a zone configured, `*.<domain>` points at the
 address; otherwise the address is exported for the user's DNS.
+
+Its software is shipped, not downloaded: the deployment uploads the gateway's artifacts (a
+wheelhouse of serveform and its pinned dependencies, the project's Caddy build, the Pulumi CLI;
+`serveform.image.vm`) into a Cloud Storage bucket of the stack — uniform bucket-level access,
+public access prevention enforced, Google-managed encryption at rest — and the user data names
+each by its sha256. The service account may view exactly those objects (an IAM condition on
+their names); the boot fetches them with its token from the metadata server and checks every
+digest (`components/boot/gcp_fetch.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
 
+from serveform.image.vm import VmArtifact
+
 from .._cloud import GatewayGroupRef, VmGatewayArgs
-from .._vm import SecretRef, gateway_user_data, short_name
+from .._vm import ArtifactRef, SecretRef, gateway_user_data, short_name
 
 __all__ = [
     "GATEWAY_PORTS",
@@ -35,6 +46,7 @@ __all__ = [
     "Gateway",
     "GatewayArgs",
     "GatewayGroupRef",
+    "artifact_read_condition",
     "gateway_dns_permissions",
     "gateway_permissions",
     "gateway_scale_condition",
@@ -45,7 +57,9 @@ GATEWAY_TYPE = "serveform:gcp:Gateway"
 GATEWAY_PORTS = (80, 443)
 """The only ports open to the internet."""
 DEFAULT_MACHINE_TYPE = "e2-small"
-GATEWAY_IMAGE = "ubuntu-os-cloud/ubuntu-2404-lts-amd64"
+# Debian 12 (bookworm): the system the boot test boots for real, and the Python (3.11) the
+# wheelhouse is built for (`serveform.image.vm`).
+GATEWAY_IMAGE = "debian-cloud/debian-12"
 ROOT_DISK_GB = 20
 
 
@@ -67,6 +81,8 @@ class GatewayArgs(VmGatewayArgs):
     """The gateway VM's machine type (`serveform:gateway.instance_type`)."""
     dns_zone: str | None = None
     """Cloud DNS managed zone of the domain: when set, `*.<domain>` is created there."""
+    artifacts: tuple[VmArtifact, ...] = ()
+    """What the VM runs (`serveform.image.vm.gateway_artifacts`), uploaded into the stack's bucket."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -82,6 +98,8 @@ class Gateway(pulumi.ComponentResource):
     """`*.<domain>` when the record was created."""
     user_data: pulumi.Output[str]
     """The rendered cloud-init (names secrets, never holds their values)."""
+    artifact_bucket: pulumi.Output[str]
+    """The stack's private bucket of the VM's artifacts."""
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(GATEWAY_TYPE, name, None, opts)
@@ -190,15 +208,63 @@ class Gateway(pulumi.ComponentResource):
         address = gcp.compute.Address(
             f"{name}-address", project=args.project, region=args.region, address_type="EXTERNAL", labels=labels, opts=child
         )
+        # The artifacts' bucket: no ACLs (uniform access), never public, encrypted at rest by Google.
+        bucket = gcp.storage.Bucket(
+            f"{name}-artifacts",
+            project=args.project,
+            location=args.region.upper(),
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            force_destroy=True,
+            labels=labels,
+            opts=child,
+        )
+        objects = [
+            gcp.storage.BucketObject(
+                f"{name}-artifact-{artifact.name}",
+                bucket=bucket.name,
+                name=artifact.key,
+                # A scale update on the VM has no file (it keeps what it booted from): the name is
+                # the digest, so the bytes under it never change, and the source is not compared.
+                source=pulumi.FileAsset(str(artifact.path)) if artifact.path else pulumi.StringAsset(""),
+                content_type="application/octet-stream",
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=["source"]),
+            )
+            for artifact in args.artifacts
+        ]
+        refs = tuple(ArtifactRef(name=a.name, sha256=a.sha256, key=a.key) for a in args.artifacts)
+        grants: list[pulumi.Resource] = []
+        if refs:
+            grants.append(
+                gcp.storage.BucketIAMMember(
+                    f"{name}-artifacts-read",
+                    bucket=bucket.name,
+                    role="roles/storage.objectViewer",
+                    member=account.member,
+                    condition=bucket.name.apply(
+                        lambda b: {
+                            "title": "gateway-artifacts",
+                            "description": "the gateway VM's artifacts, by name",
+                            "expression": artifact_read_condition(b, [r.key for r in refs]),
+                        }
+                    ),
+                    opts=child,
+                )
+            )
+
         targets = args.targets("gcp", region=args.zone, project=args.project)
-        user_data = pulumi.Output.all(secret_name, scaler_env_name).apply(
-            lambda refs: gateway_user_data(
-                args.boot(
-                    "gcp",
-                    targets,
-                    tokens_secret=SecretRef(cloud="gcp", ref=refs[0]) if refs[0] else None,
-                    scaler_env_secret=SecretRef(cloud="gcp", ref=refs[1]) if refs[1] else None,
-                    dns_options={"gcp_project": args.project} if args.dns_provider == "googleclouddns" else {},
+        user_data = pulumi.Output.all(secret_name, scaler_env_name, bucket.name).apply(
+            lambda refs_: gateway_user_data(
+                dataclasses.replace(
+                    args.boot(
+                        "gcp",
+                        targets,
+                        tokens_secret=SecretRef(cloud="gcp", ref=refs_[0]) if refs_[0] else None,
+                        scaler_env_secret=SecretRef(cloud="gcp", ref=refs_[1]) if refs_[1] else None,
+                        dns_options={"gcp_project": args.project} if args.dns_provider == "googleclouddns" else {},
+                    ),
+                    artifacts=refs,
+                    artifact_bucket=refs_[2] if refs else None,
                 )
             )
         )
@@ -217,7 +283,8 @@ class Gateway(pulumi.ComponentResource):
             metadata={"user-data": user_data, "enable-oslogin": "TRUE"},
             allow_stopping_for_update=True,
             labels=labels,
-            opts=child.merge(pulumi.ResourceOptions(replace_on_changes=["metadata"])),
+            # The boot fetches the artifacts: they are in the bucket, and readable, before the VM exists.
+            opts=child.merge(pulumi.ResourceOptions(replace_on_changes=["metadata"], depends_on=[*objects, *grants])),
         )
         dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
         if args.dns_zone:
@@ -237,9 +304,22 @@ class Gateway(pulumi.ComponentResource):
         self.instance_name = vm.name
         self.dns_name = dns_name
         self.user_data = user_data
+        self.artifact_bucket = bucket.name
         self.register_outputs(
-            {"address": self.address, "service_account": self.service_account, "instance_name": self.instance_name, "dns_name": self.dns_name}
+            {
+                "address": self.address,
+                "service_account": self.service_account,
+                "instance_name": self.instance_name,
+                "dns_name": self.dns_name,
+                "artifact_bucket": self.artifact_bucket,
+            }
         )
+
+
+def artifact_read_condition(bucket: str, names: list[str]) -> str:
+    """An IAM condition (CEL) true only for the named objects of the bucket, by full resource name."""
+    full = [f"projects/_/buckets/{bucket}/objects/{name}" for name in sorted(names)]
+    return " || ".join(f'resource.name == "{n}"' for n in full)
 
 
 def gateway_permissions(*, acme_dns: bool) -> list[str]:

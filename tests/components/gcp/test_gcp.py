@@ -79,3 +79,70 @@ def test_acme_dns_challenge_gets_the_project_and_the_dns_permissions():
     assert "dns.resourceRecordSets.create" in dns_role["permissions"]
     grant = rec.one("gcp:dns/dnsManagedZoneIamMember:DnsManagedZoneIamMember", "gateway-dns-grant").inputs
     assert grant["managedZone"] == "example-com" and grant["role"]
+
+
+def test_artifacts_are_shipped_into_a_private_bucket_readable_by_the_gateway_only(recording):
+    """Issue 14 item 5: what the gateway VM runs is uploaded by the deployment, named by digest in its user data."""
+    import yaml
+
+    bucket = recording.one("gcp:storage/bucket:Bucket", "gateway-artifacts")
+    assert "serveform:gcp:Gateway" in bucket.urn
+    # No ACLs, never public; Cloud Storage encrypts every object at rest with Google-managed keys.
+    assert bucket.inputs["uniformBucketLevelAccess"] is True and bucket.inputs["publicAccessPrevention"] == "enforced"
+    assert bucket.inputs["location"] == "US-CENTRAL1"
+    objects = [r for r in recording.resources if r.type == "gcp:storage/bucketObject:BucketObject" and r.name.startswith("gateway-artifact-")]
+    assert sorted(o.name for o in objects) == ["gateway-artifact-caddy", "gateway-artifact-pulumi", "gateway-artifact-wheelhouse"]
+    assert all(o.inputs["name"].startswith("artifacts/") for o in objects)
+    # The gateway's account may view exactly these objects: by full name, not the bucket, no wildcard.
+    grants = recording.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")
+    assert [g.name for g in grants] == ["gateway-artifacts-read"]
+    grant = grants[0].inputs
+    assert grant["role"] == "roles/storage.objectViewer" and grant["member"].startswith("serviceAccount:")
+    names = sorted(f'projects/_/buckets/{grant["bucket"]}/objects/{o.inputs["name"]}' for o in objects)
+    assert grant["condition"]["expression"] == " || ".join(f'resource.name == "{n}"' for n in names)
+    vm = recording.one("gcp:compute/instance:Instance", "gateway-vm").inputs
+    assert vm["bootDisk"]["initializeParams"]["image"] == "debian-cloud/debian-12"
+    document = yaml.safe_load(vm["metadata"]["user-data"])
+    files = {f["path"]: f for f in document["write_files"]}
+    # GCP's fetcher (the metadata server's token), and what every cloud's shares beside it.
+    assert "metadata.google.internal" in files["/opt/serveform/bin/serveform-fetch"]["content"]
+    assert "/opt/serveform/bin/_fetch.py" in files
+    script = files["/opt/serveform/install.sh"]["content"]
+    for obj in objects:
+        key = obj.inputs["name"]
+        digest = key.rsplit("-", 1)[1]
+        assert f"serveform-fetch artifact {key.split('/')[1].rsplit('-', 1)[0]} {digest} {grant['bucket']} {key} " in script
+    # The secrets too come through the fetcher, with the service account's token.
+    assert "serveform-fetch secret projects/" in script
+    # Nothing from the internet at boot: no index, no download, no curl | sh.
+    assert "pip install -q serveform" not in script and "curl" not in script and "get.pulumi.com" not in script
+    assert "curl" not in document["packages"]
+
+
+def test_the_scalers_up_on_the_vm_keeps_the_artifacts_it_booted_from(recording, tmp_path, monkeypatch):
+    """A scale update on the gateway VM has no checkout: it reuses the VM's artifact list, so its user data stays."""
+    import yaml
+
+    def user_data(rec):
+        return rec.one("gcp:compute/instance:Instance", "gateway-vm").inputs["metadata"]["user-data"]
+
+    files = {f["path"]: f for f in yaml.safe_load(user_data(recording))["write_files"]}
+    listed = tmp_path / "artifacts.json"
+    listed.write_text(files["/etc/serveform/artifacts.json"]["content"])
+    monkeypatch.setenv("SERVEFORM_VM_ARTIFACTS", str(listed))
+    import serveform.image.vm as vm_artifacts
+
+    def no_build(root=None, **_):
+        raise AssertionError("a scale update on the VM must not build artifacts")
+
+    monkeypatch.setattr(vm_artifacts, "gateway_artifacts", no_build)
+    again = deploy("gcp", make_settings("gcp", CONFIG), example_plans("gcp").values())
+    assert user_data(again) == user_data(recording)
+
+
+def test_artifact_read_condition_names_each_object():
+    from serveform.components.gcp.gateway import artifact_read_condition
+
+    assert artifact_read_condition("b", ["artifacts/z-1", "artifacts/a-2"]) == (
+        'resource.name == "projects/_/buckets/b/objects/artifacts/a-2" || resource.name == "projects/_/buckets/b/objects/artifacts/z-1"'
+    )

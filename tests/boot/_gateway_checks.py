@@ -1,0 +1,107 @@
+"""What the GCP and Azure gateway boot tests share: the cloud stub, the replica stand-in, HTTPS checks.
+
+- `Stub` runs `_cloud_stub.py` (GCP or Azure) on the veth's host side, serving a config the test
+  writes (token, objects, secrets, replica addresses), and reads back its call log.
+- `Replica` is the project's chat server on the replica's address (a host-side address of the veth).
+- `https` / `wait_https` GET a path through the gateway on the container's address, trusting the
+  gateway's internal CA and sending the service's host name for TLS and routing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _vmboot import ROOT, Network, Vm, free_port, wait_port
+
+
+class Stub:
+    """`_cloud_stub.py CLOUD` on ``host`` with ``config``; `calls()` is what it answered, in order."""
+
+    def __init__(self, cloud: str, config: dict, host: str, folder: Path) -> None:
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.host = host
+        self.log = folder / f"{cloud}-calls.log"
+        self.log.write_text("")
+        config_file = folder / f"{cloud}-stub.json"
+        config_file.write_text(json.dumps(config))
+        self._out = open(folder / f"{cloud}-stub.out", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("_cloud_stub.py")), cloud, str(config_file), str(self.log), host, str(self.port)],
+            stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            wait_port(host, self.port)
+        except BaseException:
+            self.close()
+            raise
+
+    def calls(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._out.close()
+
+
+class Replica:
+    """The project's chat server on the replica's address (the host side of the veth)."""
+
+    def __init__(self, address: str, port: int, folder: Path) -> None:
+        self.log = open(folder / "replica.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "stacks/examples/chat_server.py"), "--host", address, "--port", str(port), "--model", "chat-small"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_port(address, port)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+def https(vm: Vm, net: Network, host: str, path: str, token: str | None) -> tuple[int, bytes]:
+    """GET https://HOST/PATH at the container's address (no DNS here), trusting the gateway's internal CA."""
+    status = json.loads(vm.sh("cat /var/lib/serveform/gateway/status.json", check=True).stdout)
+    ca = (vm.root / status["ca_cert"].lstrip("/")).read_text()
+    context = ssl.create_default_context(cadata=ca)
+    connection = http.client.HTTPSConnection(net.guest_ip, 443, context=context, timeout=30)
+    connection.sock = context.wrap_socket(socket.create_connection((net.guest_ip, 443), timeout=30), server_hostname=host)
+    headers = {"Host": host, **({"Authorization": f"Bearer {token}"} if token else {})}
+    connection.request("GET", path, headers=headers)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response.status, body
+
+
+def wait_https(vm: Vm, net: Network, host: str, path: str, token: str, timeout: float = 120) -> int:
+    """The first 200 within ``timeout`` seconds, else the last status seen (0: no answer)."""
+    deadline = time.monotonic() + timeout
+    code = 0
+    while time.monotonic() < deadline:
+        try:
+            code, _ = https(vm, net, host, path, token)
+            if code == 200:
+                return code
+        except (OSError, json.JSONDecodeError, KeyError, subprocess.CalledProcessError):
+            pass
+        time.sleep(1)
+    return code

@@ -1,0 +1,215 @@
+"""Issue 14 item 5: the GCP stack's gateway VM user data, booted for real.
+
+The user data is rendered by the GCP components under Pulumi's mock runtime (the GCP provider
+plugin cannot be built here) from the gcp stack's chat example, with the real artifacts
+(`serveform.image.vm`, the GCP wheelhouse). It boots in the Debian bookworm container of
+tests/boot/_vmboot.py (systemd, cloud-init's NoCloud seed, its own network namespace with no route
+but the veth's host side). There `_cloud_stub.py gcp` answers exactly the calls the README lists
+— the metadata server's token, Cloud Storage's JSON API media downloads, Secret Manager's
+`versions/latest:access`, Compute's instance list for discovery — and the project's chat server
+stands in for the replica the instance list names. The only test knobs are the Google tools' own
+endpoint variables (GCE_METADATA_HOST, STORAGE_EMULATOR_HOST, CLOUDSDK_API_ENDPOINT_OVERRIDES_*),
+set by a drop-in in the container's root: the user data carries none.
+
+Boot timings are printed (`pytest tests/boot/test_gcp_gateway.py -s`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _gateway_checks import Replica, Stub, https, wait_https
+from _vmboot import ROOT, Network, Vm, prepare
+
+import _pulumi_harness
+
+TOKEN = "boot-test-token-0123456789abcdef0123456789abcdef"
+PASSPHRASE = "boot-test-passphrase"
+DOMAIN = "ai.example.com"
+ACCESS_TOKEN = "ya29.boot-test-access-token"
+SERVEFORM_UNITS = ["serveform-gateway.service", "serveform-discovery.timer", "serveform-scaler.service"]
+REPLICA_HOST_INDEX = 9  # the replica stand-in's address: the 10th of the veth's subnet
+TIMINGS: dict[str, float] = {}
+
+
+def recording_secret_name(logical: str) -> str:
+    return f"projects/mock-project/secrets/{logical}"
+
+
+def _render() -> dict:
+    """The gcp stack's gateway: user data, artifacts (bucket/name -> file), secrets (name -> value)."""
+    from serveform.components import gcp as gcp_backend
+    from serveform.components.program import compile_plans
+    from serveform.stacks.settings import StackSettings
+
+    config = yaml.safe_load((ROOT / "stacks" / "Pulumi.gcp.yaml").read_text())["config"]
+    # The internal CA instead of ACME (no DNS here); a token of the test's own.
+    config["serveform:gateway"] = {"tls": "internal"}
+    config["serveform:tokens"] = [TOKEN]
+    settings = StackSettings.from_config(config, stack="gcp", project_dir=str(ROOT))
+    plans = compile_plans(settings)
+    env = {"PULUMI_BACKEND_URL": "file:///var/lib/serveform-scaler/state", "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        recording = _pulumi_harness.run_program(lambda: gcp_backend.deploy(settings, plans), stack="gcp")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    vm = recording.one("gcp:compute/instance:Instance", "gateway-vm")
+    objects = {
+        f"{r.inputs['bucket']}/{r.inputs['name']}": str(Path(r.raw_inputs["source"].path))
+        for r in recording.resources
+        if r.type == "gcp:storage/bucketObject:BucketObject"
+    }
+    # The secrets' resource names as the mocks give them (`projects/mock-project/secrets/<logical name>`)
+    # -> their versions' data.
+    secrets = {
+        recording_secret_name(r.name.removesuffix("-value")): _pulumi_harness.unwrap(r.inputs["secretData"])
+        for r in recording.resources
+        if r.type == "gcp:secretmanager/secretVersion:SecretVersion"
+    }
+    group = next(r for r in recording.resources if r.type == "gcp:compute/instanceGroupManager:InstanceGroupManager")
+    return {
+        "user_data": vm.inputs["metadata"]["user-data"], "objects": objects, "secrets": secrets,
+        "project": config["serveform:gcp"]["project"], "zone": group.inputs["zone"],
+        "port": plans[0].replica_group.container_port, "host": f"chat.{DOMAIN}",
+    }
+
+
+@pytest.fixture(scope="module")
+def vmboot():
+    return prepare()
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    t0 = time.monotonic()
+    out = _render()
+    TIMINGS["render (mocks, artifacts cached)"] = time.monotonic() - t0
+    return out
+
+
+def _stub_config(rendered: dict, replica: str, *, tamper: str | None = None, folder: Path | None = None) -> dict:
+    objects = dict(rendered["objects"])
+    if tamper:
+        (key,) = [k for k in objects if k.split("/", 1)[1].startswith(f"artifacts/{tamper}-")]
+        fake = folder / "tampered"
+        fake.write_bytes(b"tampered")
+        objects[key] = str(fake)
+    return {"token": ACCESS_TOKEN, "objects": objects, "secrets": rendered["secrets"], "replicas": [replica]}
+
+
+def _environment(stub: Stub) -> dict[str, str]:
+    """The Google tools' own endpoint variables, pointing at the stub (a drop-in of the test's root only)."""
+    return {
+        "GCE_METADATA_HOST": f"{stub.host}:{stub.port}",
+        "STORAGE_EMULATOR_HOST": stub.url,
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_SECRETMANAGER": stub.url + "/",
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": stub.url + "/compute/v1/",
+    }
+
+
+@pytest.fixture(scope="module")
+def gateway(vmboot, rendered, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gcp-gateway-vm")
+    name = f"sfgg{os.getpid() % 100000}"
+    net = Network.create(name)
+    stub = replica = vm = None
+    try:
+        address = net.add_host_address(REPLICA_HOST_INDEX)
+        stub = Stub("gcp", _stub_config(rendered, address), net.host_ip, folder)
+        replica = Replica(address, rendered["port"], folder)
+        vm = Vm(name, vmboot["ROOT"], folder, net)
+        vm.seed(rendered["user_data"].encode(), instance_id="gcp-boot-gateway", environment=_environment(stub))
+        vm.boot()
+        status, seconds = vm.wait_cloud_init()
+        TIMINGS["first boot: cloud-init done"] = seconds
+        yield {"vm": vm, "stub": stub, "net": net, "status": status, "replica": address}
+    finally:
+        for part in (vm, replica, stub):
+            if part is not None:
+                part.close()
+        net.close()
+        print("\ngcp boot timings (s): " + json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
+
+
+def test_cloud_init_finishes_and_every_unit_is_active(gateway):
+    vm = gateway["vm"]
+    assert gateway["status"] == "done", vm.sh("cloud-init status --long; tail -50 /var/log/cloud-init-output.log").stdout
+    states = vm.wait_active(SERVEFORM_UNITS)
+    assert states == {u: "active" for u in SERVEFORM_UNITS}, vm.sh("journalctl -u 'serveform-*' --no-pager | tail -60").stdout
+
+
+def test_https_answers_401_without_the_token_and_200_with_it(gateway):
+    vm, net = gateway["vm"], gateway["net"]
+    t0 = time.monotonic()
+    assert wait_https(vm, net, f"chat.{DOMAIN}", "/health", TOKEN) == 200, vm.sh("journalctl -u 'serveform-*' --no-pager | tail -40").stdout
+    TIMINGS["first 200 after cloud-init"] = time.monotonic() - t0
+    assert https(vm, net, f"chat.{DOMAIN}", "/health", None)[0] == 401
+    code, body = https(vm, net, f"chat.{DOMAIN}", "/v1/models", TOKEN)
+    assert code == 200 and b"chat-small" in body
+    # The replica is the one Compute's instance list named: discovery published it.
+    assert gateway["replica"] in vm.sh("cat /var/lib/serveform/gateway/replicas/*.json 2>/dev/null").stdout
+
+
+def test_the_calls_are_exactly_the_documented_list(gateway, rendered):
+    """Every request the VM made (booting, serving, discovering), against the README's list for GCP."""
+    calls = gateway["stub"].calls()
+    assert not [c for c in calls if c.rsplit(" ", 1)[-1].isdigit()], calls  # nothing refused
+    bucket_objects = sorted(rendered["objects"])
+    secrets = sorted(rendered["secrets"])
+    expected = {
+        "GET /computeMetadata/v1/instance/service-accounts/default/token",
+        *(f"GET /storage/v1/b/{k.split('/', 1)[0]}/o/{k.split('/', 1)[1].replace('/', '%2F')}" for k in bucket_objects),
+        *(f"GET /v1/{s}/versions/latest:access" for s in secrets),
+        f"GET /compute/v1/projects/{rendered['project']}/zones/{rendered['zone']}/instances",
+    }
+    assert set(calls) == expected
+    # Each object once, each secret once (the tokens, the scaler's environment): nothing fetched twice.
+    assert all(calls.count(c) == 1 for c in expected if "/storage/" in c or ":access" in c)
+    print("\ncalls the GCP gateway VM made: " + json.dumps(sorted(set(calls))))
+
+
+@pytest.fixture()
+def tampered_boot(vmboot, rendered, tmp_path):
+    name = f"sfgt{os.getpid() % 100000}"
+    net = Network.create(name)
+    stub = vm = None
+    try:
+        stub = Stub("gcp", _stub_config(rendered, net.host_ip, tamper="caddy", folder=tmp_path), net.host_ip, tmp_path)
+        vm = Vm(name, vmboot["ROOT"], tmp_path, net)
+        vm.seed(rendered["user_data"].encode(), instance_id="gcp-boot-tampered", environment=_environment(stub))
+        vm.boot()
+        status, seconds = vm.wait_cloud_init()
+        TIMINGS["tampered boot: cloud-init ended"] = seconds
+        yield vm, status
+    finally:
+        for part in (vm, stub):
+            if part is not None:
+                part.close()
+        net.close()
+
+
+def test_a_tampered_artifact_fails_the_boot_with_one_clear_line(tampered_boot, rendered):
+    vm, status = tampered_boot
+    assert status == "error"
+    expected = re.search(r"serveform-fetch artifact caddy (\S+) ", rendered["user_data"]).group(1)
+    line = f"serveform: artifact caddy: sha256 mismatch (expected {expected}, got {hashlib.sha256(b'tampered').hexdigest()})"
+    # cloud-final's output goes to `journal+console` (on GCE the serial port, which `gcloud compute
+    # instances get-serial-port-output` shows); the journal holds what the console was sent.
+    console = vm.sh("journalctl -b -u cloud-final.service -o cat --no-pager", check=True).stdout
+    assert [entry for entry in console.splitlines() if entry.startswith("serveform:")] == [line], console[-3000:]
+    assert vm.sh("test -e /usr/local/bin/caddy || echo absent").stdout.strip() == "absent"
+    assert vm.sh("systemctl is-active serveform-gateway.service").stdout.strip() != "active"
