@@ -14,7 +14,8 @@ upstreams and readiness probes all on; plain HTTP so that every path speaks the 
 plus its HTTPS stream figures, direct and through the OpenAI router, for information); and SkyServe's load balancer (skypilot 0.14.1, least_load,
 in its own virtualenv under ~/.cache/serveform/bench, fed by a stub controller).
 
-The breakdown adds serveform's features to bare Caddy one at a time on the same replicas (dynamic
+The breakdown adds serveform's features to bare Caddy one at a time on the same replicas (first
+the gateway's logging: no reverse_proxy logger, which spares a log context built per request; dynamic
 upstreams: the ready replicas of the gateway's prober, served by its `serveform` upstream source,
 then the gateway module's host routing and request counting, then its bearer-token check, then
 the body limit, retries and stream timeout of the gateway's proxy, then the whole gateway as
@@ -183,17 +184,24 @@ def start_chat(procs: Processes, port: int, ident: str) -> None:
     wait_http(f"http://127.0.0.1:{port}/health")
 
 
-def start_bare_caddy(procs: Processes, small_port: int, chat_port: int, small: list[int], chat: list[int]) -> int:
+# Caddy's default log without reverse_proxy's logger, as serveform's gateway runs it
+# (gateway/templates/global.caddy.j2): reverse_proxy then builds no log context per request.
+NO_PROXY_LOG = "\tlog default {\n\t\texclude http.handlers.reverse_proxy\n\t}\n"
+
+
+def start_bare_caddy(
+    procs: Processes, small_port: int, chat_port: int, small: list[int], chat: list[int], *, name: str = "bare", proxy_log: bool = True
+) -> int:
     from serveform.gateway.caddy import caddy_binary
 
-    config = procs.workdir / "bare.Caddyfile"
+    config = procs.workdir / f"{name}.Caddyfile"
     config.write_text(
-        "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n"
+        "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n" + ("" if proxy_log else NO_PROXY_LOG) + "}\n"
         f"http://:{small_port} {{\n\tbind 127.0.0.1\n\treverse_proxy {' '.join(f'127.0.0.1:{p}' for p in small)} {{\n\t\tlb_policy least_conn\n\t}}\n}}\n"
         f"http://:{chat_port} {{\n\tbind 127.0.0.1\n\treverse_proxy {' '.join(f'127.0.0.1:{p}' for p in chat)} {{\n\t\tlb_policy least_conn\n\t\tflush_interval -1\n\t}}\n}}\n"
     )
-    env = {"XDG_DATA_HOME": str(procs.workdir / "bare-data"), "XDG_CONFIG_HOME": str(procs.workdir / "bare-config")}
-    proc = procs.start("bare-caddy", [caddy_binary(), "run", "--config", str(config), "--adapter", "caddyfile"], env=env)
+    env = {"XDG_DATA_HOME": str(procs.workdir / f"{name}-data"), "XDG_CONFIG_HOME": str(procs.workdir / f"{name}-config")}
+    proc = procs.start(f"{name}-caddy", [caddy_binary(), "run", "--config", str(config), "--adapter", "caddyfile"], env=env)
     wait_http(f"http://127.0.0.1:{small_port}/")
     return proc.pid
 
@@ -241,7 +249,7 @@ def start_serveform(procs: Processes, http_port: int, https_port: int, small: li
 # Each step adds one of serveform's features to bare Caddy, on the same replicas, so that the
 # difference between consecutive steps is what that feature costs per request.
 BREAKDOWN_STEPS = (
-    "bare caddy", "+ dynamic upstreams", "+ gate: host routing, counting", "+ bearer token",
+    "bare caddy", "bare caddy, no proxy log", "+ dynamic upstreams", "+ gate: host routing, counting", "+ bearer token",
     "+ body limit, retries, stream timeout", "serveform",
 )
 
@@ -286,7 +294,7 @@ def start_breakdown_caddy(procs: Processes, state: Path, small_service: str) -> 
 
     config = work / "Caddyfile"
     config.write_text(
-        "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n"
+        "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n" + NO_PROXY_LOG + "}\n"
         f"http://:{dynamic} {{\n\tbind 127.0.0.1\n{proxy()}}}\n"
         f"http://:{gated} {{\n\tbind 127.0.0.1\n{gate}{proxy()}}}\n"
         f"http://:{limited} {{\n\tbind 127.0.0.1\n\trequest_body {{\n\t\tmax_size 64MB\n\t}}\n{gate}{proxy(limits)}}}\n"
@@ -448,7 +456,7 @@ def _round_ratios(sf: list[dict[str, float]], bare: list[dict[str, float]]) -> d
     return {"rps": (min(rps), max(rps)) if rps else (float("nan"),) * 2, "cpu": (min(cpu), max(cpu)) if cpu else (float("nan"),) * 2}
 
 
-def report_saturation(small: dict[str, dict[str, float]], spread: dict[str, tuple[float, float]]) -> None:
+def report_saturation(small: dict[str, dict[str, float]], spreads: dict[str, dict[str, tuple[float, float]]]) -> None:
     direct, bare = "direct", "bare caddy"
     print("\nsmall response (2 B), saturation: wrk -t2 -c%d (median of interleaved rounds)" % SATURATION_CONNECTIONS)
     print(f"  {'path':<34}{'req/s':>10}{'errors':>8}{'x direct':>10}{'x bare caddy':>14}{'proxy CPU us/req':>18}{'x bare caddy':>14}")
@@ -468,10 +476,12 @@ def report_saturation(small: dict[str, dict[str, float]], spread: dict[str, tupl
         previous = r
     sf = "serveform"
     print("\ngoals (issue 15: >= 0.95 of bare caddy with auth, counting and readiness on)")
-    print(f"  serveform / bare caddy, req/s:                    {_ratio(small[sf]['rps'], small[bare]['rps'])}"
-          f"   (rounds: {spread['rps'][0]:.3f} .. {spread['rps'][1]:.3f})")
-    print(f"  bare caddy / serveform, CPU per request:          {_ratio(small[bare]['cpu_us'], small[sf]['cpu_us'])}"
-          f"   (rounds: {spread['cpu'][0]:.3f} .. {spread['cpu'][1]:.3f})")
+    for base, spread in spreads.items():
+        print(f"  serveform / {base}, req/s:{' ' * (34 - len(base))}{_ratio(small[sf]['rps'], small[base]['rps'])}"
+              f"   (rounds: {spread['rps'][0]:.3f} .. {spread['rps'][1]:.3f})")
+        print(f"  {base} / serveform, CPU per request:{' ' * (24 - len(base))}{_ratio(small[base]['cpu_us'], small[sf]['cpu_us'])}"
+              f"   (rounds: {spread['cpu'][0]:.3f} .. {spread['cpu'][1]:.3f})")
+    print("  (against bare caddy with the gateway's logging, the ratios are what serveform's own features cost)")
 
 
 def report(small: dict[str, dict[str, float]], paced: dict[str, dict[str, float]], stream: dict[str, dict[str, float]]) -> None:
@@ -524,12 +534,14 @@ def main() -> int:
             start_chat(procs, port, f"c{i}")
         bare_small, bare_chat = free_port(), free_port()
         bare_pid = start_bare_caddy(procs, bare_small, bare_chat, small_ports, chat_ports)
+        quiet_small = free_port()
+        quiet_pid = start_bare_caddy(procs, quiet_small, free_port(), small_ports, chat_ports, name="quiet", proxy_log=False)
         sf_http, sf_https = free_port(), free_port()
         state = start_serveform(procs, sf_http, sf_https, small_ports, chat_ports)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         from serveform.gateway import read_status
 
-        pids: dict[str, list[int]] = {"direct": [], "bare caddy": [bare_pid], "serveform": [read_status(state)["caddy_pid"]]}
+        pids: dict[str, list[int]] = {"direct": [], "bare caddy": [bare_pid], "bare caddy, no proxy log": [quiet_pid], "serveform": [read_status(state)["caddy_pid"]]}
 
         breakdown_pid, breakdown = start_breakdown_caddy(procs, state, "small-plain")
         for step in breakdown:
@@ -537,6 +549,7 @@ def main() -> int:
         targets: dict[str, tuple[str, dict[str, str]]] = {
             "direct": (f"http://127.0.0.1:{small_ports[0]}/", {}),
             "bare caddy": (f"http://127.0.0.1:{bare_small}/", {}),
+            "bare caddy, no proxy log": (f"http://127.0.0.1:{quiet_small}/", {}),
             **breakdown,
             "serveform": (f"http://127.0.0.1:{sf_http}/", {"Host": "small-plain.localhost", **auth}),
         }
@@ -579,14 +592,14 @@ def main() -> int:
                 rounds[name].append(wrk(url, headers, saturation_seconds, SATURATION_CONNECTIONS, pids=pids.get(name) or None))
         for name, results in rounds.items():
             small[name] = {key: statistics.median(r[key] for r in results) for key in results[0]}
-        spread = _round_ratios(rounds["serveform"], rounds["bare caddy"])
+        spreads = {base: _round_ratios(rounds["serveform"], rounds[base]) for base in ("bare caddy", "bare caddy, no proxy log")}
         load = os.getloadavg()
         print(f"\nserveform gateway benchmark ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
               f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end of the saturation rounds, state in {state})")
-        report_saturation(small, spread)
+        report_saturation(small, spreads)
         if args.saturation_only:
             return 0
-        for step in breakdown:
+        for step in (*breakdown, "bare caddy, no proxy log"):
             del targets[step]
         pace_ms = 1000.0 * FIXED_RATE_CONNECTIONS / FIXED_RATE_RPS
         for name, (url, headers) in targets.items():
