@@ -52,11 +52,13 @@ __all__ = [
     "gateway_settings",
     "model_endpoint",
     "network_volumes",
+    "on_runtime_image",
     "package_spec",
     "preflight",
     "project_files",
     "register",
     "require",
+    "runtime_image_problems",
     "scaler_unit",
     "service_url",
     "tokens_secret",
@@ -80,6 +82,46 @@ def require(settings: StackSettings, problems: list[tuple[str, str]], key: str, 
     if value in (None, "", ()):
         problems.append((key, message))
     return value
+
+
+# `serveform:<cloud>.python_image: runtime`: services that name `python:` run in serveform's
+# runtime image, whose Python (Debian bookworm's, `serveform.image.build.PYTHON_VERSION`) is theirs.
+RUNTIME_IMAGE = "runtime"
+RUNTIME_PYTHON = "3.11"
+
+
+def runtime_image_problems(
+    plans: Sequence[ServicePlan], key: str, python_image: str | None, runtime_image: str | None
+) -> list[tuple[str, str]]:
+    """What stops `python_image: runtime` (key: the cloud's settings key, `serveform:aws`)."""
+    if python_image != RUNTIME_IMAGE:
+        return []
+    problems: list[tuple[str, str]] = []
+    if not runtime_image:
+        problems.append((f"{key}.runtime_image", "required with python_image: runtime (the runtime image as the VMs pull it, "
+                         "e.g. REGISTRY/serveform@sha256:...; `serveform image push REGISTRY` puts it there)"))
+    for plan in plans:
+        python = plan.replica_group.python
+        if plan.replica_group.image_from == "python" and python and python != RUNTIME_PYTHON:
+            problems.append((f"{key}.python_image", f"runtime: the runtime image has Python {RUNTIME_PYTHON}, "
+                             f"but {plan.file} asks for python: {python!r}"))
+    return problems
+
+
+def on_runtime_image(plan: ServicePlan, image: str) -> ServicePlan:
+    """A `python:` plan run in serveform's runtime image: that image, without dstack's venv setup.
+
+    dstack's setup makes a fresh venv on its base image, where the chat example's aiohttp is
+    missing; the runtime image's Python already has it (as on Kubernetes with `python_image: runtime`).
+    """
+    from serveform.translator.compiler import python_setup
+
+    group = plan.replica_group
+    if group.image_from != "python":
+        return plan
+    prefix = python_setup(group.python) if group.python else ()
+    setup = group.setup[len(prefix):] if group.setup[: len(prefix)] == prefix else group.setup
+    return plan.model_copy(update={"replica_group": group.model_copy(update={"image": image, "setup": setup})})
 
 
 def checked(settings: StackSettings, problems: Sequence[tuple[str, str]], compute: Callable[[], T]) -> T:

@@ -136,6 +136,20 @@ class AwsSettings(_Settings):
     zone_id: Annotated[str | None, Field(description="Route 53 hosted zone of the domain, for `*.<domain>`.")] = None
     ami: Annotated[str | None, Field(description="GPU machine image; default: the region's Deep Learning Base AMI.")] = None
     key_name: str | None = None
+    python_image: Annotated[
+        str | None,
+        Field(description="Image for services that give `python:` instead of an `image:` (dstack's base image when "
+              "unset). `runtime`: serveform's runtime image (`runtime_image`), which has Python 3.11 and the "
+              "gateway's dependencies, so a CPU service such as the chat example runs its `commands` as written "
+              "(a fresh venv on dstack's base image lacks aiohttp)."),
+    ] = None
+    runtime_image: Annotated[
+        str | None,
+        Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$",
+              description="serveform's runtime image as the replica VMs pull it, best by digest "
+              "(`REGISTRY/serveform@sha256:...`; `serveform image push REGISTRY` copies it there). Required "
+              "with `python_image: runtime`: a VM has no checkout to build it from."),
+    ] = None
 
 
 class GcpSettings(_Settings):

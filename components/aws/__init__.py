@@ -54,6 +54,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:aws.vpc_id", "required when serveform:aws.subnet_ids is set (the subnets' VPC)"))
     if settings.gateway.tls == "acme_dns" and settings.gateway.dns_provider == "route53" and not cfg.zone_id:
         problems.append(("serveform:aws.zone_id", "required for tls acme_dns with dns_provider route53 (the hosted zone of the domain)"))
+    problems.extend(_cloud.runtime_image_problems(plans, "serveform:aws", cfg.python_image, cfg.runtime_image))
     caps = _cloud.preflight(settings, plans, "aws", problems, region=region)
     assert region is not None
     artifacts = _cloud.gateway_artifacts("aws")
@@ -102,7 +103,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
 
     def group(common: _cloud.GroupCommon, gateway: Gateway, volumes: dict[str, Volume]) -> GpuInstanceGroup:
         args = GpuInstanceGroupArgs(
-            **common,
+            **runtime(common),
             region=region,
             ami=gpu_ami,
             vpc_id=vpc_id,
@@ -113,6 +114,12 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             key_name=cfg.key_name,
         )
         return GpuInstanceGroup(common["plan"].name, args, opts)
+
+    def runtime(common: _cloud.GroupCommon) -> _cloud.GroupCommon:
+        # Only the replicas' boot changes: the gateway and the scaler keep the compiled plans.
+        if cfg.python_image != _cloud.RUNTIME_IMAGE or cfg.runtime_image is None:
+            return common
+        return {**common, "plan": _cloud.on_runtime_image(common["plan"], cfg.runtime_image)}
 
     _cloud.register(
         settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group,

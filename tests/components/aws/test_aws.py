@@ -192,3 +192,50 @@ def test_the_scalers_up_on_the_vm_keeps_the_artifacts_it_booted_from(recording, 
     sources = [r for r in again.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2" and r.name.startswith("gateway-artifact-")]
     assert len(sources) == 3
 
+
+
+def _replica_run_sh(rec, service):
+    """The run.sh a group's launch template writes (its user data is base64 cloud-config)."""
+    doc = yaml.safe_load(base64.b64decode(rec.one("aws:ec2/launchTemplate:LaunchTemplate", f"{service}-template").inputs["userData"]))
+    return next(f["content"] for f in doc["write_files"] if f["path"] == "/opt/serveform/replica/run.sh")
+
+
+def test_python_services_can_run_in_the_runtime_image(tmp_path):
+    """`python_image: runtime`: a `python: "3.11"` service pulls the stack's runtime image, without dstack's venv setup."""
+    from serveform.translator import CompileContext, compile_text
+
+    text = "type: service\nname: pysvc\npython: \"3.11\"\ncommands:\n  - python stacks/examples/chat_server.py\nport: 8000\n"
+    plan = compile_text(text, file=str(tmp_path / "pysvc.dstack.yml"), context=CompileContext(backend="aws", regions=("us-east-1",))).plan
+    assert "uv venv" in " ".join(plan.replica_group.setup)  # dstack's setup, for its base image
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/serveform@sha256:" + "a" * 64
+    others = [p for n, p in example_plans("aws").items() if n == "private-image"]
+    config = {"serveform:aws": {**CONFIG["serveform:aws"], "python_image": "runtime", "runtime_image": image}}
+    rec = deploy("aws", make_settings("aws", config), [plan, *others])
+    run_sh = _replica_run_sh(rec, "pysvc")
+    assert f"IMAGE={image}\n" in run_sh
+    assert "uv venv" not in run_sh and "python stacks/examples/chat_server.py" in run_sh
+    # A service naming its image keeps it; the gateway's routes are the compiled plans'.
+    assert "IMAGE=ghcr.io/peterschmidt85/base:py3.13-0.6-cuda-12.1\n" in _replica_run_sh(rec, "private-image")
+    # Unset: dstack's base image and its venv setup, as dstack runs them.
+    rec = deploy("aws", make_settings("aws", CONFIG), [plan])
+    assert "IMAGE=dstackai/base:0.16-base-ubuntu24.04\n" in _replica_run_sh(rec, "pysvc")
+
+
+def test_the_runtime_image_needs_its_reference_and_python_3_11(tmp_path):
+    import pulumi
+    import pytest
+
+    from _pulumi_harness import Recording, run_program
+
+    from serveform.components import aws as backend
+    from serveform.translator import CompileContext, compile_text
+
+    text = "type: service\nname: old\npython: \"3.10\"\ncommands: [python -V]\nport: 8000\n"
+    plan = compile_text(text, file="old.dstack.yml", context=CompileContext(backend="aws", regions=("us-east-1",))).plan
+    settings = make_settings("aws", {"serveform:aws": {**CONFIG["serveform:aws"], "python_image": "runtime"}})
+    rec = Recording()
+    with pytest.raises(pulumi.RunError) as info:
+        run_program(lambda: backend.deploy(settings, [plan]), recording=rec)
+    assert "serveform:aws.runtime_image: required with python_image: runtime" in str(info.value)
+    assert "serveform:aws.python_image: runtime: the runtime image has Python 3.11, but old.dstack.yml asks for python: '3.10'" in str(info.value)
+    assert rec.resources == []
