@@ -8,9 +8,13 @@
 - `Moto` is moto's server mode bound to the host side's address, with a log of the calls.
 - `Vm` is one container: an overlay of the cached root (the cached root stays read-only), the
   NoCloud seed, `systemd-nspawn --boot` in the namespace, the console captured to a file.
+- `Lan` is a bridge with one namespace per VM on it (a VPC subnet: the gateway VM reaches the
+  replica VM), moto and the registry on the bridge's host address.
+- `Registry` is an OCI registry (go-containerregistry's, tools/vmboot/setup.sh) that the replica
+  VM pulls the runtime image from.
 
-Everything created is removed by `close()` (processes, mounts, the namespace and its veth); the
-fixtures call it on every path.
+Everything created is removed by `close()` (processes, mounts, the namespaces, veths and the
+bridge); the fixtures call it on every path.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +45,7 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 120, **kwargs) 
 
 
 def prepare() -> dict[str, str]:
-    """tools/vmboot/setup.sh's KEY=VALUE lines (ROOT, MOTO_SERVER); it installs what is missing."""
+    """tools/vmboot/setup.sh's KEY=VALUE lines (ROOT, REPLICA_ROOT, REGISTRY, MOTO_SERVER); it installs what is missing."""
     result = run(["bash", str(SETUP)], timeout=1800)
     return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 
@@ -180,6 +185,9 @@ class Vm:
         self.proc: subprocess.Popen | None = None
         self.console = folder / "console.log"
         self.boots = 0
+        # `--bind=HOST:GUEST` mounts for the container (e.g. a container engine's storage, which
+        # overlayfs refuses on the overlay root).
+        self.binds: list[str] = []
 
     def seed(self, user_data: bytes, *, instance_id: str, environment: dict[str, str]) -> None:
         """The NoCloud seed, and the test's knobs as a drop-in for every service (AWS_ENDPOINT_URL...)."""
@@ -201,7 +209,7 @@ class Vm:
         out.flush()
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no", "--keep-unit", "-M", self.name,
-             "--console=pipe", f"--network-namespace-path=/run/netns/{self.network.name}"],
+             "--console=pipe", f"--network-namespace-path=/run/netns/{self.network.name}", *(f"--bind={b}" for b in self.binds)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
@@ -294,3 +302,102 @@ def _descendants(pid: int) -> list[int]:
             found.append(child)
             queue.append(child)
     return found
+
+
+class Lan:
+    """A bridge on the host (its address: moto, the registry) with one namespace per VM on it:
+    the gateway reaches the replica as it would in a VPC subnet, and nothing else."""
+
+    def __init__(self, name: str) -> None:
+        used = _used_networks()
+        for _ in range(200):
+            subnet = ipaddress.ip_network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
+            if not any(subnet.overlaps(u) for u in used):
+                break
+        else:
+            raise RuntimeError("no free 10.x.y.0/24 for the boot test's network")
+        self.subnet = subnet
+        self.host_ip = str(list(subnet.hosts())[0])
+        self.guest_ip = ""  # each VM has its own (`attach`)
+        self.bridge = f"br-{name[-12:]}"
+        self.members: list[Network] = []
+        try:
+            run(["ip", "link", "add", self.bridge, "type", "bridge"])
+            run(["ip", "addr", "add", f"{self.host_ip}/{subnet.prefixlen}", "dev", self.bridge])
+            run(["ip", "link", "set", self.bridge, "up"])
+        except BaseException:
+            self.close()
+            raise
+
+    def attach(self, name: str, guest_ip: str) -> Network:
+        """A namespace `name` whose `host0` has ``guest_ip`` on the bridge."""
+        net = Network(name=name, subnet=self.subnet, host_ip=self.host_ip, guest_ip=guest_ip, veth=f"vh-{name[-12:]}")
+        self.members.append(net)
+        run(["ip", "netns", "add", name])
+        run(["ip", "link", "add", net.veth, "type", "veth", "peer", "name", "host0", "netns", name])
+        run(["ip", "link", "set", net.veth, "master", self.bridge])
+        run(["ip", "link", "set", net.veth, "up"])
+        run(["ip", "-n", name, "link", "set", "lo", "up"])
+        run(["ip", "-n", name, "addr", "add", f"{guest_ip}/{self.subnet.prefixlen}", "dev", "host0"])
+        run(["ip", "-n", name, "link", "set", "host0", "up"])
+        return net
+
+    def close(self) -> None:
+        for net in self.members:
+            net.close()
+        run(["ip", "link", "del", self.bridge], check=False)
+
+
+_FORWARDER = """
+import asyncio, sys
+listen_host, listen_port, target_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+async def handle(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+async def main():
+    server = await asyncio.start_server(handle, listen_host, listen_port)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+class Registry:
+    """An OCI registry (go-containerregistry's) on loopback, forwarded to ``host`` (it binds loopback only)."""
+
+    def __init__(self, binary: str, host: str, folder: Path) -> None:
+        self._out = open(folder / "registry.log", "w")
+        self.local_port = free_port("127.0.0.1")
+        self.port = free_port(host)
+        self.address = f"{host}:{self.port}"
+        self.procs = [
+            subprocess.Popen([binary, "-port", str(self.local_port)], stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True),
+            subprocess.Popen([sys.executable, "-c", _FORWARDER, host, str(self.port), str(self.local_port)],
+                             stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True),
+        ]
+        try:
+            wait_port("127.0.0.1", self.local_port, timeout=120)
+            wait_port(host, self.port, timeout=60)
+        except BaseException:
+            self.close()
+            raise
+
+    def push(self, archive: Path, name: str) -> str:
+        """Copy an OCI archive's image to ``name`` here (tag `latest`); the pushed manifest's digest."""
+        digest = Path(self._out.name).with_name(f"{name.replace('/', '-')}.digest")
+        run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"--digestfile={digest}",
+             f"oci-archive:{archive}", f"docker://127.0.0.1:{self.local_port}/{name}"], timeout=600)
+        return digest.read_text().strip()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(10)
+        self._out.close()

@@ -50,8 +50,11 @@ class _BootMocks(_pulumi_harness.Mocks):
         return ident, state
 
 
-def _render(monkeypatch_env: dict[str, str]) -> dict:
-    """The aws stack's gateway: its user data, its artifacts (key -> file) and its secrets (ID -> value)."""
+def _render(monkeypatch_env: dict[str, str], *, aws: dict | None = None) -> dict:
+    """The aws stack's gateway: its user data, its artifacts (key -> file) and its secrets (ID -> value).
+
+    ``aws``: more `serveform:aws` keys (the replica test's runtime image).
+    """
     from serveform.components import aws as aws_backend
     from serveform.components.program import compile_plans
     from serveform.stacks.settings import StackSettings
@@ -60,6 +63,7 @@ def _render(monkeypatch_env: dict[str, str]) -> dict:
     # The internal CA instead of ACME (no DNS here); a token of the test's own.
     config["serveform:gateway"] = {"tls": "internal"}
     config["serveform:tokens"] = [TOKEN]
+    config["serveform:aws"] = {**config["serveform:aws"], **(aws or {})}
     # The stack's own name: the scaler's project copy holds stacks/Pulumi.aws.yaml.
     settings = StackSettings.from_config(config, stack="aws", project_dir=str(ROOT))
     plans = compile_plans(settings)
@@ -87,7 +91,9 @@ def _render(monkeypatch_env: dict[str, str]) -> dict:
     user_data = gzip.decompress(seed).decode()
     bucket = re.search(r"/opt/serveform/bin/serveform-fetch artifact \S+ \S+ (\S+) ", user_data).group(1)
     group = next(r for r in recording.resources if r.type == "aws:autoscaling/group:Group")
-    return {"user_data": user_data, "seed": seed, "objects": objects, "secrets": secrets, "bucket": bucket, "group": group.inputs["name"],
+    template = next(r for r in recording.resources if r.type == "aws:ec2/launchTemplate:LaunchTemplate")
+    return {"replica_seed": base64.b64decode(template.inputs["userData"]), "image": plans[0].replica_group.image,
+            "user_data": user_data, "seed": seed, "objects": objects, "secrets": secrets, "bucket": bucket, "group": group.inputs["name"],
             "port": plans[0].replica_group.container_port, "host": f"chat.{DOMAIN}"}
 
 

@@ -6,7 +6,7 @@
 #     ~/.cache/serveform/vmboot/root-<key>/ (key: suite, mirror, package list, recipe), read-only
 #     afterwards: each test boots an overlay of it;
 #   - moto[server] (tools/k8s/build.sh moto): the AWS API stand-in.
-# Prints KEY=VALUE lines (ROOT=, MOTO_SERVER=) for the test fixture.
+# Prints KEY=VALUE lines (ROOT=, REPLICA_ROOT=, REGISTRY=, MOTO_SERVER=) for the test fixture.
 # usage: tools/vmboot/setup.sh
 set -euo pipefail
 
@@ -67,7 +67,50 @@ if [ ! -f "$DEST/.complete" ]; then
   mv "$DEST.tmp" "$DEST"
   log "root ready"
 fi
+# A replica VM's image: the base root plus what the GPU image brings (a container engine with a
+# docker CLI, awscli for the secrets and volumes steps). Debian's podman with podman-docker stands
+# in for Docker (nested in systemd-nspawn it runs with crun and no cgroups; the test configures
+# that in its overlay), awscli is Debian's.
+REPLICA_PACKAGES="podman podman-docker crun uidmap awscli"
+RKEY=$(printf '%s\n' "$KEY" "$REPLICA_PACKAGES" | sha256sum | cut -c1-12)
+RDEST=$CACHE/vmboot/replica-$RKEY
+if [ ! -f "$RDEST/.complete" ]; then
+  log "replica root: $REPLICA_PACKAGES into $RDEST (about 1 minute, once)"
+  rm -rf "$RDEST.tmp"
+  cp -a "$DEST" "$RDEST.tmp"
+  rm -f "$RDEST.tmp/.complete"
+  cp "$RDEST.tmp/etc/apt/sources.list" "$RDEST.tmp/etc/apt/sources.list.offline"
+  echo "deb $MIRROR $SUITE main" > "$RDEST.tmp/etc/apt/sources.list"
+  cp /etc/resolv.conf "$RDEST.tmp/etc/resolv.conf"
+  chroot "$RDEST.tmp" sh -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $REPLICA_PACKAGES" \
+    >"$CACHE/vmboot/replica-apt.log" 2>&1 || { tail -20 "$CACHE/vmboot/replica-apt.log" >&2; exit 1; }
+  mv "$RDEST.tmp/etc/apt/sources.list.offline" "$RDEST.tmp/etc/apt/sources.list"
+  rm -f "$RDEST.tmp/etc/resolv.conf"  # this machine's resolver, for apt only
+  rm -rf "$RDEST.tmp/var/lib/apt/lists/"* "$RDEST.tmp/var/cache/apt/archives/"*.deb
+  echo "serveform-replica" > "$RDEST.tmp/etc/hostname"
+  touch "$RDEST.tmp/.complete"
+  mv "$RDEST.tmp" "$RDEST"
+fi
+# An OCI registry (go-containerregistry's, from the Go module proxy; it keeps blobs in memory):
+# the registry the replica test's stack names for the runtime image (as ECR would be), which the
+# replica VM pulls from by digest. skopeo pushes the image's OCI archive into it.
+REGISTRY_VERSION=v0.20.2
+REGISTRY_BIN=$CACHE/registry-$REGISTRY_VERSION/bin
+if [ ! -x "$REGISTRY_BIN/registry" ]; then
+  log "registry: go install github.com/google/go-containerregistry/cmd/registry@$REGISTRY_VERSION"
+  mkdir -p "$REGISTRY_BIN"
+  GOBIN=$REGISTRY_BIN GOFLAGS=-buildvcs=false go install "github.com/google/go-containerregistry/cmd/registry@$REGISTRY_VERSION" >&2
+fi
+if ! command -v skopeo >/dev/null; then
+  log "apt-get install skopeo"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q skopeo >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q skopeo >/dev/null
+  }
+fi
 MOTO=$("$ROOT/tools/k8s/build.sh" paths | sed -n 's/^MOTO_SERVER=//p')
 "$ROOT/tools/k8s/build.sh" moto >&2
 echo "ROOT=$DEST"
+echo "REPLICA_ROOT=$RDEST"
+echo "REGISTRY=$REGISTRY_BIN/registry"
 echo "MOTO_SERVER=$MOTO"
