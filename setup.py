@@ -8,7 +8,7 @@ in pyproject.toml, keeps a new `components/<backend>/` from being left out.
 
 from setuptools import find_packages, setup
 
-_FOLDERS = ["translator", "bundle", "components", "gateway", "scaler", "stacks", "image"]
+_FOLDERS = ["translator", "bundle", "components", "gateway", "scaler", "stacks", "image", "aws"]
 
 setup(
     package_dir={"serveform": "."},

@@ -261,6 +261,8 @@ class GatewayGroupRef:
     """The group's (fixed) name."""
     port: int
     """The service port on each replica."""
+    scaled: bool = False
+    """Whether the service autoscales (the gateway's scaler changes its group's size)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,7 +383,7 @@ def register(
     """Register a VM backend's components and export its endpoints.
 
     The backend passes its constructors: ``group_name(stack, service)`` its fixed group names,
-    ``group_ref(group_name=, port=)`` its `GatewayGroupRef`, ``volume(name, common)`` one
+    ``group_ref(group_name=, port=, scaled=)`` its `GatewayGroupRef`, ``volume(name, common)`` one
     network volume's component, ``gateway(common)`` the gateway's and ``group(common, gateway,
     volumes)`` one service's group (given the plan's network volumes by name). Every group
     component has a ``group_name`` output and the gateway ``address`` and ``dns_name``.
@@ -396,7 +398,10 @@ def register(
             stack=settings.stack,
             domain=settings.domain,
             gateway_document=gateway_document(settings, plans),
-            groups={p.name: group_ref(group_name=names[p.name], port=p.replica_group.container_port) for p in plans},
+            groups={
+                p.name: group_ref(group_name=names[p.name], port=p.replica_group.container_port, scaled=p.scaling is not None)
+                for p in plans
+            },
             tokens=tokens_secret(settings),
             dns_provider=settings.gateway.dns_provider,
             package_spec=package_spec(plans),
@@ -529,17 +534,31 @@ def package_spec(plans: Sequence[ServicePlan]) -> str:
 
 
 def scaler_unit(settings: StackSettings, plans: Sequence[ServicePlan]) -> str | None:
-    """The scaler's systemd unit (the scaler package's template) when any service autoscales."""
+    """The scaler's systemd unit (the scaler package's template) when any service autoscales.
+
+    On AWS the scaler sets its groups' desired capacity itself (Auto Scaling's API, the instance
+    role), from the boot document's gateway.json and discovery.json: no project copy, Pulumi or
+    state credentials on the VM. GCP and Azure still apply counts with a scale `pulumi up`.
+    """
     if not any(p.scaling for p in plans):
         return None
     from serveform.scaler import render_unit
 
-    from ._vm import GATEWAY_METRICS_PORT, SCALER_USER, VM_ARTIFACTS_ENV, VM_ARTIFACTS_FILE
+    from ._vm import GATEWAY_CONFIG_DIR, GATEWAY_METRICS_PORT, SCALER_USER, VM_ARTIFACTS_ENV, VM_ARTIFACTS_FILE, scaler_runs_up
 
+    metrics_url = f"http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics"
+    if not scaler_runs_up(settings.backend):
+        return render_unit(
+            stack=settings.stack,
+            user=SCALER_USER,
+            metrics_url=metrics_url,
+            aws_groups=f"{GATEWAY_CONFIG_DIR}/discovery.json",
+            gateway_config=f"{GATEWAY_CONFIG_DIR}/gateway.json",
+        )
     return render_unit(
         stack=settings.stack,
         user=SCALER_USER,
-        metrics_url=f"http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics",
+        metrics_url=metrics_url,
         # Its `up` keeps the artifacts the VM booted from (no checkout here to build them from).
         environment={VM_ARTIFACTS_ENV: VM_ARTIFACTS_FILE},
     )
@@ -551,8 +570,11 @@ def project_files(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict
     The scaler's `up` rebuilds the stack from the last deployment's inputs (kept in the stack's
     state), so these files are the program and the stack's secrets settings; replica counts are
     not in them, and the gateway's boot document does not change (nor replace the VM) when it scales.
+    None on AWS, whose scaler runs no `up` (`scaler_unit`).
     """
-    if not any(p.scaling for p in plans):
+    from ._vm import scaler_runs_up
+
+    if not any(p.scaling for p in plans) or not scaler_runs_up(settings.backend):
         return {}
     import yaml
 

@@ -45,6 +45,7 @@ __all__ = [
     "secret_env_names",
     "scaler_env_document",
     "scaler_environment",
+    "scaler_runs_up",
     "secret_payload",
     "short_name",
 ]
@@ -76,6 +77,8 @@ CODE_ROOT = "/opt/serveform/code"
 # cloud's fetcher shares (components/boot/_fetch.py) beside it: the script's folder is on its path.
 FETCH_BIN = "/opt/serveform/bin/serveform-fetch"
 FETCH_LIB = "/opt/serveform/bin/_fetch.py"
+# AWS's fetcher signs its calls with serveform.aws.client (standard library only), written beside it.
+FETCH_AWS_LIB = "/opt/serveform/bin/serveform_aws.py"
 # Where a boot failure is also written, so it shows on the serial console (cloud logs of the VM).
 CONSOLE = "/dev/console"
 # Caddy with the cloud's DNS module, for the wildcard certificate's DNS challenge.
@@ -393,7 +396,10 @@ def replica_user_data(boot: ReplicaBoot) -> str:
 
 def fetch_files(cloud: Cloud) -> dict[str, str]:
     """The boot's fetcher of ``cloud`` and the part every cloud's shares: VM path → text (user data's write_files)."""
-    return {FETCH_BIN: (_BOOT / f"{cloud}_fetch.py").read_text(), FETCH_LIB: (_BOOT / "_fetch.py").read_text()}
+    files = {FETCH_BIN: (_BOOT / f"{cloud}_fetch.py").read_text(), FETCH_LIB: (_BOOT / "_fetch.py").read_text()}
+    if cloud == "aws":
+        files[FETCH_AWS_LIB] = (_BOOT.parent.parent / "aws" / "client.py").read_text()
+    return files
 
 
 def _s3_location(plan: ServicePlan, code: CodeSource) -> dict[str, str]:
@@ -484,6 +490,13 @@ class GatewayBoot:
     """AWS: the bucket's region."""
 
 
+def scaler_runs_up(cloud: Cloud) -> bool:
+    """Whether the gateway VM's scaler applies counts with a scale `pulumi up` (GCP, Azure), so the
+    VM needs the Pulumi CLI, a project copy and the state's credentials; on AWS it sets its groups'
+    desired capacity with the instance role (`serveform.scaler.autoscaling`) and needs none."""
+    return cloud != "aws"
+
+
 def scaler_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The scaler's environment taken from the deploying one (SCALER_ENV_NAMES that are set).
 
@@ -542,10 +555,11 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         config_dir=GATEWAY_CONFIG_DIR,
         state_dir=GATEWAY_STATE_DIR,
         scaler=boot.scaler_unit is not None,
+        scaler_up=boot.scaler_unit is not None and scaler_runs_up(boot.cloud),
         pulumi_version=PULUMI_VERSION,
         project_dir=SCALER_PROJECT_DIR,
         scaler_state_dir=SCALER_STATE_DIR,
-        scaler_env_secret=boot.scaler_env_secret if boot.scaler_unit is not None else None,
+        scaler_env_secret=boot.scaler_env_secret if boot.scaler_unit is not None and scaler_runs_up(boot.cloud) else None,
         scaler_env_file=SCALER_ENV_FILE,
         gateway_user=GATEWAY_USER,
         scaler_user=SCALER_USER,
@@ -573,7 +587,8 @@ def gateway_user_data(boot: GatewayBoot) -> str:
         config_dir=GATEWAY_CONFIG_DIR,
         state_dir=GATEWAY_STATE_DIR,
         project_dir=SCALER_PROJECT_DIR,
-        project_files=boot.project_files if boot.scaler_unit is not None else {},
+        # The project copy serves a scaler's `up` only (GCP, Azure).
+        project_files=boot.project_files if boot.scaler_unit is not None and scaler_runs_up(boot.cloud) else {},
         fetch_files=fetch_files(boot.cloud) if boot.artifacts else {},
         artifacts_json=json.dumps(
             {"bucket": boot.artifact_bucket, "artifacts": [a.__dict__ for a in boot.artifacts]}, sort_keys=True, indent=2

@@ -87,6 +87,15 @@ def add_scaler_commands(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--state", type=Path, help="the state file (default .serveform/scaler/<stack>/scaler-state.json)")
     run.add_argument("--project-dir", type=Path, help="the project directory (default: SERVEFORM_PROJECT_DIR or the checkout)")
+    run.add_argument(
+        "--aws-groups", type=Path, metavar="FILE",
+        help="an AWS gateway VM's discovery.json: set the services' auto scaling groups' desired capacity "
+        "with the instance role (Auto Scaling API) instead of running pulumi up",
+    )
+    run.add_argument(
+        "--gateway-config", type=Path, metavar="FILE",
+        help="a VM gateway's gateway.json: watch the services it serves (with --aws-groups; no stack state needed)",
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_run)
 
@@ -123,8 +132,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         print("serveform scaler: error: --interval must be > 0", file=sys.stderr)
         return _EXIT_BAD_INPUT
+    if args.gateway_config is not None and args.aws_groups is None:
+        print("serveform scaler: error: --gateway-config needs --aws-groups (the groups' counts are the starting point)", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    for flag, path in (("--aws-groups", args.aws_groups), ("--gateway-config", args.gateway_config)):
+        if path is not None and not path.is_file():
+            print(f"serveform scaler: error: {flag} {path}: no such file", file=sys.stderr)
+            return _EXIT_BAD_INPUT
     project = (args.project_dir or project_dir()).resolve()
-    if not (project / "stacks" / f"Pulumi.{args.stack}.yaml").is_file():
+    if args.gateway_config is None and not (project / "stacks" / f"Pulumi.{args.stack}.yaml").is_file():
         print(f"serveform scaler: error: {project}/stacks/Pulumi.{args.stack}.yaml: no such stack config", file=sys.stderr)
         return _EXIT_BAD_INPUT
     state = args.state or default_state_path(project, args.stack)
@@ -149,6 +165,8 @@ def _run(args: argparse.Namespace) -> int:
         listen=None if args.listen == "off" else args.listen,
         dry_run=args.dry_run,
         state_path=state,
+        aws_groups=args.aws_groups,
+        gateway_config=args.gateway_config,
     )
     return asyncio.run(run(config))
 

@@ -49,6 +49,7 @@ __all__ = [
     "Scaler",
     "WatchedService",
     "default_state_path",
+    "load_gateway_services",
     "load_services",
     "run",
 ]
@@ -106,6 +107,41 @@ def load_services(
                 host=f"{plan.route.subdomain}.{domain}",
                 policy=policy,
                 configured=deployed_count.count if deployed_count is not None else None,
+                initial=plan.replicas.initial,
+            )
+        )
+    return services, problems
+
+
+def load_gateway_services(path: str | os.PathLike[str], counts: Mapping[str, int]) -> tuple[list[WatchedService], list[str]]:
+    """The scaled services of a VM gateway's `gateway.json` (the plans and domain it serves, as
+    deployed), each starting from ``counts`` (its group's desired capacity); one message per plan
+    that does not load.
+
+    What the scaler on an AWS gateway VM watches: the deployment wrote that file, so it needs
+    neither the stack's state nor a copy of the project.
+    """
+    from ..translator.plan import ServicePlan
+
+    data = json.loads(Path(path).read_text())
+    domain = str(data["settings"]["domain"])
+    services: list[WatchedService] = []
+    problems: list[str] = []
+    for raw in data.get("plans") or ():
+        try:
+            plan = ServicePlan.model_validate(raw)
+        except ValueError as exc:
+            problems.append(f"{path}: plan {raw.get('name') if isinstance(raw, dict) else '?'}: {exc}")
+            continue
+        policy = policy_for(plan)
+        if policy is None:
+            continue
+        services.append(
+            WatchedService(
+                name=plan.name,
+                host=f"{plan.route.subdomain}.{domain}",
+                policy=policy,
+                configured=counts.get(plan.name),
                 initial=plan.replicas.initial,
             )
         )
@@ -394,6 +430,12 @@ class ScalerConfig:
     state_path: Path | None = None
     services: Sequence[WatchedService] | None = field(default=None)
     """Fixed services (tests); None: read from the stack config and refreshed."""
+    aws_groups: Path | None = None
+    """A VM gateway's discovery.json: apply counts to its AWS auto scaling groups directly
+    (`AutoScalingApplier`, the instance role's credentials) instead of a `pulumi up`."""
+    gateway_config: Path | None = None
+    """A VM gateway's gateway.json: the services to watch (instead of the stack's outputs), each
+    starting from its group's desired capacity. Needs `aws_groups`."""
 
 
 class _Endpoint:
@@ -429,6 +471,8 @@ async def run(
 
     from .applier import PulumiApplier
 
+    if config.gateway_config is not None and config.aws_groups is None and applier is None:
+        raise ValueError("gateway_config needs aws_groups: the groups' counts are the starting point")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -440,8 +484,15 @@ async def run(
     store = StateStore(config.state_path or default_state_path(config.project_dir, config.stack))
     worker: ApplyWorker | None = None
     scaler_ref: list[Scaler] = []
+    groups = None
+    if applier is None and config.aws_groups is not None:
+        from ..aws.client import instance_credentials
+        from .autoscaling import AutoScalingApplier, groups_from_discovery
+
+        names, region = groups_from_discovery(config.aws_groups)
+        groups = AutoScalingApplier(names, region, credentials=instance_credentials)
     if not config.dry_run:
-        applier = applier or PulumiApplier(config.stack, config.project_dir, on_output=_pulumi_log)
+        applier = applier or groups or PulumiApplier(config.stack, config.project_dir, on_output=_pulumi_log)
         worker = ApplyWorker(applier, on_applied=lambda counts: scaler_ref[0].mark_applied(counts))
     scaler = Scaler(store=store, worker=worker, clock=clock, dry_run=config.dry_run)
     scaler_ref.append(scaler)
@@ -453,12 +504,21 @@ async def run(
     healthy_after = HEALTHY_TICK_INTERVALS * config.interval_seconds
 
     reader = applier if isinstance(applier, PulumiApplier) else None
-    if reader is None and config.services is None:
+    if reader is None and config.services is None and config.gateway_config is None:
         reader = PulumiApplier(config.stack, config.project_dir)
+    groups = groups or applier  # with gateway_config: what reads the groups' counts
 
     def load() -> None:
         if config.services is not None:
             scaler.set_services(config.services)
+            return
+        if config.gateway_config is not None:
+            # Without the groups' counts the scaler would start from guesses: watch nothing yet,
+            # and try again at the next refresh of the catalog.
+            services, problems = load_gateway_services(config.gateway_config, groups.read_replicas())
+            for problem in problems:
+                log.error("service skipped: %s", problem)
+            scaler.set_services(services)
             return
         try:
             outputs = reader.outputs() if reader is not None else None
@@ -470,7 +530,10 @@ async def run(
             log.error("service file skipped: %s", problem)
         scaler.set_services(services)
 
-    await asyncio.to_thread(load)
+    try:
+        await asyncio.to_thread(load)
+    except Exception as exc:  # the cloud API unreachable for now: the next refresh tries again
+        log.error("cannot read the services of stack %s yet: %s", config.stack, _short(exc))
     log.info(
         "watching %d service(s) of stack %s: %s%s",
         len(scaler.services),

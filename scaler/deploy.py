@@ -102,9 +102,15 @@ def scaler_argv(
     access_log: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     metrics_token_file: str | os.PathLike[str] | None = None,
+    aws_groups: str | os.PathLike[str] | None = None,
+    gateway_config: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The scaler's command line."""
     argv = [python, "-m", "serveform.scaler", "run", "--stack", stack]
+    if aws_groups:
+        argv += ["--aws-groups", str(aws_groups)]
+    if gateway_config:
+        argv += ["--gateway-config", str(gateway_config)]
     if metrics_url:
         argv += ["--metrics-url", metrics_url]
     if metrics_token_file:
@@ -135,13 +141,18 @@ def render_unit(
     user: str = "serveform",
     listen: str = DEFAULT_LISTEN_ADDRESS,
     environment: Mapping[str, str] | None = None,
+    aws_groups: str | None = None,
+    gateway_config: str | None = None,
 ) -> str:
     """`serveform-scaler.service` for a gateway host (installed by the VM backends' gateway).
 
     ``environment``: more variables for the scaler and its `up` (plain values, never secrets).
 
-    The host must hold the stack's project (Pulumi.yaml, `stacks/Pulumi.<stack>.yaml`, the service
-    files) in `project_dir`, and the stack's backend URL and passphrase in `env_file`.
+    With ``aws_groups`` (the AWS gateway's discovery.json) and ``gateway_config`` (its
+    gateway.json) the scaler sets its groups' desired capacity with the instance role: the unit
+    has no project, no Pulumi and no environment file. Otherwise (GCP, Azure) the host must hold
+    the stack's project (Pulumi.yaml, `stacks/Pulumi.<stack>.yaml`, the service files) in
+    `project_dir`, and the stack's backend URL and passphrase in `env_file`.
     """
     argv = scaler_argv(
         stack,
@@ -150,13 +161,16 @@ def render_unit(
         gateway_state_dir=None if metrics_url else gateway_state_dir,
         state_path=f"{state_dir}/{stack}.json",
         listen=listen,
+        aws_groups=aws_groups,
+        gateway_config=gateway_config,
     )
+    pulumi = aws_groups is None
     return _environment().get_template("serveform-scaler.service.j2").render(
         stack=stack,
         user=user,
-        project_dir=project_dir,
+        project_dir=project_dir if pulumi else None,
         state_dir=state_dir,
-        env_file=env_file,
+        env_file=env_file if pulumi else None,
         argv=argv,
         stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
         environment=dict(environment or {}),

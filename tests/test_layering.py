@@ -21,6 +21,8 @@ FORBIDDEN = {
     "bundle": ("pulumi", "serveform.components", "serveform.gateway", "serveform.scaler", "serveform.stacks"),
     "scaler": ("serveform.components",),
     "gateway": ("pulumi", "serveform.components", "serveform.scaler"),
+    # AWS's APIs with the standard library: a VM's boot fetcher runs it before serveform is installed.
+    "aws": ("pulumi", "serveform.bundle", "serveform.components", "serveform.gateway", "serveform.scaler", "serveform.stacks", "serveform.translator", "serveform.image"),
 }
 
 

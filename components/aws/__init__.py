@@ -57,7 +57,9 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     problems.extend(_cloud.runtime_image_problems(plans, "serveform:aws", cfg.python_image, cfg.runtime_image))
     caps = _cloud.preflight(settings, plans, "aws", problems, region=region)
     assert region is not None
-    artifacts = _cloud.gateway_artifacts("aws")
+    # Not the Pulumi CLI: the AWS gateway's scaler sets its groups' desired capacity with the
+    # instance role and runs no `up` (serveform.scaler.autoscaling).
+    artifacts = tuple(a for a in _cloud.gateway_artifacts("aws") if a.name != "pulumi")
     built: dict[str, Gateway] = {}
 
     provider = aws.Provider("aws", region=region)

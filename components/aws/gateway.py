@@ -38,7 +38,6 @@ __all__ = [
     "GatewayArgs",
     "GatewayGroupRef",
     "GATEWAY_PORTS",
-    "SCALER_UP_DESCRIBES",
     "artifact_bucket_policy",
     "compressed_user_data",
     "gateway_policy",
@@ -116,12 +115,6 @@ class Gateway(pulumi.ComponentResource):
         secret_arn: pulumi.Output[str] | None = None
         if args.tokens is not None:
             secret_arn = _stored_secret(f"{name}-tokens", "serveform: the gateway's bearer tokens", args.tokens, tags, child)
-        scaler_env_arn: pulumi.Output[str] | None = None
-        scaler_env = args.scaler_env()
-        if scaler_env is not None:
-            scaler_env_arn = _stored_secret(
-                f"{name}-scaler-env", "serveform: the scaler's state backend URL and passphrase", scaler_env, tags, child
-            )
 
         role = aws.iam.Role(
             f"{name}-role",
@@ -135,7 +128,8 @@ class Gateway(pulumi.ComponentResource):
             opts=child,
         )
         zone_id = args.zone_id if args.dns_provider == "route53" else None
-        group_names = [g.group_name for g in args.groups.values()]
+        # The scaler changes the size of the autoscaled services' groups only.
+        group_names = [g.group_name for g in args.groups.values() if g.scaled]
 
         # The artifacts' bucket: private, encrypted, TLS only, no other instance reads it.
         bucket = aws.s3.Bucket(f"{name}-artifacts", force_destroy=True, tags=tags, opts=child)
@@ -183,10 +177,10 @@ class Gateway(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-policy",
             role=role.id,
-            policy=pulumi.Output.all(secret_arn, scaler_env_arn, bucket.arn).apply(
+            policy=pulumi.Output.all(secret_arn, bucket.arn).apply(
                 lambda arns: gateway_policy(
-                    arns[0], args.region, group_names, zone_id, scaler_env_arn=arns[1], domain=args.domain,
-                    artifact_arns=[f"{arns[2]}/{r.key}" for r in refs],
+                    arns[0], args.region, group_names, zone_id, domain=args.domain,
+                    artifact_arns=[f"{arns[1]}/{r.key}" for r in refs],
                 )
             ),
             opts=child,
@@ -194,19 +188,21 @@ class Gateway(pulumi.ComponentResource):
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
 
         targets = args.targets("aws", region=args.region)
-        user_data = pulumi.Output.all(secret_arn, scaler_env_arn, bucket.bucket).apply(
+        user_data = pulumi.Output.all(secret_arn, bucket.bucket).apply(
             lambda arns: gateway_user_data(
                 dataclasses.replace(
                     args.boot(
                         "aws",
                         targets,
                         tokens_secret=SecretRef(cloud="aws", ref=arns[0], region=args.region) if arns[0] else None,
-                        scaler_env_secret=SecretRef(cloud="aws", ref=arns[1], region=args.region) if arns[1] else None,
+                        # The scaler sets its groups' desired capacity with this VM's role: it
+                        # needs no state backend or passphrase, so none is stored for it.
+                        scaler_env_secret=None,
                         # Route 53 is global, but the AWS SDK inside Caddy wants a region.
                         dns_options={"region": args.region} if args.dns_provider == "route53" else {},
                     ),
                     artifacts=refs,
-                    artifact_bucket=arns[2],
+                    artifact_bucket=arns[1],
                     artifact_region=args.region,
                 )
             )
@@ -301,23 +297,6 @@ def compressed_user_data(text: str) -> str:
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
 
-# What the scaler's `pulumi up` reads, beyond discovery's describes: the program's lookups
-# (default VPC, its subnets, the machine images) and the auto scaling group's read-back and
-# capacity wait in the AWS provider 7.x. Derived from the program and the provider: the provider
-# cannot run on this machine, so the boot test observes the VM's own calls only.
-SCALER_UP_DESCRIBES = (
-    "ec2:DescribeVpcs",
-    "ec2:DescribeSubnets",
-    "ec2:DescribeImages",
-    "autoscaling:DescribeScalingActivities",
-    "autoscaling:DescribeWarmPool",
-    "autoscaling:DescribeTrafficSources",
-    "autoscaling:DescribeLifecycleHooks",
-    "autoscaling:DescribeLoadBalancers",
-    "autoscaling:DescribeLoadBalancerTargetGroups",
-)
-
-
 def artifact_bucket_policy(bucket_arn: str, stack: str) -> str:
     """The artifacts bucket's policy: TLS only, and no instance but the stack's own reads an object.
 
@@ -364,40 +343,33 @@ def gateway_policy(
     group_names: Sequence[str],
     zone_id: str | None,
     *,
-    scaler_env_arn: str | None = None,
     domain: str = "",
     artifact_arns: Sequence[str] = (),
 ) -> str:
-    """The gateway role: its artifacts, discovery, the scaler's desired capacity, its tokens and environment, its DNS challenge."""
+    """The gateway role: its artifacts, discovery, the scaler's groups, its tokens, its DNS challenge.
+
+    ``group_names``: the groups the scaler sizes (the autoscaled services').
+
+    Exactly what the booted VM calls (tests/boot/test_aws_gateway.py checks every call moto
+    answered against this policy, and that each grant was used).
+    """
     statements: list[dict[str, object]] = [
-        # Describe calls take no resource scope in IAM.
-        {
-            "Sid": "DiscoverReplicas",
-            "Effect": "Allow",
-            "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"],
-            "Resource": "*",
-        }
+        # Describe calls take no resource scope in IAM. Discovery lists the groups' instances.
+        {"Sid": "DiscoverReplicas", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}
     ]
     if artifact_arns:
         statements.append({"Sid": "FetchArtifacts", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": sorted(artifact_arns)})
     if group_names:
-        # The scaler's `up` (the Pulumi AWS provider) re-reads the program's lookups and changes a
-        # group's desired capacity with UpdateAutoScalingGroup, then reads the group back and waits
-        # for its capacity. Describe calls take no resource scope in IAM; the writes name the
-        # stack's groups only.
+        # The scaler reads its groups' sizes (a describe: no resource scope in IAM) and sets a
+        # group's desired capacity with SetDesiredCapacity: on the stack's scaled groups only.
         statements.append(
-            {
-                "Sid": "ScalerUpReads",
-                "Effect": "Allow",
-                "Action": sorted(SCALER_UP_DESCRIBES),
-                "Resource": "*",
-            }
+            {"Sid": "ReadGroupSizes", "Effect": "Allow", "Action": ["autoscaling:DescribeAutoScalingGroups"], "Resource": "*"}
         )
         statements.append(
             {
                 "Sid": "ScaleServiceGroups",
                 "Effect": "Allow",
-                "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup"],
+                "Action": ["autoscaling:SetDesiredCapacity"],
                 "Resource": [
                     f"arn:aws:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/{n}" for n in sorted(group_names)
                 ],
@@ -405,10 +377,6 @@ def gateway_policy(
         )
     if secret_arn:
         statements.append({"Sid": "ReadTokens", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [secret_arn]})
-    if scaler_env_arn:
-        statements.append(
-            {"Sid": "ReadScalerEnv", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [scaler_env_arn]}
-        )
     if zone_id:
         # Route 53 evaluates these keys on each change batch: only TXT records named
         # `_acme-challenge.<domain>` (normalised: lower case, no trailing dot; the wildcard

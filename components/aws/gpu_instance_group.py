@@ -60,7 +60,9 @@ class GpuInstanceGroupArgs:
     group_name: str
     """The auto scaling group's name (fixed, so the gateway knows it before the group exists)."""
     desired: int
-    """Replicas to run now (the scaler's count, clamped to the plan's bounds)."""
+    """Replicas a new group starts with (the plan's initial count, or the stack's kept count,
+    clamped to the plan's bounds). Afterwards the group's desired capacity is the scaler's and
+    `serveform scale`'s (Auto Scaling's SetDesiredCapacity): the stack never sets it again."""
     ami: pulumi.Input[str]
     """The GPU machine image (Deep Learning Base AMI unless the stack names one)."""
     vpc_id: pulumi.Input[str]
@@ -228,7 +230,10 @@ class GpuInstanceGroup(pulumi.ComponentResource):
             },
             instance_refresh={"strategy": "Rolling", "preferences": {"min_healthy_percentage": 50}},
             tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in sorted(tags.items())],
-            opts=child,
+            # The scaler on the gateway VM sets the desired capacity with Auto Scaling's API, as
+            # AWS's own target tracking does: no `up` (CI's, a preview) may revert it. Min and max
+            # still follow the service file; AWS moves the desired capacity into a new range.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desired_capacity"]),
         )
         self.group_name = group.name
         self.group_arn = group.arn

@@ -10,7 +10,8 @@ nothing from a package index.
     serveform-fetch secret SECRET_ID REGION                        # Secrets Manager SecretString -> stdout
 
 Credentials come from the instance metadata service (IMDSv2: a session token first, then the
-instance role's temporary keys); requests are signed with Signature Version 4. A digest that does
+instance role's temporary keys); requests are signed with Signature Version 4. Both are
+`serveform.aws.client` (standard library only too), written beside this file as `serveform_aws.py`. A digest that does
 not match, or an object that is not there, ends the boot with one line on the console:
 
     serveform: artifact caddy: sha256 mismatch (expected 3f…, got 9a…)
@@ -21,9 +22,7 @@ calls; only the boot test sets them (to moto), production user data never does.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
-import hmac
 import json
 import os
 import sys
@@ -33,66 +32,30 @@ import urllib.request
 
 try:
     from . import _fetch  # imported as part of serveform (tests)
-except ImportError:  # the VM: /opt/serveform/bin/_fetch.py, beside this script
+    from ...aws import client as aws
+except ImportError:  # the VM: /opt/serveform/bin/_fetch.py and serveform_aws.py, beside this script
     import _fetch
+    import serveform_aws as aws  # serveform.aws.client
 
-IMDS = "http://169.254.169.254"
-IMDS_TOKEN_TTL_SECONDS = 300
 FetchError = _fetch.FetchError
 _Transient = _fetch.Transient
 _open = _fetch.open_url
 _retrying = _fetch.retrying
 
 
-def _credentials() -> dict[str, str]:
-    base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS).rstrip("/")
-    token_request = urllib.request.Request(
-        f"{base}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL_SECONDS)}
-    )
-    with _open(token_request) as response:
-        token = response.read().decode()
-    headers = {"X-aws-ec2-metadata-token": token}
-    with _open(urllib.request.Request(f"{base}/latest/meta-data/iam/security-credentials/", headers=headers)) as response:
-        roles = response.read().decode().split()
-    if not roles:
-        raise _Transient("the instance has no role yet")
-    with _open(urllib.request.Request(f"{base}/latest/meta-data/iam/security-credentials/{roles[0]}", headers=headers)) as response:
-        return json.loads(response.read())
-
-
-def _hmac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+def _credentials() -> aws.Credentials:
+    try:
+        return aws.instance_credentials()
+    except LookupError as exc:  # no role yet: a fresh instance's profile may lag its boot
+        raise _Transient(str(exc)) from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise _Transient(f"instance credentials: {exc}") from None
 
 
 def _signed(method: str, url: str, region: str, service: str, headers: dict[str, str], body: bytes) -> urllib.request.Request:
-    creds = _credentials()
-    now = _dt.datetime.now(_dt.timezone.utc)
-    amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-    parts = urllib.parse.urlsplit(url)
-    payload = hashlib.sha256(body).hexdigest()
-    all_headers = {**{k.lower(): v for k, v in headers.items()}, "host": parts.netloc, "x-amz-date": amz_date, "x-amz-content-sha256": payload}
-    if creds.get("Token"):
-        all_headers["x-amz-security-token"] = creds["Token"]
-    names = sorted(all_headers)
-    signed = ";".join(names)
-    query = sorted(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-    canonical = "\n".join(
-        [
-            method,
-            urllib.parse.quote(parts.path or "/", safe="/-_.~"),
-            "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}" for k, v in query),
-            "".join(f"{n}:{all_headers[n].strip()}\n" for n in names),
-            signed,
-            payload,
-        ]
-    )
-    scope = f"{date}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = _hmac(_hmac(_hmac(_hmac(("AWS4" + creds["SecretAccessKey"]).encode(), date), region), service), "aws4_request")
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    all_headers["authorization"] = f"AWS4-HMAC-SHA256 Credential={creds['AccessKeyId']}/{scope}, SignedHeaders={signed}, Signature={signature}"
-    all_headers.pop("host")
-    return urllib.request.Request(url, data=body or None, method=method, headers=all_headers)
+    # S3 wants the payload's digest signed too.
+    headers = {**headers, "x-amz-content-sha256": hashlib.sha256(body).hexdigest()}
+    return aws.signed_request(method, url, region=region, service=service, credentials=_credentials(), body=body, headers=headers)
 
 
 def _object_url(bucket: str, key: str, region: str) -> str:

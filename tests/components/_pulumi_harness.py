@@ -85,6 +85,7 @@ class Registered:
     custom: bool
     raw_inputs: dict[str, Any]
     retain_on_delete: bool = False
+    ignore_changes: tuple[str, ...] = ()
 
     @property
     def inputs(self) -> dict[str, Any]:
@@ -220,6 +221,7 @@ class _Monitor(_mocks.MockMonitor):
                     custom=request.custom,
                     raw_inputs=rpc.deserialize_properties(request.object),
                     retain_on_delete=bool(getattr(request, "retainOnDelete", False)),
+                    ignore_changes=tuple(getattr(request, "ignoreChanges", ())),
                 )
             )
         return response

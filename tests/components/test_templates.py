@@ -109,7 +109,7 @@ def _gateway_boot(cloud: str, plans) -> GatewayBoot:
         project_files={"Pulumi.yaml": "name: serveform\nruntime: python\n", "stacks/Pulumi.dev.yaml": "config: {}\n"},
         scaler_env_secret=_SCALER_ENV_REFS[cloud],
         # AWS ships what the VM runs (issue 14): fetched from the stack's bucket, checked by digest.
-        artifacts=tuple(ArtifactRef(name=n, sha256=d * 64, key=f"artifacts/{n}-{d * 64}") for n, d in (("wheelhouse", "a"), ("caddy", "b"), ("pulumi", "c")))
+        artifacts=tuple(ArtifactRef(name=n, sha256=d * 64, key=f"artifacts/{n}-{d * 64}") for n, d in (("wheelhouse", "a"), ("caddy", "b")))
         if cloud == "aws" else (),
         artifact_bucket="gateway-artifacts-0123abcd" if cloud == "aws" else None,
         artifact_region="us-east-1" if cloud == "aws" else None,
@@ -192,7 +192,6 @@ def test_gateway_cloud_init(cloud, cloud_init, systemd_analyze, tmp_path):
     assert "--gateway-state-dir" not in units["serveform-scaler.service"]
     assert '"--metrics-url" "http://127.0.0.1:9180/metrics"' in units["serveform-scaler.service"]
     assert "User=serveform-scaler" in units["serveform-scaler.service"] and "User=serveform\n" in units["serveform-gateway.service"]
-    assert files["/opt/serveform/project/stacks/Pulumi.dev.yaml"]["content"] == "config: {}\n"
     _units_ok(systemd_analyze, units, tmp_path)
     document = json.loads(files["/etc/serveform/gateway.json"]["content"])
     assert document["settings"]["http_port"] == 80 and document["settings"]["https_port"] == 443
@@ -204,21 +203,31 @@ def test_gateway_cloud_init(cloud, cloud_init, systemd_analyze, tmp_path):
         assert secret not in text
     # The gateway unit runs the gateway package's supervisor (Caddy + router + prober).
     assert 'ExecStart=/opt/serveform/venv/bin/python -m serveform.gateway run --state-dir "/var/lib/serveform/gateway"' in units["serveform-gateway.service"]
+    install = files["/opt/serveform/install.sh"]["content"]
+    if cloud == "aws":
+        # The AWS scaler sets its groups' desired capacity with the instance role: no project
+        # copy, no Pulumi, no state credentials, even when the boot is handed them.
+        unit = units["serveform-scaler.service"]
+        assert '"--aws-groups" "/etc/serveform/discovery.json" "--gateway-config" "/etc/serveform/gateway.json"' in unit
+        assert "EnvironmentFile" not in unit and "PULUMI" not in unit and "WorkingDirectory=/var/lib/serveform-scaler" in unit
+        assert not [p for p in files if p.startswith("/opt/serveform/project")]
+        assert "scaler.env" not in install and _SCALER_ENV_REFS[cloud].ref not in install
+        assert "pulumi.artifact" not in install and "/usr/local/bin/pulumi" not in install and "pulumi install" not in install
+        assert "install -d -o serveform-scaler -g serveform-scaler -m 0700 /var/lib/serveform-scaler" in install
+        # AWS fetches with serveform-fetch (stdlib Python, and its AWS module beside it), never awscli.
+        assert {"/opt/serveform/bin/serveform-fetch", "/opt/serveform/bin/serveform_aws.py"} <= set(files)
+        assert "awscli" not in install and install.index("serveform-fetch secret") > install.index("serveform_fetch_secret()")
+        return
+    assert files["/opt/serveform/project/stacks/Pulumi.dev.yaml"]["content"] == "config: {}\n"
     # The scaler's unit reads /etc/serveform/scaler.env, which install.sh fetches from the secret store.
     assert "EnvironmentFile=-/etc/serveform/scaler.env" in units["serveform-scaler.service"]
     assert "WorkingDirectory=/opt/serveform/project" in units["serveform-scaler.service"]
-    install = files["/opt/serveform/install.sh"]["content"]
     assert _SCALER_ENV_REFS[cloud].ref in install
     assert "retry serveform_fetch_secret > /etc/serveform/scaler.env.json" in install
     assert "chmod 0600 /etc/serveform/scaler.env" in install
     fetch = install.index("> /etc/serveform/scaler.env.json")
     assert install.rindex("umask 077", 0, fetch) > install.rindex("umask 022", 0, fetch), "the env file must be written under umask 077"
     assert install.index("/etc/serveform/scaler.env") < install.index("systemctl enable --now serveform-scaler.service")
-    # AWS fetches with serveform-fetch (stdlib Python, written by this document), never awscli from pip.
-    assert "awscli" not in install and "aws secretsmanager" not in install
-    if cloud == "aws":
-        assert "/opt/serveform/bin/serveform-fetch" in files
-        assert install.index("serveform-fetch secret") > install.index("serveform_fetch_secret()")
     # Without a stored environment, nothing is fetched: the operator provides the file.
     bare = gateway_user_data(dataclasses.replace(_gateway_boot(cloud, plans), scaler_env_secret=None))
     assert "scaler.env.json" not in bare and "the operator provides the scaler's environment file" in bare
@@ -231,7 +240,7 @@ def _env_file_converter(install: str) -> str:
 
 def test_scaler_env_file_is_written_verbatim_and_refuses_what_it_cannot_quote(tmp_path):
     """The boot script's JSON -> EnvironmentFile step, run for real on hostile but quotable values."""
-    install = _files(gateway_user_data(_gateway_boot("aws", [hostile_plan("aws")])))["/opt/serveform/install.sh"]["content"]
+    install = _files(gateway_user_data(_gateway_boot("gcp", [hostile_plan("gcp")])))["/opt/serveform/install.sh"]["content"]
     code = _env_file_converter(install)
     source, target = tmp_path / "env.json", tmp_path / "scaler.env"
     values = {"PULUMI_BACKEND_URL": "s3://bucket/state?region=us-east-1&x=$HOME", "PULUMI_CONFIG_PASSPHRASE": 'pa"ss $x `y` \\ %n'}

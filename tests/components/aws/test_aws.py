@@ -57,6 +57,14 @@ def test_auto_scaling_groups_mix_instance_types_and_markets(recording):
     assert len(auto["vpcZoneIdentifiers"]) == 1  # the EBS volume's zone only
 
 
+def test_no_up_reverts_the_desired_capacity_the_scaler_set(recording):
+    """The group is created at its count, then its desired capacity is the scaler's (Auto Scaling's
+    SetDesiredCapacity): neither CI's `up` nor a preview may change it back. Min and max follow the file."""
+    for group in recording.of_type("aws:autoscaling/group:Group"):
+        assert group.ignore_changes == ("desiredCapacity",), group.name
+        assert {"minSize", "maxSize", "desiredCapacity"} <= set(group.inputs)
+
+
 def test_launch_templates_disk_image_and_imds(recording):
     plans = example_plans("aws")
     mixtral = recording.one("aws:ec2/launchTemplate:LaunchTemplate", "mixtral-template").inputs
@@ -92,11 +100,11 @@ def test_no_zone_no_record(request):
 def test_gateway_role_is_narrow(recording):
     policy = json.loads(recording.one("aws:iam/rolePolicy:RolePolicy", "gateway-policy").inputs["policy"])
     actions = sorted(a for s in policy["Statement"] for a in s["Action"])
-    from serveform.components.aws.gateway import SCALER_UP_DESCRIBES
-
+    # No Pulumi on the VM any more: the scaler describes its groups and sets their desired
+    # capacity, discovery lists instances, the boot reads its artifacts and the tokens.
     assert actions == sorted(
         ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances", "autoscaling:SetDesiredCapacity", "secretsmanager:GetSecretValue",
-         "s3:GetObject", "autoscaling:UpdateAutoScalingGroup", *SCALER_UP_DESCRIBES]
+         "s3:GetObject"]
     )
     # Every write names the stack's own groups; only describe calls (which IAM cannot scope) use "*".
     for statement in policy["Statement"]:
@@ -104,9 +112,12 @@ def test_gateway_role_is_narrow(recording):
             assert all(":Describe" in a or a.startswith("route53:Get") or a.startswith("route53:List") for a in statement["Action"]), statement
     fetch = next(s for s in policy["Statement"] if s["Sid"] == "FetchArtifacts")
     # Exactly the artifacts' objects, content-addressed: not the bucket, not a wildcard.
-    assert len(fetch["Resource"]) == 3 and all("/artifacts/" in r and "*" not in r for r in fetch["Resource"])
+    assert len(fetch["Resource"]) == 2 and all("/artifacts/" in r and "*" not in r for r in fetch["Resource"])
     scale = next(s for s in policy["Statement"] if s["Sid"] == "ScaleServiceGroups")
-    assert all(r.endswith(f"autoScalingGroupName/serveform-dev-{n}") for r, n in zip(scale["Resource"], sorted(example_plans("aws"))))
+    # The autoscaled services' groups only: a fixed count is the stack's, never the scaler's.
+    scaled = sorted(n for n, p in example_plans("aws").items() if p.scaling is not None)
+    assert scaled and len(scaled) < len(example_plans("aws"))
+    assert scale["Resource"] == [f"arn:aws:autoscaling:us-east-1:*:autoScalingGroup:*:autoScalingGroupName/serveform-dev-{n}" for n in scaled]
     replica = json.loads(recording.one("aws:iam/rolePolicy:RolePolicy", "llama31-service-policy").inputs["policy"])
     assert {a for s in replica["Statement"] for a in s["Action"]} == {"ec2:DescribeVolumes", "secretsmanager:GetSecretValue"}
 
@@ -128,7 +139,8 @@ def test_artifacts_are_shipped_into_a_private_encrypted_bucket(recording):
     roles = [r for r in recording.resources if r.type == "aws:iam/role:Role"]
     assert roles and all(r.inputs["tags"]["serveform:stack"] == "dev" for r in roles)
     objects = [r for r in recording.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2" and r.name.startswith("gateway-artifact-")]
-    assert sorted(o.name for o in objects) == ["gateway-artifact-caddy", "gateway-artifact-pulumi", "gateway-artifact-wheelhouse"]
+    # No Pulumi CLI: the scaler runs no `up` on the VM.
+    assert sorted(o.name for o in objects) == ["gateway-artifact-caddy", "gateway-artifact-wheelhouse"]
     encoded = recording.one("aws:ec2/instance:Instance", "gateway-vm").inputs["userDataBase64"]
     user_data = gzip.decompress(base64.b64decode(encoded)).decode()
     # EC2's limit is 16 KB of user data: the document travels gzip'd.
@@ -167,30 +179,26 @@ def test_a_services_code_archive_is_uploaded_and_only_its_replicas_may_read_it(t
     assert not [s for p in others for s in p["Statement"] if s.get("Sid") == "FetchServiceCode"]
 
 
-def test_the_scalers_up_on_the_vm_keeps_the_artifacts_it_booted_from(recording, tmp_path, monkeypatch):
-    """A scale update on the gateway VM has no checkout to build artifacts from: it reuses the VM's
-    own list, so the user data (and the VM) stay as they are."""
-    from _cloud_contract import deploy as deploy_backend
+def test_the_scaler_on_the_vm_sets_desired_capacity_without_pulumi_or_the_states_credentials(recording):
+    """The AWS gateway's scaler applies counts with Auto Scaling's API and the instance role: its unit
+    names the boot document's gateway.json and discovery.json, and the VM gets no project copy, no
+    Pulumi CLI and no state backend or passphrase (no secret for them, no env file)."""
 
-    def user_data(rec):
-        return gzip.decompress(base64.b64decode(rec.one("aws:ec2/instance:Instance", "gateway-vm").inputs["userDataBase64"])).decode()
-
-    files = {f["path"]: f for f in yaml.safe_load(user_data(recording))["write_files"]}
-    listed = tmp_path / "artifacts.json"
-    listed.write_text(files["/etc/serveform/artifacts.json"]["content"])
-    scaler = files["/etc/systemd/system/serveform-scaler.service"]["content"]
-    assert 'Environment="SERVEFORM_VM_ARTIFACTS=/etc/serveform/artifacts.json"' in scaler
-    monkeypatch.setenv("SERVEFORM_VM_ARTIFACTS", str(listed))
-    import serveform.image.vm as vm_artifacts
-
-    def no_build(root=None, **_):
-        raise AssertionError("a scale update on the VM must not build artifacts")
-
-    monkeypatch.setattr(vm_artifacts, "gateway_artifacts", no_build)
-    again = deploy_backend("aws", make_settings("aws", CONFIG), example_plans("aws").values())
-    assert user_data(again) == user_data(recording)
-    sources = [r for r in again.resources if r.type == "aws:s3/bucketObjectv2:BucketObjectv2" and r.name.startswith("gateway-artifact-")]
-    assert len(sources) == 3
+    user_data = gzip.decompress(base64.b64decode(recording.one("aws:ec2/instance:Instance", "gateway-vm").inputs["userDataBase64"])).decode()
+    files = {f["path"]: f["content"] for f in yaml.safe_load(user_data)["write_files"]}
+    unit = files["/etc/systemd/system/serveform-scaler.service"]
+    exec_line = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert '"--aws-groups" "/etc/serveform/discovery.json" "--gateway-config" "/etc/serveform/gateway.json"' in exec_line
+    assert "PULUMI" not in unit and "EnvironmentFile" not in unit and "/opt/serveform/project" not in unit
+    assert not any(path.startswith("/opt/serveform/project/") for path in files)
+    install = files["/opt/serveform/install.sh"]
+    assert "pulumi.artifact" not in install and "/usr/local/bin/pulumi" not in install and "scaler.env" not in install
+    secrets = [r.name for r in recording.resources if r.type == "aws:secretsmanager/secret:Secret"]
+    assert not [n for n in secrets if "scaler" in n], secrets
+    # What the unit reads: the plans and domain the gateway serves, and each service's group.
+    discovery = json.loads(files["/etc/serveform/discovery.json"])
+    assert {t["service"]: t["group"] for t in discovery["targets"]} == {n: f"serveform-dev-{n}" for n in example_plans("aws")}
+    assert sorted(p["name"] for p in json.loads(files["/etc/serveform/gateway.json"])["plans"]) == sorted(example_plans("aws"))
 
 
 

@@ -1,0 +1,153 @@
+"""The AWS applier (`serveform.scaler.autoscaling`) against moto's server on loopback.
+
+Real HTTP, real SigV4 (moto checks its shape), credentials from moto's instance metadata
+(IMDSv2) as on the gateway VM; moto's call log and its own DescribeAutoScalingGroups (boto3 in
+moto's interpreter) say what the groups look like afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "tests" / "boot"), str(ROOT / "tests" / "components")]
+
+from _vmboot import Moto, run  # noqa: E402
+
+from serveform.aws.client import AwsError, Credentials, instance_credentials, query_call  # noqa: E402
+from serveform.scaler.applier import ApplyError, ApplyWorker  # noqa: E402
+from serveform.scaler.autoscaling import AutoScalingApplier, groups_from_discovery  # noqa: E402
+from serveform.scaler.daemon import load_gateway_services  # noqa: E402
+
+REGION = "us-east-1"
+GROUPS = {"chat": "serveform-test-chat", "llm": "serveform-test-llm"}
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    run([str(ROOT / "tools/k8s/build.sh"), "moto"], timeout=900)
+    paths = dict(line.split("=", 1) for line in run([str(ROOT / "tools/k8s/build.sh"), "paths"]).stdout.splitlines() if "=" in line)
+    server = Moto(paths["MOTO_SERVER"], "127.0.0.1", tmp_path_factory.mktemp("moto"))
+    try:
+        server.call(("ec2", "create_launch_template", {"LaunchTemplateName": "scaler-test", "LaunchTemplateData": {"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"}}))
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture()
+def groups(moto, monkeypatch):
+    """Two fresh groups (chat 1 in 1..3, llm 0 in 0..2) and the SDK endpoint variables pointing at moto."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", moto.url)
+    calls = []
+    for service, (low, high, desired) in {"chat": (1, 3, 1), "llm": (0, 2, 0)}.items():
+        calls.append(("autoscaling", "create_auto_scaling_group", {
+            "AutoScalingGroupName": GROUPS[service], "MinSize": low, "MaxSize": high, "DesiredCapacity": desired,
+            "LaunchTemplate": {"LaunchTemplateName": "scaler-test", "Version": "$Latest"}, "AvailabilityZones": [f"{REGION}a"],
+        }))
+    moto.call(*calls)
+    yield moto
+    moto.call(*[("autoscaling", "delete_auto_scaling_group", {"AutoScalingGroupName": g, "ForceDelete": True}) for g in GROUPS.values()])
+
+
+def _desired(moto: Moto) -> dict[str, int]:
+    (described,) = moto.call(("autoscaling", "describe_auto_scaling_groups", {"AutoScalingGroupNames": list(GROUPS.values())}))
+    by_name = {g["AutoScalingGroupName"]: g["DesiredCapacity"] for g in described["AutoScalingGroups"]}
+    return {s: by_name[g] for s, g in GROUPS.items()}
+
+
+def _applier(**kwargs) -> AutoScalingApplier:
+    return AutoScalingApplier(GROUPS, REGION, credentials=instance_credentials, **kwargs)
+
+
+def _calls(moto: Moto, since: int) -> list[str]:
+    return [c.split(" ", 1)[1] for c in moto.calls()[since:]]
+
+
+def test_reads_each_groups_desired_capacity_with_the_instance_role(groups):
+    start = len(groups.calls())
+    assert _applier().read_replicas() == {"chat": 1, "llm": 0}
+    calls = _calls(groups, start)
+    # IMDSv2: a session token first, then the role's keys; then one signed describe.
+    assert calls[0] == "imds:PUT /latest/api/token" and "autoscaling:DescribeAutoScalingGroups" in calls
+
+
+def test_a_group_that_does_not_exist_is_left_out(groups):
+    applier = AutoScalingApplier({**GROUPS, "gone": "serveform-test-gone"}, REGION, credentials=instance_credentials)
+    assert applier.read_replicas() == {"chat": 1, "llm": 0}
+    with pytest.raises(ApplyError, match="gone: no auto scaling group serveform-test-gone"):
+        applier.apply({"gone": 1}, message="test")
+
+
+def test_apply_sets_the_desired_capacity_and_returns_what_the_groups_run(groups):
+    start = len(groups.calls())
+    assert _applier().apply({"chat": 3, "llm": 1}, message="serveform scaler: chat=3; llm=1") == {"chat": 3, "llm": 1}
+    assert _desired(groups) == {"chat": 3, "llm": 1}
+    assert _calls(groups, start).count("autoscaling:SetDesiredCapacity") == 2
+
+
+def test_a_count_outside_the_groups_range_is_clamped_and_an_unchanged_one_is_not_written(groups):
+    start = len(groups.calls())
+    # Auto Scaling refuses a desired capacity outside [min, max]: the group's own range decides.
+    assert _applier().apply({"chat": 9, "llm": 0}, message="test") == {"chat": 3, "llm": 0}
+    assert _desired(groups) == {"chat": 3, "llm": 0}
+    assert _calls(groups, start).count("autoscaling:SetDesiredCapacity") == 1  # llm was at 0 already
+
+
+def test_a_count_set_since_the_decision_is_kept(groups):
+    """Compare-and-set: someone ran `serveform scale chat 2` after the scaler decided from 1."""
+    manual = _applier(source="manual")
+    assert manual.apply({"chat": 2}, message="serveform scale chat 2") == {"chat": 2}
+    start = len(groups.calls())
+    assert _applier().apply({"chat": 3}, message="scaler", expected={"chat": 1}) == {"chat": 2}
+    assert _desired(groups)["chat"] == 2
+    assert "autoscaling:SetDesiredCapacity" not in _calls(groups, start)
+
+
+def test_the_worker_drives_it_and_the_daemon_follows_what_the_groups_run(groups):
+    applied = []
+    worker = ApplyWorker(_applier(), on_applied=applied.append)
+    worker.submit({"chat": 2}, expected={"chat": 1})
+    assert worker.run_once() is None
+    assert applied == [{"chat": 2}] and _desired(groups)["chat"] == 2
+
+
+def test_an_aws_error_answer_names_its_code(groups):
+    # Auto Scaling's (moto's) answer to an incomplete request: the XML error's code and message.
+    with pytest.raises(AwsError) as caught:
+        query_call("autoscaling", REGION, "CreateAutoScalingGroup", {"AutoScalingGroupName": "x", "MinSize": "1", "MaxSize": "2"},
+                   version="2011-01-01", credentials=Credentials("test", "test"))
+    assert caught.value.status == 400 and caught.value.code == "ValidationError", caught.value
+    assert "LaunchTemplate" in caught.value.message
+
+
+def test_unreachable_groups_fail_as_an_apply_error_that_is_retried(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    applier = AutoScalingApplier(GROUPS, REGION, credentials=lambda: Credentials("test", "test"))
+    worker = ApplyWorker(applier, backoff_initial_seconds=0.01)
+    worker.submit({"chat": 2})
+    assert worker.run_once() > 0 and worker.pending() == {"chat": 2}
+    assert "DescribeAutoScalingGroups" in worker.stats().last_error
+
+
+def test_the_gateway_vms_files_say_which_groups_and_services(tmp_path):
+    from _cloud_examples import example_plans  # tests/components: the seed examples
+
+    discovery = tmp_path / "discovery.json"
+    discovery.write_text(json.dumps({"stack": "dev", "targets": [
+        {"service": "chat", "port": 8000, "cloud": "aws", "group": "serveform-dev-chat", "region": REGION},
+    ]}))
+    assert groups_from_discovery(discovery) == ({"chat": "serveform-dev-chat"}, REGION)
+    plans = example_plans("aws")
+    gateway = tmp_path / "gateway.json"
+    gateway.write_text(json.dumps({"settings": {"domain": "example.com"},
+                                   "plans": [json.loads(p.model_dump_json(exclude={"code"})) for p in plans.values()]}))
+    services, problems = load_gateway_services(gateway, {n: 2 for n in plans})
+    scaled = sorted(n for n, p in plans.items() if p.scaling)
+    assert problems == [] and sorted(s.name for s in services) == scaled
+    assert all(s.configured == 2 and s.host == f"{plans[s.name].route.subdomain}.example.com" for s in services)
