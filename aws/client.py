@@ -135,9 +135,25 @@ def environment_credentials(environ: Mapping[str, str] = os.environ) -> Credenti
     return None
 
 
+# Off EC2 nothing answers the metadata address: give up as fast as the AWS SDKs do.
+_IMDS_PROBE_TIMEOUT_SECONDS = 2
+
+
 def default_credentials() -> Credentials:
-    """The environment's or the shared file's keys (`environment_credentials`), else the instance role's."""
-    return environment_credentials() or instance_credentials()
+    """The environment's or the shared file's keys (`environment_credentials`), else the instance role's.
+
+    Raises LookupError naming what was tried when there are none.
+    """
+    found = environment_credentials()
+    if found is not None:
+        return found
+    try:
+        return instance_credentials(timeout=_IMDS_PROBE_TIMEOUT_SECONDS)
+    except (OSError, LookupError, ValueError, KeyError) as exc:
+        raise LookupError(
+            "no AWS credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), "
+            f"or AWS_PROFILE with keys in the shared credentials file; the instance metadata service: {exc}"
+        ) from None
 
 
 def endpoint(service: str, region: str) -> str:

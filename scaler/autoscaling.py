@@ -33,7 +33,7 @@ from pathlib import Path
 from ..aws.client import AUTOSCALING_API_VERSION, AwsError, Credentials, local_name, query_call
 from .applier import ApplyError
 
-__all__ = ["AutoScalingApplier", "GroupCapacity", "groups_from_discovery"]
+__all__ = ["AutoScalingApplier", "GroupCapacity", "groups_from_discovery", "region_of"]
 
 log = logging.getLogger("serveform.scaler.autoscaling")
 
@@ -57,6 +57,17 @@ def groups_from_discovery(path: str | Path) -> tuple[dict[str, str], str]:
     if len(regions) != 1:
         raise ValueError(f"{path}: expected the AWS groups of one region, found regions {sorted(regions) or 'none'}")
     return {t["service"]: t["group"] for t in targets}, regions.pop()
+
+
+def region_of(config: Mapping[str, object]) -> str | None:
+    """The AWS region of a stack's config (`serveform:aws.region`, else the first of `serveform:regions`)."""
+    aws = config.get("serveform:aws")
+    if isinstance(aws, str):
+        aws = json.loads(aws)
+    regions = config.get("serveform:regions")
+    if isinstance(regions, str):
+        regions = json.loads(regions)
+    return (aws or {}).get("region") or (list(regions or [None])[0])
 
 
 class AutoScalingApplier:
@@ -114,7 +125,7 @@ class AutoScalingApplier:
         requires); return the counts the groups have afterwards."""
         try:
             current = self.capacities()
-        except (AwsError, OSError, ValueError) as exc:
+        except (AwsError, OSError, ValueError, LookupError) as exc:
             raise ApplyError(f"DescribeAutoScalingGroups in {self.region}: {exc}") from None
         result: dict[str, int] = {}
         for service, count in sorted(counts.items()):
@@ -133,7 +144,7 @@ class AutoScalingApplier:
                         "SetDesiredCapacity",
                         {"AutoScalingGroupName": group, "DesiredCapacity": str(target), "HonorCooldown": "false"},
                     )
-                except (AwsError, OSError) as exc:
+                except (AwsError, OSError, LookupError) as exc:
                     raise ApplyError(f"SetDesiredCapacity {group}={target}: {exc}") from None
                 log.info("%s: group %s desired capacity %d -> %d (%s, %s)", service, group, now.desired, target, self._source, message)
             result[service] = target

@@ -239,6 +239,14 @@ def _scale(args: argparse.Namespace) -> int:
     if args.project_dir is not None:
         os.environ["SERVEFORM_PROJECT_DIR"] = str(args.project_dir.resolve())
     project = project_dir()
+    from ..stacks.engine import read_stack_file
+
+    try:
+        backend = read_stack_file(project, args.stack).get("serveform:backend")
+    except FileNotFoundError:
+        backend = None  # the update below says what is missing
+    if backend == "aws":
+        return _scale_aws(args, project)
     applier = PulumiApplier(args.stack, project, source="manual", on_output=_echo)
     try:
         deployed = applier.read_replicas()
@@ -271,6 +279,41 @@ def _scale(args: argparse.Namespace) -> int:
             return 1
     now = applier.read_replicas().get(args.service)
     print(f"serveform scale: {args.service} runs {now} replica(s)" + ("" if now == args.count else f" ({args.count} is outside its replicas range)"))
+    return 0
+
+
+def _scale_aws(args: argparse.Namespace, project: Path) -> int:
+    """`serveform scale` on AWS: the group's desired capacity, set with the operator's AWS
+    credentials through the Auto Scaling API, as the scaler sets it (the stack never reverts it)."""
+    from ..aws.client import default_credentials
+    from ..stacks.engine import read_stack_file
+    from .applier import ApplyError, PulumiApplier
+    from .autoscaling import AutoScalingApplier, region_of
+
+    try:
+        outputs = PulumiApplier(args.stack, project).outputs()
+    except Exception as exc:
+        print(f"serveform scale: cannot read stack {args.stack}: {exc}", file=sys.stderr)
+        return 1
+    groups = {str(s["name"]): str(s["group"]) for s in outputs.get("services") or [] if s.get("group")}
+    if args.service not in groups:
+        known = ", ".join(sorted(groups)) or "none"
+        print(f"serveform scale: stack {args.stack} has no deployed service {args.service!r} (deployed: {known})", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    region = region_of(read_stack_file(project, args.stack))
+    if not region:
+        print(f"serveform scale: stacks/Pulumi.{args.stack}.yaml: serveform:aws.region: required (the groups' region)", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    applier = AutoScalingApplier({args.service: groups[args.service]}, region, credentials=default_credentials, source="manual")
+    try:
+        now = applier.apply({args.service: args.count}, message=f"serveform scale {args.service} {args.count}")[args.service]
+    except ApplyError as exc:
+        print(f"serveform scale: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"serveform scale: {args.service} runs {now} replica(s) (auto scaling group {groups[args.service]})"
+        + ("" if now == args.count else f" ({args.count} is outside its replicas range)")
+    )
     return 0
 
 

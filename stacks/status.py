@@ -2,7 +2,7 @@
 
 | fact | local | k8s | aws / gcp / azure |
 |---|---|---|---|
-| URL, model, desired count | stack outputs (`services[i].replicas.count`) | same | same |
+| URL, model, desired count | stack outputs (`services[i].replicas.count`) | same | same (aws: the auto scaling groups' own desired capacity, read with this host's AWS credentials) |
 | published / ready replicas | the gateway's `status.json` (its prober) | Deployment `status.replicas` / `readyReplicas` (Kubernetes API) | the gateway's status endpoint over HTTPS, where reachable |
 | restarts | each replica supervisor's record | pods' container restart counts | — |
 | request rate, scaler decision | the scaler's `/metrics` and state file | — (the scaler runs in the cluster) | — (it runs on the gateway VM) |
@@ -147,9 +147,36 @@ def collect(engine: Any, *, environ: Mapping[str, str] | None = None) -> dict[st
         _remote_gateway(status, settings, outputs)
         status["scaler"]["error"] = "the scaler runs in the cluster (Deployment `scaler`); see `serveform logs ... scaler`"
     else:
+        if settings.backend == "aws":
+            _aws_groups(status, settings)
         _remote_gateway(status, settings, outputs)
         status["scaler"]["error"] = "the scaler runs on the gateway VM; see `serveform logs ... scaler`"
     return status
+
+
+def _aws_groups(status: dict[str, Any], settings: Any) -> None:
+    """Desired counts (and ranges) from the auto scaling groups themselves: on AWS the scaler and
+    `serveform scale` set a group's desired capacity directly, so the stack's outputs only know
+    the count a group was created with. Read with this host's AWS credentials."""
+    from serveform.aws.client import default_credentials
+    from serveform.scaler.autoscaling import AutoScalingApplier
+
+    groups = {s["name"]: s["group"] for s in status["services"] if s.get("group")}
+    region = settings.aws.region or (settings.regions[0] if settings.regions else None)
+    status["groups"] = {"region": region, "reachable": False, "error": None}
+    if not groups or not region:
+        status["groups"]["error"] = "no groups or no region in the stack's outputs and config"
+        return
+    try:
+        found = AutoScalingApplier(groups, region, credentials=default_credentials).capacities()
+    except Exception as exc:  # named in the result, never raised: status shows what it can
+        status["groups"]["error"] = f"unreachable: {' '.join(str(exc).split())[:300]}"
+        return
+    status["groups"]["reachable"] = True
+    for service in status["services"]:
+        group = found.get(service["name"])
+        if group is not None:
+            service["replicas"].update(desired=group.desired, min=group.min, max=group.max)
 
 
 def _service_base(exported: Mapping[str, Any]) -> dict[str, Any]:
@@ -353,6 +380,9 @@ def render(status: Mapping[str, Any]) -> str:
     kube = status.get("kubernetes")
     if kube:
         lines.append(f"kubernetes: namespace {kube['namespace']}" + ("" if kube["reachable"] else f"  ({kube['error']})"))
+    groups = status.get("groups")
+    if groups:
+        lines.append(f"auto scaling groups: {groups['region'] or '-'}" + ("" if groups["reachable"] else f"  (desired counts from the stack's outputs; groups {groups['error']})"))
     scaler = status["scaler"]
     if scaler["address"] or scaler["error"]:
         lines.append(f"scaler: {scaler['address'] or '-'}" + ("" if scaler["reachable"] and not scaler["error"] else f"  ({scaler['error']})"))

@@ -58,3 +58,16 @@ def test_relative_imports_resolve_inside_the_package() -> None:
     # Guards the walker itself: a relative import in serveform.stacks resolves to serveform.stacks.*.
     names = [n for _, n in _imports(ROOT / "stacks" / "__init__.py")]
     assert "serveform.stacks.settings" in names
+
+
+def test_the_aws_client_needs_only_the_standard_library() -> None:
+    # A booting VM runs it (beside serveform-fetch) before anything but Debian's python3 is there.
+    import sys
+
+    offences = [
+        f"aws/{path.name}:{line}: imports {name}"
+        for path in sorted((ROOT / "aws").glob("*.py"))
+        for line, name in _imports(path)
+        if name.split(".")[0] not in sys.stdlib_module_names and not name.startswith("serveform.aws")
+    ]
+    assert not offences, "\n".join(offences)

@@ -2,10 +2,14 @@
 
 Run with moto's own interpreter (tools/k8s/build.sh moto): `python _moto_logged.py HOST PORT LOG`.
 The boot test lists, from this log, exactly what the gateway VM called (its role's grants).
+`LOG.jsonl` has the same calls with what each names, for checking them against a policy's
+resources: `{"client", "call", "resource"}` (an S3 object's `BUCKET/KEY`, a secret's ID, an auto
+scaling group's name; null when the call names none).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import urllib.parse
@@ -33,23 +37,46 @@ def _call(environ) -> str:
     return f"{service}:{environ.get('REQUEST_METHOD')} {path}"
 
 
+def _resource(line: str, form: dict[str, list[str]], body: bytes) -> str | None:
+    call = line.split(":", 1)[1]
+    if line.startswith("s3:") and " " in call:
+        return call.split(" ", 1)[1].lstrip("/")
+    for key in ("AutoScalingGroupName", "AutoScalingGroupNames.member.1"):
+        if key in form:
+            return form[key][0]
+    if body.startswith(b"{"):
+        try:
+            return json.loads(body).get("SecretId")
+        except ValueError:
+            return None
+    return None
+
+
 def main() -> None:
     host, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     app = DomainDispatcherApplication(create_backend_app)
 
     def logged(environ, start_response):
         line = _call(environ)
-        if line.split(":", 1)[1].startswith("POST") and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
-            # Query APIs (EC2, Auto Scaling, STS) carry Action in a form body: peek without consuming it.
+        form: dict[str, list[str]] = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        body = b""
+        if environ.get("REQUEST_METHOD") == "POST":
+            # Query APIs (EC2, Auto Scaling, STS) carry Action in a form body, JSON APIs the
+            # SecretId in theirs: peek without consuming it.
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             import io
 
             environ["wsgi.input"] = io.BytesIO(body)
-            action = urllib.parse.parse_qs(body.decode(errors="replace")).get("Action")
+        if line.split(":", 1)[1].startswith("POST") and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            form = urllib.parse.parse_qs(body.decode(errors="replace"))
+            action = form.get("Action")
             if action:
                 line = line.split(":", 1)[0] + ":" + action[0]
-        with _LOCK, open(log, "a") as out:
-            out.write(environ.get("REMOTE_ADDR", "?") + " " + line + "\n")
+        client = environ.get("REMOTE_ADDR", "?")
+        record = {"client": client, "call": line, "resource": _resource(line, form, body)}
+        with _LOCK, open(log, "a") as out, open(log + ".jsonl", "a") as records:
+            out.write(client + " " + line + "\n")
+            records.write(json.dumps(record) + "\n")
         return app(environ, start_response)
 
     run_simple(host, port, logged, threaded=True)

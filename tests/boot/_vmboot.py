@@ -169,6 +169,13 @@ class Moto:
         self._out.close()
 
 
+def loopback_moto(folder: Path) -> Moto:
+    """moto (installed by tools/k8s/build.sh, which the setup runs) on 127.0.0.1, for tests without a VM."""
+    run([str(ROOT / "tools/k8s/build.sh"), "moto"], timeout=900)
+    paths = dict(line.split("=", 1) for line in run([str(ROOT / "tools/k8s/build.sh"), "paths"]).stdout.splitlines() if "=" in line)
+    return Moto(paths["MOTO_SERVER"], "127.0.0.1", folder)
+
+
 class Vm:
     """One booted container of the cached root, its changes in an overlay under ``folder``."""
 

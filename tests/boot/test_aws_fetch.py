@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from _vmboot import ROOT, Moto, run
+from _vmboot import ROOT, Moto, loopback_moto
 
 FETCH = ROOT / "components" / "boot" / "aws_fetch.py"
 BUCKET = "fetch-test-artifacts"
@@ -35,9 +35,7 @@ def fetcher(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
-    run([str(ROOT / "tools/k8s/build.sh"), "moto"], timeout=900)
-    paths = dict(line.split("=", 1) for line in run([str(ROOT / "tools/k8s/build.sh"), "paths"]).stdout.splitlines() if "=" in line)
-    server = Moto(paths["MOTO_SERVER"], "127.0.0.1", tmp_path_factory.mktemp("moto"))
+    server = loopback_moto(tmp_path_factory.mktemp("moto"))
     try:
         server.call(
             ("s3", "create_bucket", {"Bucket": BUCKET}),

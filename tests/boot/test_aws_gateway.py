@@ -15,6 +15,7 @@ Boot timings are printed (`pytest tests/boot -s -k timings` shows them).
 from __future__ import annotations
 
 import base64
+import fnmatch
 import gzip
 import http.client
 import json
@@ -47,6 +48,9 @@ class _BootMocks(_pulumi_harness.Mocks):
         ident, state = super().new_resource(args)
         if args.typ == "aws:secretsmanager/secret:Secret":
             state["arn"] = f"serveform-boot-{args.name}"
+        if args.typ == "aws:s3/bucket:Bucket":
+            # The bucket's real ARN shape: the role's object grants then name what the VM fetches.
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
         return ident, state
 
 
@@ -92,9 +96,10 @@ def _render(monkeypatch_env: dict[str, str], *, aws: dict | None = None) -> dict
     bucket = re.search(r"/opt/serveform/bin/serveform-fetch artifact \S+ \S+ (\S+) ", user_data).group(1)
     group = next(r for r in recording.resources if r.type == "aws:autoscaling/group:Group")
     template = next(r for r in recording.resources if r.type == "aws:ec2/launchTemplate:LaunchTemplate")
+    policy = json.loads(recording.one("aws:iam/rolePolicy:RolePolicy", "gateway-policy").inputs["policy"])
     return {"replica_seed": base64.b64decode(template.inputs["userData"]), "image": plans[0].replica_group.image,
             "user_data": user_data, "seed": seed, "objects": objects, "secrets": secrets, "bucket": bucket, "group": group.inputs["name"],
-            "port": plans[0].replica_group.container_port, "host": f"chat.{DOMAIN}"}
+            "port": plans[0].replica_group.container_port, "host": f"chat.{DOMAIN}", "policy": policy, "plan": plans[0]}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +109,7 @@ def vmboot():
 
 @pytest.fixture(scope="module")
 def rendered():
+    # A deploying environment with state credentials: none of it may reach the VM (its scaler runs no `up`).
     env = {"PULUMI_BACKEND_URL": "file:///var/lib/serveform-scaler/state", "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
     t0 = time.monotonic()
     out = _render(env)
@@ -229,7 +235,8 @@ def test_nothing_came_from_the_internet(gateway):
     vm, moto = gateway["vm"], gateway["moto"]
     calls = [c.split(" ", 1)[1] for c in moto.calls() if c.startswith(gateway["net"].guest_ip + " ")]
     fetched = {c.split("/")[-1].rsplit("-", 1)[0] for c in calls if c.startswith("s3:GET ")}
-    assert fetched == {"wheelhouse", "caddy", "pulumi"}
+    # No Pulumi CLI: the scaler sets desired capacity with the Auto Scaling API.
+    assert fetched == {"wheelhouse", "caddy"}
     assert "ok" in vm.sh("test -x /usr/local/bin/caddy && /usr/local/bin/caddy list-modules | grep -q serveform && echo ok").stdout
     assert vm.sh("ip route get 1.1.1.1").stdout.split()[2] == gateway["net"].host_ip
 
@@ -265,11 +272,12 @@ def test_scaler_healthz_answers(gateway):
     assert out == "200", vm.sh("journalctl -u serveform-scaler --no-pager | tail -30").stdout
 
 
-def test_the_gateway_user_cannot_read_the_scalers_credentials(gateway):
+def test_the_vm_holds_no_state_credentials_and_the_gateway_user_cannot_see_the_scaler(gateway, rendered):
     vm = gateway["vm"]
-    assert vm.sh("test -s /etc/serveform/scaler.env && echo present").stdout.strip() == "present"
-    attempt = vm.sh("runuser -u serveform -- cat /etc/serveform/scaler.env")
-    assert attempt.returncode != 0 and "Permission denied" in attempt.stderr and PASSPHRASE not in attempt.stdout
+    # The scaler runs no `up`: no env file, no Pulumi CLI, no project copy, and the passphrase of
+    # the deploying environment nowhere on the VM or in its boot document.
+    assert vm.sh("test -e /etc/serveform/scaler.env || test -e /usr/local/bin/pulumi || test -e /opt/serveform/project || echo none").stdout.strip() == "none"
+    assert PASSPHRASE not in rendered["user_data"] and PASSPHRASE not in vm.sh("grep -rl -- " + PASSPHRASE + " /etc /opt /var/lib 2>/dev/null; true").stdout
     # Nor its processes: run as the gateway's unit runs (its user, ProtectProc=invisible), the
     # scaler's process is not there at all.
     scaler_pid = vm.sh("systemctl show -p MainPID --value serveform-scaler.service").stdout.strip()
@@ -278,6 +286,59 @@ def test_the_gateway_user_cannot_read_the_scalers_credentials(gateway):
     assert vm.sh(probe.format(pid=scaler_pid)).stdout.strip() == "hidden"
     # The control: the same probe sees its own process (`$$$$`: systemd turns `$$` into `$`).
     assert vm.sh(probe.format(pid="$$$$")).stdout.strip() == "visible"
+
+
+def _group_desired(moto: Moto, group: str) -> int:
+    (described,) = moto.call(("autoscaling", "describe_auto_scaling_groups", {"AutoScalingGroupNames": [group]}))
+    return described["AutoScalingGroups"][0]["DesiredCapacity"]
+
+
+def test_a_scaling_decision_reaches_the_group_as_its_desired_capacity(gateway, rendered):
+    """Real requests through Caddy fill the scaler's window; its decision becomes moto's desired capacity.
+
+    chat scales 1..3 at 10 rps per replica over a 60 s window and was never scaled, so more than
+    600 requests within the window ask for 2 replicas at once (scaler/policy.py).
+    """
+    vm, net, moto = gateway["vm"], gateway["net"], gateway["moto"]
+    scaling = rendered["plan"].scaling
+    assert (scaling.target, scaling.window_seconds, rendered["plan"].replicas.max) == (10, 60, 3)
+    assert _group_desired(moto, rendered["group"]) == 1
+    requests = int(scaling.target * scaling.window_seconds * 1.3)  # 780: 13 rps over the window -> 2 replicas
+    status = json.loads(vm.sh("cat /var/lib/serveform/gateway/status.json", check=True).stdout)
+    context = ssl.create_default_context(cadata=(vm.root / status["ca_cert"].lstrip("/")).read_text())
+    host = f"chat.{DOMAIN}"
+
+    def burst(count: int) -> int:
+        ok = 0
+        connection = http.client.HTTPSConnection(net.guest_ip, 443, context=context, timeout=30)
+        connection.sock = context.wrap_socket(socket.create_connection((net.guest_ip, 443), timeout=30), server_hostname=host)
+        for _ in range(count):
+            connection.request("GET", "/health", headers={"Host": host, "Authorization": f"Bearer {TOKEN}"})
+            response = connection.getresponse()
+            response.read()
+            ok += response.status == 200
+        connection.close()
+        return ok
+
+    t0 = time.monotonic()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        served = sum(pool.map(burst, [requests // 4] * 4))
+    TIMINGS[f"{requests} requests through Caddy"] = time.monotonic() - t0
+    assert served == requests // 4 * 4
+    assert time.monotonic() - t0 < scaling.window_seconds, "the burst must fit in the scaler's window"
+    deadline = time.monotonic() + 90
+    desired = 1
+    while time.monotonic() < deadline and desired == 1:
+        time.sleep(2)
+        desired = _group_desired(moto, rendered["group"])
+    TIMINGS["burst start -> desired capacity changed"] = time.monotonic() - t0
+    journal = vm.sh("journalctl -u serveform-scaler --no-pager | tail -30").stdout
+    assert desired == 2, journal
+    assert f"group {rendered['group']} desired capacity 1 -> 2" in journal, journal
+    calls = [c.split(" ", 1)[1] for c in moto.calls() if c.startswith(net.guest_ip + " ")]
+    assert "autoscaling:SetDesiredCapacity" in calls and "autoscaling:DescribeAutoScalingGroups" in calls
 
 
 def test_units_are_sandboxed(gateway):
@@ -305,18 +366,42 @@ def test_a_rebooted_gateway_comes_back_serving(gateway):
     TIMINGS["reboot: serving again"] = time.monotonic() - t0
 
 
-def test_the_calls_the_gateway_made_are_what_its_role_grants(gateway):
-    """The calls moto answered during boot and serving, against the role's grants (issue 14 item 3)."""
-    from serveform.components.aws.gateway import gateway_policy
+def _allows(statement: dict, action: str, resource: str | None) -> bool:
+    """Whether an Allow statement (no conditions here) grants ``action`` on ``resource`` (None: the call names none, IAM's `*`)."""
+    resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+    if statement["Effect"] != "Allow" or action not in statement["Action"] or "Condition" in statement:
+        return False
+    return any(pattern == "*" or (resource is not None and fnmatch.fnmatchcase(resource, pattern)) for pattern in resources)
 
+
+def test_the_calls_the_gateway_made_are_what_its_role_grants(gateway, rendered):
+    """Every call moto answered for the VM (boot, discovery, serving, scaling), with what it named,
+    against the role's own rendered policy: each is granted, and each grant was used (issue 14 item 3)."""
     guest = gateway["net"].guest_ip
-    calls = {c.split(" ", 1)[1] for c in gateway["moto"].calls() if c.startswith(guest + " ") and " imds:" not in c}
-    actions = {"s3:GetObject" if c.startswith("s3:GET ") else c for c in calls}
-    actions = {a.replace("secretsmanager:", "secretsmanager:") for a in actions}
-    policy = json.loads(gateway_policy("tokens", "us-east-1", ["g"], None, scaler_env_arn="env", artifact_arns=["a"]))
-    granted = {a for s in policy["Statement"] for a in s["Action"]}
-    print("\ncalls the gateway VM made: " + json.dumps(sorted(actions)))
-    assert actions <= granted, actions - granted
+    records = [json.loads(line) for line in Path(str(gateway["moto"].log) + ".jsonl").read_text().splitlines() if line]
+    made = {(r["call"], r["resource"]) for r in records if r["client"] == guest and not r["call"].startswith("imds:")}
+    policy = rendered["policy"]
+    calls = set()
+    for call, resource in made:
+        service, action = call.split(":", 1)
+        if service == "s3":
+            assert action.startswith("GET "), call
+            calls.add(("s3:GetObject", f"arn:aws:s3:::{resource}"))
+        elif action == "SetDesiredCapacity":
+            calls.add((call, f"arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:0-uuid:autoScalingGroupName/{resource}"))
+        elif service == "secretsmanager":
+            calls.add((call, resource))  # the mocks make a secret's ARN its name
+        else:
+            assert action.startswith("Describe"), call
+            calls.add((call, None))
+    print("\ncalls the gateway VM made: " + json.dumps(sorted(c[0] for c in calls)))
+    denied = [c for c in calls if not any(_allows(s, *c) for s in policy["Statement"])]
+    assert not denied, denied
+    # Least privilege, both ways: no grant the VM never used.
+    unused = [(s["Sid"], a) for s in policy["Statement"] for a in s["Action"] if not any(a == c[0] and _allows(s, *c) for c in calls)]
+    assert not unused, unused
+    assert {c[0] for c in calls} == {"s3:GetObject", "secretsmanager:GetSecretValue", "ec2:DescribeInstances",
+                                     "autoscaling:DescribeAutoScalingGroups", "autoscaling:SetDesiredCapacity"}
 
 
 @pytest.fixture()

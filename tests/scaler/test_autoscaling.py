@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests" / "boot"), str(ROOT / "tests" / "components")]
 
-from _vmboot import Moto, run  # noqa: E402
+from _vmboot import Moto, loopback_moto  # noqa: E402
 
 from serveform.aws.client import AwsError, Credentials, instance_credentials, query_call  # noqa: E402
 from serveform.scaler.applier import ApplyError, ApplyWorker  # noqa: E402
@@ -29,9 +29,7 @@ GROUPS = {"chat": "serveform-test-chat", "llm": "serveform-test-llm"}
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
-    run([str(ROOT / "tools/k8s/build.sh"), "moto"], timeout=900)
-    paths = dict(line.split("=", 1) for line in run([str(ROOT / "tools/k8s/build.sh"), "paths"]).stdout.splitlines() if "=" in line)
-    server = Moto(paths["MOTO_SERVER"], "127.0.0.1", tmp_path_factory.mktemp("moto"))
+    server = loopback_moto(tmp_path_factory.mktemp("moto"))
     try:
         server.call(("ec2", "create_launch_template", {"LaunchTemplateName": "scaler-test", "LaunchTemplateData": {"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"}}))
         yield server
