@@ -62,6 +62,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         problems.append(("serveform:azure.dns_zone", "required for tls acme_dns with dns_provider azure"))
     caps = _cloud.preflight(settings, plans, "azure", problems, region=location)
     assert location and cfg.ssh_public_key
+    artifacts = _cloud.gateway_artifacts("azure")
 
     provider = azure.Provider("azure", location=location)
     opts = pulumi.ResourceOptions(provider=provider)
@@ -98,6 +99,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             vm_size=settings.gateway.instance_type or DEFAULT_VM_SIZE,
             dns_zone=cfg.dns_zone,
             dns_resource_group=cfg.dns_resource_group,
+            artifacts=artifacts,
         )
         return Gateway("gateway", args, opts)
 

@@ -6,6 +6,7 @@ import uuid
 
 # Built-in roles (their IDs are the same in every tenant).
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
+STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 
 _NAMESPACE = uuid.UUID("6f1c2b9e-4d1a-4f0e-9a57-5e7276657366")
 

@@ -14,21 +14,45 @@ set when the challenge is done and creates it again at the next renewal; an assi
 deleted record set grants nothing on the new one. So the narrowest grant that survives renewals
 is "TXT records of this zone": the gateway can no longer move `*.<domain>` (an A record) or
 any other record type, which the built-in DNS Zone Contributor role allowed.
+
+Its software is shipped, not downloaded: the deployment uploads the gateway's artifacts (a
+wheelhouse of serveform and its pinned dependencies, the project's Caddy build, the Pulumi CLI;
+`serveform.image.vm`) as blobs into a private container of a storage account of the stack — HTTPS
+only, TLS 1.2 at least, no public blob access, encrypted at rest with Microsoft-managed keys — and
+the user data names each by its sha256. The gateway's identity is "Storage Blob Data Reader" on
+that container only; the boot fetches the blobs with its token from the instance metadata service
+and checks every digest (`components/boot/azure_fetch.py`).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_azure_native as azure
 
+from serveform.image.vm import VmArtifact
+
 from .._cloud import GatewayGroupRef, VmGatewayArgs
-from .._vm import SecretRef, gateway_user_data
+from .._vm import ArtifactRef, SecretRef, gateway_user_data
 from . import _roles
 
-__all__ = ["ACME_DNS_ACTIONS", "GATEWAY_PORTS", "GATEWAY_TYPE", "GATEWAY_SUBNET", "REPLICA_SUBNET", "Gateway", "GatewayArgs", "GatewayGroupRef", "relative_record_name"]
+__all__ = [
+    "ACME_DNS_ACTIONS",
+    "ARTIFACT_CONTAINER",
+    "GATEWAY_PORTS",
+    "GATEWAY_TYPE",
+    "GATEWAY_SUBNET",
+    "REPLICA_SUBNET",
+    "Gateway",
+    "GatewayArgs",
+    "GatewayGroupRef",
+    "artifact_account_name",
+    "relative_record_name",
+]
 
 GATEWAY_TYPE = "serveform:azure:Gateway"
 GATEWAY_PORTS = (80, 443)
@@ -37,7 +61,11 @@ VNET_RANGE = "10.42.0.0/16"
 GATEWAY_SUBNET = "10.42.0.0/24"
 REPLICA_SUBNET = "10.42.1.0/24"
 DEFAULT_VM_SIZE = "Standard_B2s"
-GATEWAY_IMAGE = {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
+# Debian 12 (bookworm): the system the boot test boots for real, and the Python (3.11) the
+# wheelhouse is built for (`serveform.image.vm`).
+GATEWAY_IMAGE = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"}
+# The blob container of the gateway's artifacts, in the stack's storage account.
+ARTIFACT_CONTAINER = "serveform-artifacts"
 ADMIN_USER = "serveform"
 # What the gateway's identity may do in the stack's resource group: discovery and the scaler.
 GATEWAY_ACTIONS = (
@@ -81,6 +109,8 @@ class GatewayArgs(VmGatewayArgs):
     """Azure DNS zone of the domain: when set, `*.<domain>` is created there."""
     dns_resource_group: str | None = None
     """The DNS zone's resource group (default: the stack's)."""
+    artifacts: tuple[VmArtifact, ...] = ()
+    """What the VM runs (`serveform.image.vm.gateway_artifacts`), uploaded into the stack's container."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -98,6 +128,8 @@ class Gateway(pulumi.ComponentResource):
     """`*.<domain>` when the record was created."""
     user_data: pulumi.Output[str]
     """The rendered cloud-init (names secrets, never holds their values)."""
+    artifact_container_url: pulumi.Output[str]
+    """The private blob container of the VM's artifacts."""
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(GATEWAY_TYPE, name, None, opts)
@@ -230,29 +262,81 @@ class Gateway(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        targets = args.targets("azure", resource_group=args.resource_group_name)
-        user_data = pulumi.Output.all(identity.client_id, args.subscription_id, args.tenant_id).apply(
-            lambda ids: gateway_user_data(
-                args.boot(
-                    "azure",
-                    targets,
-                    tokens_secret=SecretRef(cloud="azure", ref=secret_url) if secret_url else None,
-                    scaler_env_secret=SecretRef(cloud="azure", ref=scaler_env_url) if scaler_env_url else None,
-                    identity=ids[0],
-                    # The managed identity is the credential: the DNS module gets IDs only.
-                    dns_options=(
-                        {
-                            "client_id": ids[0],
-                            "subscription_id": ids[1],
-                            "tenant_id": ids[2],
-                            "resource_group_name": args.dns_resource_group or args.resource_group_name,
-                        }
-                        if args.dns_provider == "azure"
-                        else {}
-                    ),
-                )
-            )
+        # The artifacts' store: a storage account of the stack, HTTPS and TLS 1.2 only, no public
+        # blobs; a private container; the gateway's identity reads that container and nothing else.
+        account_name = artifact_account_name(args.stack, args.resource_group_name, args.location)
+        account = azure.storage.StorageAccount(
+            f"{name}-store",
+            account_name=account_name,
+            resource_group_name=rg,
+            location=loc,
+            kind="StorageV2",
+            sku={"name": "Standard_LRS"},
+            enable_https_traffic_only=True,
+            minimum_tls_version="TLS1_2",
+            allow_blob_public_access=False,
+            tags=tags,
+            opts=child,
         )
+        container = azure.storage.BlobContainer(
+            f"{name}-artifacts",
+            account_name=account.name,
+            resource_group_name=rg,
+            container_name=ARTIFACT_CONTAINER,
+            public_access="None",
+            opts=child,
+        )
+        blobs = [
+            azure.storage.Blob(
+                f"{name}-artifact-{artifact.name}",
+                account_name=account.name,
+                container_name=container.name,
+                resource_group_name=rg,
+                blob_name=artifact.key,
+                type="Block",
+                content_type="application/octet-stream",
+                # A scale update on the VM has no file (it keeps what it booted from): the name is
+                # the digest, so the bytes under it never change, and the source is not compared.
+                source=pulumi.FileAsset(str(artifact.path)) if artifact.path else pulumi.StringAsset(""),
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=["source"]),
+            )
+            for artifact in args.artifacts
+        ]
+        refs = tuple(ArtifactRef(name=a.name, sha256=a.sha256, key=a.key) for a in args.artifacts)
+        reads = [
+            azure.authorization.RoleAssignment(
+                f"{name}-artifacts-read", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+                role_definition_id=pulumi.Output.from_input(args.subscription_id).apply(
+                    lambda sub: _roles.role_definition(sub, _roles.STORAGE_BLOB_DATA_READER)
+                ),
+                scope=container.id, opts=child,
+            )
+        ] if refs else []
+        container_url = f"https://{account_name}.blob.core.windows.net/{ARTIFACT_CONTAINER}"
+
+        targets = args.targets("azure", resource_group=args.resource_group_name)
+        def boot(ids: list[str]) -> str:
+            common = args.boot(
+                "azure",
+                targets,
+                tokens_secret=SecretRef(cloud="azure", ref=secret_url) if secret_url else None,
+                scaler_env_secret=SecretRef(cloud="azure", ref=scaler_env_url) if scaler_env_url else None,
+                identity=ids[0],
+                # The managed identity is the credential: the DNS module gets IDs only.
+                dns_options=(
+                    {
+                        "client_id": ids[0],
+                        "subscription_id": ids[1],
+                        "tenant_id": ids[2],
+                        "resource_group_name": args.dns_resource_group or args.resource_group_name,
+                    }
+                    if args.dns_provider == "azure"
+                    else {}
+                ),
+            )
+            return gateway_user_data(dataclasses.replace(common, artifacts=refs, artifact_bucket=container_url if refs else None))
+
+        user_data = pulumi.Output.all(identity.client_id, args.subscription_id, args.tenant_id).apply(boot)
         azure.compute.VirtualMachine(
             f"{name}-vm",
             resource_group_name=rg,
@@ -274,8 +358,9 @@ class Gateway(pulumi.ComponentResource):
                 "os_disk": {"create_option": "FromImage", "managed_disk": {"storage_account_type": "StandardSSD_LRS"}, "delete_option": "Delete"},
             },
             tags=tags,
-            # custom_data is read at first boot only: a changed boot document replaces the VM.
-            opts=child.merge(pulumi.ResourceOptions(replace_on_changes=["osProfile.customData"])),
+            # custom_data is read at first boot only: a changed boot document replaces the VM. The
+            # boot fetches the artifacts: they are in the container, and readable, before the VM exists.
+            opts=child.merge(pulumi.ResourceOptions(replace_on_changes=["osProfile.customData"], depends_on=[*blobs, *reads])),
         )
         dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
         if args.dns_zone:
@@ -297,9 +382,21 @@ class Gateway(pulumi.ComponentResource):
         self.vault_name = vault.name
         self.dns_name = dns_name
         self.user_data = user_data
+        self.artifact_container_url = pulumi.Output.from_input(container_url)
         self.register_outputs(
-            {"address": self.address, "replica_subnet_id": self.replica_subnet_id, "vault_id": self.vault_id, "dns_name": self.dns_name}
+            {
+                "address": self.address,
+                "replica_subnet_id": self.replica_subnet_id,
+                "vault_id": self.vault_id,
+                "dns_name": self.dns_name,
+                "artifact_container_url": self.artifact_container_url,
+            }
         )
+
+
+def artifact_account_name(stack: str, resource_group: str, location: str) -> str:
+    """The stack's storage account: globally unique, 3–24 lower-case letters and digits, stable for the stack."""
+    return "sf" + hashlib.sha256(f"{stack}/{resource_group}/{location}".encode()).hexdigest()[:22]
 
 
 def relative_record_name(domain: str, zone: str) -> str:

@@ -6,6 +6,7 @@ the subscription is the gateway VM's own (also from the metadata service).
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from collections.abc import Mapping
 
@@ -18,8 +19,21 @@ ARM = "https://management.azure.com"
 NIC_API_VERSION = "2018-10-01"
 
 
+def _sdk_endpoints() -> dict[str, str]:
+    """The test's endpoint variables, when set (only the boot test sets them, to its stub):
+    AZURE_POD_IDENTITY_AUTHORITY_HOST (azure-identity's, the metadata service) and
+    SERVEFORM_TEST_AZURE_ENDPOINT (`https://HOST/PATH` -> `<it>/HOST/PATH`; Azure's SDKs have no
+    variable for the management endpoint), as the boot's fetcher reads them."""
+    found = {}
+    if os.environ.get("AZURE_POD_IDENTITY_AUTHORITY_HOST"):
+        found["imds"] = os.environ["AZURE_POD_IDENTITY_AUTHORITY_HOST"].rstrip("/")
+    if os.environ.get("SERVEFORM_TEST_AZURE_ENDPOINT"):
+        found["arm"] = os.environ["SERVEFORM_TEST_AZURE_ENDPOINT"].rstrip("/") + "/management.azure.com"
+    return found
+
+
 def running_ips(resource_group: str, scale_set: str, *, client_id: str | None, endpoints: Mapping[str, str] | None = None) -> list[str]:
-    endpoints = endpoints or {}
+    endpoints = {**_sdk_endpoints(), **(endpoints or {})}
     imds = endpoints.get("imds", IMDS)
     query = {"api-version": "2018-02-01", "resource": "https://management.azure.com/"}
     if client_id:

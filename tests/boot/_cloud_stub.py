@@ -3,7 +3,8 @@
 Run as `python _cloud_stub.py CLOUD CONFIG_JSON LOG HOST PORT` (the project's venv has aiohttp).
 CONFIG_JSON holds what the stub serves: the token it hands out, the objects or blobs (path ->
 local file), the secrets (name -> value) and the replica addresses discovery asks for. Every
-request is written to LOG as one `METHOD /path` line (plus ` 401`/` 404` when refused): the boot
+request is written to LOG as one `METHOD /path` line (an Azure token's with its `resource`; plus
+` 401`/` 404` when refused): the boot
 test compares that list with the calls the README documents. A request without the token the
 metadata service handed out is refused, as the cloud would.
 
@@ -95,8 +96,11 @@ def main() -> None:
 
     def log(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
         status = "" if response.status < 400 else f" {response.status}"
+        path = request.raw_path.split("?")[0]
+        if path == "/metadata/identity/oauth2/token":  # which token: the resource it is for
+            path += "?resource=" + request.query.get("resource", "")
         with open(log_file, "a") as out:
-            out.write(f"{request.method} {request.raw_path.split('?')[0]}{status}\n")
+            out.write(f"{request.method} {path}{status}\n")
         return response
 
     app = {"gcp": _gcp, "azure": _azure}[cloud](config, log)

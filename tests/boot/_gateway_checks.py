@@ -5,6 +5,8 @@
 - `Replica` is the project's chat server on the replica's address (a host-side address of the veth).
 - `https` / `wait_https` GET a path through the gateway on the container's address, trusting the
   gateway's internal CA and sending the service's host name for TLS and routing.
+- `booted` is one boot of a gateway's user data with its stub (and a replica), everything removed
+  on the way out.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from _vmboot import ROOT, Network, Vm, free_port, wait_port
@@ -105,3 +109,34 @@ def wait_https(vm: Vm, net: Network, host: str, path: str, token: str, timeout: 
             pass
         time.sleep(1)
     return code
+
+
+# The replica stand-in's address: the 10th of the veth's subnet (the 1st is the host side, the 2nd the VM).
+REPLICA_HOST_INDEX = 9
+
+
+@contextmanager
+def booted(
+    cloud: str, name: str, root: str, folder: Path, user_data: bytes, *,
+    config: Callable[[str], dict], environment: Callable[[Stub], dict[str, str]], replica_port: int | None,
+) -> Iterator[dict]:
+    """Boot ``user_data`` in a fresh network namespace with the cloud's stub (``config(replica
+    address)``, the container's ``environment(stub)`` drop-in) and, given a port, the chat server
+    as the replica; yields the parts and cloud-init's final status and seconds."""
+    net = Network.create(name)
+    stub = replica = vm = None
+    try:
+        address = net.add_host_address(REPLICA_HOST_INDEX)
+        stub = Stub(cloud, config(address), net.host_ip, folder)
+        if replica_port is not None:
+            replica = Replica(address, replica_port, folder)
+        vm = Vm(name, root, folder, net)
+        vm.seed(user_data, instance_id=f"{cloud}-boot-{name}", environment=environment(stub))
+        vm.boot()
+        status, seconds = vm.wait_cloud_init()
+        yield {"vm": vm, "stub": stub, "net": net, "status": status, "seconds": seconds, "replica": address}
+    finally:
+        for part in (vm, replica, stub):
+            if part is not None:
+                part.close()
+        net.close()

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _gateway_checks import Replica, Stub, https, wait_https
-from _vmboot import ROOT, Network, Vm, prepare
+from _gateway_checks import Stub, booted, https, wait_https
+from _vmboot import ROOT, prepare
 
 import _pulumi_harness
 
@@ -36,7 +36,6 @@ PASSPHRASE = "boot-test-passphrase"
 DOMAIN = "ai.example.com"
 ACCESS_TOKEN = "ya29.boot-test-access-token"
 SERVEFORM_UNITS = ["serveform-gateway.service", "serveform-discovery.timer", "serveform-scaler.service"]
-REPLICA_HOST_INDEX = 9  # the replica stand-in's address: the 10th of the veth's subnet
 TIMINGS: dict[str, float] = {}
 
 
@@ -124,24 +123,14 @@ def _environment(stub: Stub) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gateway(vmboot, rendered, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gcp-gateway-vm")
-    name = f"sfgg{os.getpid() % 100000}"
-    net = Network.create(name)
-    stub = replica = vm = None
     try:
-        address = net.add_host_address(REPLICA_HOST_INDEX)
-        stub = Stub("gcp", _stub_config(rendered, address), net.host_ip, folder)
-        replica = Replica(address, rendered["port"], folder)
-        vm = Vm(name, vmboot["ROOT"], folder, net)
-        vm.seed(rendered["user_data"].encode(), instance_id="gcp-boot-gateway", environment=_environment(stub))
-        vm.boot()
-        status, seconds = vm.wait_cloud_init()
-        TIMINGS["first boot: cloud-init done"] = seconds
-        yield {"vm": vm, "stub": stub, "net": net, "status": status, "replica": address}
+        with booted(
+            "gcp", f"sfgg{os.getpid() % 100000}", vmboot["ROOT"], folder, rendered["user_data"].encode(),
+            config=lambda replica: _stub_config(rendered, replica), environment=_environment, replica_port=rendered["port"],
+        ) as parts:
+            TIMINGS["first boot: cloud-init done"] = parts["seconds"]
+            yield parts
     finally:
-        for part in (vm, replica, stub):
-            if part is not None:
-                part.close()
-        net.close()
         print("\ngcp boot timings (s): " + json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
 
 
@@ -184,22 +173,12 @@ def test_the_calls_are_exactly_the_documented_list(gateway, rendered):
 
 @pytest.fixture()
 def tampered_boot(vmboot, rendered, tmp_path):
-    name = f"sfgt{os.getpid() % 100000}"
-    net = Network.create(name)
-    stub = vm = None
-    try:
-        stub = Stub("gcp", _stub_config(rendered, net.host_ip, tamper="caddy", folder=tmp_path), net.host_ip, tmp_path)
-        vm = Vm(name, vmboot["ROOT"], tmp_path, net)
-        vm.seed(rendered["user_data"].encode(), instance_id="gcp-boot-tampered", environment=_environment(stub))
-        vm.boot()
-        status, seconds = vm.wait_cloud_init()
-        TIMINGS["tampered boot: cloud-init ended"] = seconds
-        yield vm, status
-    finally:
-        for part in (vm, stub):
-            if part is not None:
-                part.close()
-        net.close()
+    with booted(
+        "gcp", f"sfgt{os.getpid() % 100000}", vmboot["ROOT"], tmp_path, rendered["user_data"].encode(),
+        config=lambda replica: _stub_config(rendered, replica, tamper="caddy", folder=tmp_path), environment=_environment, replica_port=None,
+    ) as parts:
+        TIMINGS["tampered boot: cloud-init ended"] = parts["seconds"]
+        yield parts["vm"], parts["status"]
 
 
 def test_a_tampered_artifact_fails_the_boot_with_one_clear_line(tampered_boot, rendered):

@@ -51,3 +51,80 @@ def test_no_zone_no_record():
     rec = deploy("azure", make_settings("azure", {"serveform:azure": {"location": "eastus", "ssh_public_key": KEY}}),
                  [example_plans("azure")["mixtral"]])
     assert rec.of_type("azure-native:dns:RecordSet") == []
+
+
+def _gateway_user_data(rec):
+    import base64
+
+    vm = rec.one("azure-native:compute:VirtualMachine", "gateway-vm").inputs
+    return base64.b64decode(vm["osProfile"]["customData"]).decode()
+
+
+def test_artifacts_are_shipped_into_a_private_container_readable_by_the_gateway_only(recording):
+    """Issue 14 item 5: what the gateway VM runs is uploaded by the deployment, named by digest in its user data."""
+    import yaml
+
+    from serveform.components.azure.gateway import artifact_account_name
+
+    account = recording.one("azure-native:storage:StorageAccount", "gateway-store")
+    assert "serveform:azure:Gateway" in account.urn
+    inputs = account.inputs
+    # HTTPS only, TLS 1.2, no public blob; Azure Storage encrypts at rest with Microsoft-managed keys.
+    assert (inputs["enableHttpsTrafficOnly"], inputs["minimumTlsVersion"], inputs["allowBlobPublicAccess"]) == (True, "TLS1_2", False)
+    assert inputs["accountName"] == artifact_account_name("dev", "serveform-dev", "eastus")
+    container = recording.one("azure-native:storage:BlobContainer", "gateway-artifacts")
+    assert container.inputs["publicAccess"] == "None" and container.inputs["containerName"] == "serveform-artifacts"
+    blobs = [r for r in recording.resources if r.type == "azure-native:storage:Blob" and r.name.startswith("gateway-artifact-")]
+    assert sorted(b.name for b in blobs) == ["gateway-artifact-caddy", "gateway-artifact-pulumi", "gateway-artifact-wheelhouse"]
+    assert all(b.inputs["blobName"].startswith("artifacts/") and b.inputs["type"] == "Block" for b in blobs)
+    # The gateway's identity reads that container (Storage Blob Data Reader), nothing wider.
+    reads = [r for r in recording.resources if r.type == "azure-native:authorization:RoleAssignment" and r.name == "gateway-artifacts-read"]
+    assert len(reads) == 1
+    read = reads[0].inputs
+    assert read["roleDefinitionId"].endswith("/roleDefinitions/2a2b9908-6ea1-4ae2-8e65-a410df84e7d1")
+    assert read["scope"].endswith("/gateway-artifacts") and "BlobContainer" in read["scope"]
+    assert read["principalId"] == "principal-gateway-identity"
+    vm = recording.one("azure-native:compute:VirtualMachine", "gateway-vm").inputs
+    assert vm["storageProfile"]["imageReference"]["publisher"] == "Debian"
+    document = yaml.safe_load(_gateway_user_data(recording))
+    files = {f["path"]: f for f in document["write_files"]}
+    assert "/metadata/identity/oauth2/token" in files["/opt/serveform/bin/serveform-fetch"]["content"]
+    assert "/opt/serveform/bin/_fetch.py" in files
+    script = files["/opt/serveform/install.sh"]["content"]
+    base = f"https://{inputs['accountName']}.blob.core.windows.net/serveform-artifacts"
+    for blob in blobs:
+        key = blob.inputs["blobName"]
+        digest = key.rsplit("-", 1)[1]
+        assert f"serveform-fetch artifact {key.split('/')[1].rsplit('-', 1)[0]} {digest} {base}/{key} client-gateway-identity " in script
+    assert "serveform-fetch secret https://" in script and "/secrets/gateway-tokens client-gateway-identity" in script
+    # Nothing from the internet at boot: no index, no download, no curl | sh.
+    assert "pip install -q serveform" not in script and "curl" not in script and "get.pulumi.com" not in script
+    assert "curl" not in document["packages"]
+
+
+def test_the_scalers_up_on_the_vm_keeps_the_artifacts_it_booted_from(recording, tmp_path, monkeypatch):
+    """A scale update on the gateway VM has no checkout: it reuses the VM's artifact list, so its user data stays."""
+    import yaml
+
+    files = {f["path"]: f for f in yaml.safe_load(_gateway_user_data(recording))["write_files"]}
+    listed = tmp_path / "artifacts.json"
+    listed.write_text(files["/etc/serveform/artifacts.json"]["content"])
+    monkeypatch.setenv("SERVEFORM_VM_ARTIFACTS", str(listed))
+    import serveform.image.vm as vm_artifacts
+
+    def no_build(root=None, **_):
+        raise AssertionError("a scale update on the VM must not build artifacts")
+
+    monkeypatch.setattr(vm_artifacts, "gateway_artifacts", no_build)
+    again = deploy("azure", make_settings("azure", CONFIG), example_plans("azure").values())
+    assert _gateway_user_data(again) == _gateway_user_data(recording)
+
+
+def test_artifact_account_name_is_a_valid_stable_storage_account_name():
+    import re
+
+    from serveform.components.azure.gateway import artifact_account_name
+
+    name = artifact_account_name("a-very-long-stack-name", "its-resource-group", "westeurope")
+    assert re.fullmatch(r"[a-z0-9]{3,24}", name) and name == artifact_account_name("a-very-long-stack-name", "its-resource-group", "westeurope")
+    assert name != artifact_account_name("other", "its-resource-group", "westeurope")

@@ -1,0 +1,195 @@
+"""Issue 14 item 5: the Azure stack's gateway VM user data, booted for real.
+
+The user data is rendered by the Azure components under Pulumi's mock runtime (the Azure provider
+plugin cannot be built here) from the azure stack's chat example, with the real artifacts
+(`serveform.image.vm`, the Azure wheelhouse). It boots in the Debian bookworm container of
+tests/boot/_vmboot.py (systemd, cloud-init's NoCloud seed, its own network namespace with no route
+but the veth's host side). There `_cloud_stub.py azure` answers exactly the calls the README
+lists — the instance metadata service's tokens (per resource, for the gateway's user-assigned
+identity) and subscription, the blobs, Key Vault's secrets, the scale set's network interfaces
+for discovery — and the project's chat server stands in for the replica those name. The test
+knobs, set by a drop-in in the container's root and never in user data, are azure-identity's
+AZURE_POD_IDENTITY_AUTHORITY_HOST and SERVEFORM_TEST_AZURE_ENDPOINT (Azure's SDKs have no
+variable for the data plane's hosts: `https://HOST/PATH` goes to `<stub>/HOST/PATH`).
+
+Boot timings are printed (`pytest tests/boot/test_azure_gateway.py -s`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _gateway_checks import Stub, booted, https, wait_https
+from _vmboot import ROOT, prepare
+
+import _pulumi_harness
+
+TOKEN = "boot-test-token-0123456789abcdef0123456789abcdef"
+PASSPHRASE = "boot-test-passphrase"
+DOMAIN = "ai.example.com"
+ACCESS_TOKEN = "eyJ.boot-test-access-token"
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
+SERVEFORM_UNITS = ["serveform-gateway.service", "serveform-discovery.timer", "serveform-scaler.service"]
+TIMINGS: dict[str, float] = {}
+
+
+def _render() -> dict:
+    """The azure stack's gateway: user data, blobs (host/container/name -> file), secrets (host/secrets/name -> value)."""
+    from serveform.components import azure as azure_backend
+    from serveform.components.program import compile_plans
+    from serveform.stacks.settings import StackSettings
+
+    config = yaml.safe_load((ROOT / "stacks" / "Pulumi.azure.yaml").read_text())["config"]
+    # The internal CA instead of ACME (no DNS here); a token of the test's own.
+    config["serveform:gateway"] = {"tls": "internal"}
+    config["serveform:tokens"] = [TOKEN]
+    settings = StackSettings.from_config(config, stack="azure", project_dir=str(ROOT))
+    plans = compile_plans(settings)
+    env = {"PULUMI_BACKEND_URL": "file:///var/lib/serveform-scaler/state", "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        recording = _pulumi_harness.run_program(lambda: azure_backend.deploy(settings, plans), stack="azure")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    vm = recording.one("azure-native:compute:VirtualMachine", "gateway-vm")
+    user_data = base64.b64decode(vm.inputs["osProfile"]["customData"]).decode()
+    script = next(f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"] == "/opt/serveform/install.sh")
+    sources = {r.inputs["blobName"]: str(Path(r.raw_inputs["source"].path)) for r in recording.resources if r.type == "azure-native:storage:Blob"}
+    blobs = {}
+    for url in re.findall(r"serveform-fetch artifact \S+ \S+ (https://\S+) ", script):
+        blobs[url.removeprefix("https://")] = sources[url.split("/", 4)[4]]
+    values = {
+        r.inputs["secretName"]: _pulumi_harness.unwrap(r.inputs["properties"]["value"])
+        for r in recording.resources
+        if r.type == "azure-native:keyvault:Secret"
+    }
+    secrets = {url.removeprefix("https://"): values[url.rsplit("/", 1)[1]] for url in re.findall(r"serveform-fetch secret (https://\S+) ", script)}
+    group = next(r for r in recording.resources if r.type == "azure-native:compute:VirtualMachineScaleSet")
+    return {
+        "user_data": user_data, "blobs": blobs, "secrets": secrets,
+        "client_id": re.search(r"serveform-fetch secret https://\S+ (\S+)", script).group(1),
+        "resource_group": f"serveform-{settings.stack}", "scale_set": group.inputs["vmScaleSetName"],
+        "port": plans[0].replica_group.container_port,
+    }
+
+
+@pytest.fixture(scope="module")
+def vmboot():
+    return prepare()
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    t0 = time.monotonic()
+    out = _render()
+    TIMINGS["render (mocks, artifacts cached)"] = time.monotonic() - t0
+    return out
+
+
+def _stub_config(rendered: dict, replica: str, *, tamper: str | None = None, folder: Path | None = None) -> dict:
+    blobs = dict(rendered["blobs"])
+    if tamper:
+        (key,) = [k for k in blobs if f"/artifacts/{tamper}-" in k]
+        fake = folder / "tampered"
+        fake.write_bytes(b"tampered")
+        blobs[key] = str(fake)
+    return {
+        "token": ACCESS_TOKEN, "client_id": rendered["client_id"], "subscription": SUBSCRIPTION,
+        "blobs": blobs, "secrets": rendered["secrets"], "replicas": [replica],
+    }
+
+
+def _environment(stub: Stub) -> dict[str, str]:
+    """The metadata service (azure-identity's variable) and Azure's hosts, pointing at the stub (the test's root only)."""
+    return {"AZURE_POD_IDENTITY_AUTHORITY_HOST": stub.url, "SERVEFORM_TEST_AZURE_ENDPOINT": stub.url}
+
+
+@pytest.fixture(scope="module")
+def gateway(vmboot, rendered, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("azure-gateway-vm")
+    try:
+        with booted(
+            "azure", f"sfag{os.getpid() % 100000}", vmboot["ROOT"], folder, rendered["user_data"].encode(),
+            config=lambda replica: _stub_config(rendered, replica), environment=_environment, replica_port=rendered["port"],
+        ) as parts:
+            TIMINGS["first boot: cloud-init done"] = parts["seconds"]
+            yield parts
+    finally:
+        print("\nazure boot timings (s): " + json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
+
+
+def test_cloud_init_finishes_and_every_unit_is_active(gateway):
+    vm = gateway["vm"]
+    assert gateway["status"] == "done", vm.sh("cloud-init status --long; tail -50 /var/log/cloud-init-output.log").stdout
+    states = vm.wait_active(SERVEFORM_UNITS)
+    assert states == {u: "active" for u in SERVEFORM_UNITS}, vm.sh("journalctl -u 'serveform-*' --no-pager | tail -60").stdout
+
+
+def test_https_answers_401_without_the_token_and_200_with_it(gateway):
+    vm, net = gateway["vm"], gateway["net"]
+    t0 = time.monotonic()
+    assert wait_https(vm, net, f"chat.{DOMAIN}", "/health", TOKEN) == 200, vm.sh("journalctl -u 'serveform-*' --no-pager | tail -40").stdout
+    TIMINGS["first 200 after cloud-init"] = time.monotonic() - t0
+    assert https(vm, net, f"chat.{DOMAIN}", "/health", None)[0] == 401
+    code, body = https(vm, net, f"chat.{DOMAIN}", "/v1/models", TOKEN)
+    assert code == 200 and b"chat-small" in body
+    # The replica is the one the scale set's network interfaces named: discovery published it.
+    assert gateway["replica"] in vm.sh("cat /var/lib/serveform/gateway/replicas/*.json 2>/dev/null").stdout
+
+
+def test_the_calls_are_exactly_the_documented_list(gateway, rendered):
+    """Every request the VM made (booting, serving, discovering), against the README's list for Azure."""
+    calls = gateway["stub"].calls()
+    assert not [c for c in calls if c.rsplit(" ", 1)[-1].isdigit()], calls  # nothing refused
+    token = "GET /metadata/identity/oauth2/token?resource="
+    expected = {
+        token + "https://storage.azure.com/",
+        token + "https://vault.azure.net",
+        token + "https://management.azure.com/",
+        "GET /metadata/instance/compute/subscriptionId",
+        *(f"GET /{blob}" for blob in rendered["blobs"]),
+        *(f"GET /{secret}" for secret in rendered["secrets"]),
+        f"GET /management.azure.com/subscriptions/{SUBSCRIPTION}/resourceGroups/{rendered['resource_group']}/providers/"
+        f"Microsoft.Compute/virtualMachineScaleSets/{rendered['scale_set']}/networkInterfaces",
+    }
+    assert set(calls) == expected
+    # Each blob once, each secret once (the tokens, the scaler's environment): nothing fetched twice.
+    assert all(calls.count(f"GET /{k}") == 1 for k in [*rendered["blobs"], *rendered["secrets"]])
+    print("\ncalls the Azure gateway VM made: " + json.dumps(sorted(set(calls))))
+
+
+@pytest.fixture()
+def tampered_boot(vmboot, rendered, tmp_path):
+    with booted(
+        "azure", f"sfat{os.getpid() % 100000}", vmboot["ROOT"], tmp_path, rendered["user_data"].encode(),
+        config=lambda replica: _stub_config(rendered, replica, tamper="caddy", folder=tmp_path), environment=_environment, replica_port=None,
+    ) as parts:
+        TIMINGS["tampered boot: cloud-init ended"] = parts["seconds"]
+        yield parts["vm"], parts["status"]
+
+
+def test_a_tampered_artifact_fails_the_boot_with_one_clear_line(tampered_boot, rendered):
+    vm, status = tampered_boot
+    assert status == "error"
+    expected = re.search(r"serveform-fetch artifact caddy (\S+) ", rendered["user_data"]).group(1)
+    line = f"serveform: artifact caddy: sha256 mismatch (expected {expected}, got {hashlib.sha256(b'tampered').hexdigest()})"
+    # cloud-final's output goes to `journal+console` (on Azure the serial console, which boot
+    # diagnostics show); the journal holds what the console was sent.
+    console = vm.sh("journalctl -b -u cloud-final.service -o cat --no-pager", check=True).stdout
+    assert [entry for entry in console.splitlines() if entry.startswith("serveform:")] == [line], console[-3000:]
+    assert vm.sh("test -e /usr/local/bin/caddy || echo absent").stdout.strip() == "absent"
+    assert vm.sh("systemctl is-active serveform-gateway.service").stdout.strip() != "active"
