@@ -32,6 +32,7 @@ from ._vm import (
     VmConfigError,
     capacity,
     scaler_env_document,
+    scaler_runs_up,
 )
 
 __all__ = [
@@ -456,7 +457,8 @@ def gateway_artifacts(cloud: Cloud):
     try:
         if os.environ.get(VM_ARTIFACTS_ENV):
             return vm.shipped_artifacts(os.environ[VM_ARTIFACTS_ENV])
-        return vm.gateway_artifacts(cloud=cloud)
+        # The Pulumi CLI only where the scaler runs `up` on the VM (not AWS).
+        return vm.gateway_artifacts(cloud=cloud, pulumi=scaler_runs_up(cloud))
     except ImageBuildError as exc:
         raise pulumi.RunError(f"the gateway VM's artifacts: {exc}") from None
 
@@ -544,7 +546,7 @@ def scaler_unit(settings: StackSettings, plans: Sequence[ServicePlan]) -> str | 
         return None
     from serveform.scaler import render_unit
 
-    from ._vm import GATEWAY_CONFIG_DIR, GATEWAY_METRICS_PORT, SCALER_USER, VM_ARTIFACTS_ENV, VM_ARTIFACTS_FILE, scaler_runs_up
+    from ._vm import GATEWAY_CONFIG_DIR, GATEWAY_METRICS_PORT, SCALER_USER, VM_ARTIFACTS_ENV, VM_ARTIFACTS_FILE
 
     metrics_url = f"http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics"
     if not scaler_runs_up(settings.backend):
@@ -572,8 +574,6 @@ def project_files(settings: StackSettings, plans: Sequence[ServicePlan]) -> dict
     not in them, and the gateway's boot document does not change (nor replace the VM) when it scales.
     None on AWS, whose scaler runs no `up` (`scaler_unit`).
     """
-    from ._vm import scaler_runs_up
-
     if not any(p.scaling for p in plans) or not scaler_runs_up(settings.backend):
         return {}
     import yaml

@@ -2,18 +2,20 @@
 
 A VM must not download serveform's software at boot: no package index has serveform, Caddy's
 release download lacks the project's modules, and `curl | sh` checks nothing. So the deploying
-machine builds three files, each cloud's gateway component uploads them into the stack's private
+machine builds up to three files, each cloud's gateway component uploads them into the stack's private
 store (an S3 bucket, a Cloud Storage bucket, a blob container), and the user data names each one
 with its sha256:
 
 - `wheelhouse` — a tar of wheels: serveform (a wheel of the checkout) and its pinned
-  dependencies (`runtime-requirements.txt` plus the cloud's Pulumi SDK, `VM_EXTRA_REQUIREMENTS`) for
+  dependencies (`runtime-requirements.txt` plus, where the scaler runs `up` on the VM, the
+  cloud's Pulumi SDK: `VM_EXTRA_REQUIREMENTS`) for
   CPython 3.11 on x86-64, the Python of the gateway's Debian 12 image; the boot installs them
   with `pip --no-index`.
 - `caddy` — the project's Caddy build (tools/setup.sh: our gateway module, the DNS modules and
   the rate limiter).
 - `pulumi` — a tar of the Pulumi CLI build with its Python shims (the scaler's `up`), plus the
-  cloud's resource plugin when the deploying machine has it (its `pulumi up` needs it anyway).
+  cloud's resource plugin when the deploying machine has it (its `pulumi up` needs it anyway);
+  GCP and Azure only: the AWS scaler sets desired capacity through the Auto Scaling API.
 
 Every file is byte-for-byte reproducible from its inputs (tar members sorted, times and owners
 fixed, the wheel built with SOURCE_DATE_EPOCH): an unchanged checkout keeps the digests, the user
@@ -52,7 +54,9 @@ __all__ = ["VM_EXTRA_REQUIREMENTS", "VmArtifact", "gateway_artifacts", "shipped_
 # the runtime lock (their own dependencies, pulumi, parver and semver, are pinned there already);
 # the versions of pyproject.toml's `cloud` extra.
 VM_EXTRA_REQUIREMENTS = {
-    "aws": ("pulumi_aws==7.51.1",),
+    # The AWS gateway's scaler sets its groups' desired capacity through the Auto Scaling API
+    # (serveform.scaler.autoscaling): no `up` on that VM, so no SDK and no Pulumi CLI.
+    "aws": (),
     "gcp": ("pulumi_gcp==10.2.0",),
     "azure": ("pulumi_azure_native==3.29.0",),
 }
@@ -250,13 +254,16 @@ def shipped_artifacts(path: str | os.PathLike[str]) -> tuple[VmArtifact, ...]:
         raise ImageBuildError(f"{path}: expected the VM's artifact list ({{\"artifacts\": [{{\"name\", \"sha256\", \"key\"}}]}}): {exc}") from None
 
 
-def gateway_artifacts(root: Path | None = None, *, cloud: str = "aws") -> tuple[VmArtifact, ...]:
-    """Build (or find cached) the gateway VM's artifacts for a checkout (default: this one) on ``cloud``.
+def gateway_artifacts(root: Path | None = None, *, cloud: str = "aws", pulumi: bool = True) -> tuple[VmArtifact, ...]:
+    """Build (or find cached) the gateway VM's artifacts for a checkout (default: this one) on ``cloud``;
+    the Pulumi CLI only with ``pulumi`` (a scaler that runs `up` on the VM).
 
     Raises `ImageBuildError` naming the missing build or the failed step.
     """
     if cloud not in VM_EXTRA_REQUIREMENTS:
         raise ImageBuildError(f"cloud {cloud!r}: expected one of {sorted(VM_EXTRA_REQUIREMENTS)}")
     root = root or source_root()
-    paths = {"wheelhouse": _wheelhouse(root, cloud), "caddy": _caddy(), "pulumi": _pulumi(cloud)}
+    paths = {"wheelhouse": _wheelhouse(root, cloud), "caddy": _caddy()}
+    if pulumi:
+        paths["pulumi"] = _pulumi(cloud)
     return tuple(VmArtifact(name=name, path=path, sha256=_hash_cached(path)) for name, path in paths.items())

@@ -59,7 +59,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     assert region is not None
     # Not the Pulumi CLI: the AWS gateway's scaler sets its groups' desired capacity with the
     # instance role and runs no `up` (serveform.scaler.autoscaling).
-    artifacts = tuple(a for a in _cloud.gateway_artifacts("aws") if a.name != "pulumi")
+    artifacts = _cloud.gateway_artifacts("aws")
     built: dict[str, Gateway] = {}
 
     provider = aws.Provider("aws", region=region)

@@ -48,5 +48,7 @@ def _fake_gateway_artifacts(tmp_path_factory):
 
     fakes = fake_gateway_artifacts(tmp_path_factory.mktemp("artifacts"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vm_artifacts, "gateway_artifacts", lambda root=None, **_: fakes)
+        patch.setattr(
+            vm_artifacts, "gateway_artifacts", lambda root=None, pulumi=True, **_: fakes if pulumi else tuple(f for f in fakes if f.name != "pulumi")
+        )
         yield fakes

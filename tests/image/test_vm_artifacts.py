@@ -34,8 +34,9 @@ def test_the_same_checkout_gives_the_same_bytes():
     assert _digest(vm._pulumi()) == before
 
 
-def test_the_wheelhouse_holds_serveform_and_exactly_the_pinned_wheels():
-    with tarfile.open(vm._wheelhouse(source_root())) as tar:
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_the_wheelhouse_holds_serveform_and_exactly_the_pinned_wheels(cloud):
+    with tarfile.open(vm._wheelhouse(source_root(), cloud)) as tar:
         members = tar.getmembers()
     names = [m.name for m in members]
     assert names == sorted(names)
@@ -44,9 +45,10 @@ def test_the_wheelhouse_holds_serveform_and_exactly_the_pinned_wheels():
         return name.lower().replace("_", "-").replace(".", "-")
 
     wheels = {normal(n.split("/")[1].split("-")[0]) for n in names}
-    pinned = {normal(line.split("==")[0]) for line in vm._requirements().splitlines() if line and not line.startswith("#")}
-    assert {"serveform", "pulumi-aws"} <= wheels
+    pinned = {normal(line.split("==")[0]) for line in vm._requirements(cloud).splitlines() if line and not line.startswith("#")}
     assert wheels - {"serveform"} == pinned
+    # GCP's scaler runs `up` on the VM (its Pulumi SDK); AWS's calls the Auto Scaling API (none).
+    assert ("pulumi-gcp" in wheels) == (cloud == "gcp") and "pulumi-aws" not in wheels
 
 
 def test_a_missing_build_names_what_to_run(tmp_path, monkeypatch):

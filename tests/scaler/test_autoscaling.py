@@ -149,3 +149,99 @@ def test_the_gateway_vms_files_say_which_groups_and_services(tmp_path):
     scaled = sorted(n for n, p in plans.items() if p.scaling)
     assert problems == [] and sorted(s.name for s in services) == scaled
     assert all(s.configured == 2 and s.host == f"{plans[s.name].route.subdomain}.example.com" for s in services)
+
+
+@pytest.fixture()
+def aws_stack(tmp_path, groups):
+    """A project whose `prod` stack (real Pulumi CLI, file:// state) is an aws stack as `up` leaves it:
+    its `services` output names the groups. The checkpoint is imported: the AWS provider cannot
+    run here, and `serveform scale` / `status` read nothing else of the stack."""
+    import os
+    import subprocess
+
+    from serveform.stacks.engine import find_pulumi
+
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "Pulumi.yaml").write_text("name: serveform\nruntime: python\nstackConfigDir: stacks\n")
+    for name in GROUPS:
+        (tmp_path / f"{name}.dstack.yml").write_text(
+            f"type: service\nname: {name}\nimage: vllm/vllm-openai:v0.6.0\nport: 8000\nresources:\n  gpu: 1\n"
+            "replicas: 0..3\nscaling:\n  metric: rps\n  target: 5\n"
+        )
+    (tmp_path / "stacks" / "Pulumi.prod.yaml").write_text(
+        "config:\n  serveform:backend: aws\n  serveform:domain: models.example.com\n"
+        f"  serveform:services: [chat.dstack.yml, llm.dstack.yml]\n  serveform:aws:\n    region: {REGION}\n"
+    )
+    env = {
+        **os.environ, "PULUMI_BACKEND_URL": (tmp_path / "state").as_uri(), "PULUMI_CONFIG_PASSPHRASE": "scale-test",
+        "PULUMI_SKIP_UPDATE_CHECK": "1", "AWS_ACCESS_KEY_ID": "operator", "AWS_SECRET_ACCESS_KEY": "operator-secret",
+        "AWS_ENDPOINT_URL": groups.url, "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9",
+    }
+    (tmp_path / "state").mkdir()
+    services = [{"name": s, "url": f"https://{s}.models.example.com", "group": g, "replicas": {"min": 0, "max": 3, "count": 1}}
+                for s, g in GROUPS.items()]
+    deployment = {"version": 3, "deployment": {"manifest": {"time": "2026-12-06T00:00:00Z", "magic": "", "version": ""}, "resources": [
+        {"urn": "urn:pulumi:prod::serveform::pulumi:pulumi:Stack::serveform-prod", "custom": False, "type": "pulumi:pulumi:Stack",
+         "outputs": {"services": services, "domain": "models.example.com", "gateway_address": "127.0.0.1"}}]}}
+    (tmp_path / "deployment.json").write_text(json.dumps(deployment))
+    pulumi = str(find_pulumi())
+    for argv in (["stack", "init", "prod"], ["stack", "import", "--stack", "prod", "--file", "deployment.json"]):
+        subprocess.run([pulumi, *argv], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    return tmp_path, env
+
+
+def _serveform(project: Path, env: dict, *argv: str):
+    import subprocess
+
+    return subprocess.run([str(Path(sys.executable).parent / "serveform"), *argv, "--stack", "prod", "--project-dir", str(project)],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_serveform_scale_on_aws_sets_the_group_with_the_operators_credentials(aws_stack):
+    project, env = aws_stack
+    result = _serveform(project, env, "scale", "chat", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "serveform scale: chat runs 3 replica(s) (auto scaling group serveform-test-chat)"
+    (described,) = _desired_raw(env)
+    assert described == 3
+    # Out of the group's range: clamped by the group's own bounds, and said so.
+    result = _serveform(project, env, "scale", "chat", "7")
+    assert result.returncode == 0 and "chat runs 3 replica(s)" in result.stdout and "7 is outside its replicas range" in result.stdout
+    unknown = _serveform(project, env, "scale", "nope", "1")
+    assert unknown.returncode == 2 and "has no deployed service 'nope' (deployed: chat, llm)" in unknown.stderr
+    without = {k: v for k, v in env.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
+    without["AWS_SHARED_CREDENTIALS_FILE"] = str(project / "no-such-file")
+    denied = _serveform(project, without, "scale", "chat", "2")
+    assert denied.returncode == 1 and "no AWS credentials: set AWS_ACCESS_KEY_ID" in denied.stderr, denied.stderr
+
+
+def _desired_raw(env: dict) -> list[int]:
+    applier = AutoScalingApplier({"chat": GROUPS["chat"]}, REGION, credentials=lambda: Credentials("test", "test"))
+    import os
+
+    saved = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL"]
+    try:
+        return [applier.read_replicas()["chat"]]
+    finally:
+        if saved is None:
+            os.environ.pop("AWS_ENDPOINT_URL")
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = saved
+
+
+def test_serveform_status_on_aws_reads_the_groups(aws_stack, groups):
+    project, env = aws_stack
+    groups.call(("autoscaling", "set_desired_capacity", {"AutoScalingGroupName": GROUPS["llm"], "DesiredCapacity": 2}))
+    result = _serveform(project, env, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["groups"] == {"region": REGION, "reachable": True, "error": None}
+    replicas = {s["name"]: s["replicas"] for s in status["services"]}
+    # The groups' own counts and ranges, not the outputs' (count 1, range 0..3).
+    assert {n: (r["desired"], r["min"], r["max"]) for n, r in replicas.items()} == {"chat": (1, 1, 3), "llm": (2, 0, 2)}
+    without = {k: v for k, v in env.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
+    without["AWS_SHARED_CREDENTIALS_FILE"] = str(project / "no-such-file")
+    table = _serveform(project, without, "status")
+    assert table.returncode == 0, table.stderr
+    assert "auto scaling groups: us-east-1  (desired counts from the stack's outputs; groups unreachable: no AWS credentials" in table.stdout
