@@ -140,3 +140,15 @@ def booted(
             if part is not None:
                 part.close()
         net.close()
+
+
+def reboot_and_serve(vm: Vm, net: Network, host: str, token: str, units: list[str]) -> float:
+    """Power the container off and boot it again; the seconds until every unit is active and HTTPS answers 200."""
+    vm.stop()
+    assert vm.proc is not None and vm.proc.returncode is not None
+    vm.boot()
+    t0 = time.monotonic()
+    states = vm.wait_active(units, timeout=180)
+    assert states == {u: "active" for u in units}, vm.sh("journalctl -b -u 'serveform-*' --no-pager | tail -40").stdout
+    assert wait_https(vm, net, host, "/health", token) == 200
+    return time.monotonic() - t0

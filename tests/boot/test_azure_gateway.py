@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _gateway_checks import Stub, booted, https, wait_https
+from _gateway_checks import Stub, booted, https, reboot_and_serve, wait_https
 from _vmboot import ROOT, prepare
 
 import _pulumi_harness
@@ -170,6 +170,11 @@ def test_the_calls_are_exactly_the_documented_list(gateway, rendered):
     # Each blob once, each secret once (the tokens, the scaler's environment): nothing fetched twice.
     assert all(calls.count(f"GET /{k}") == 1 for k in [*rendered["blobs"], *rendered["secrets"]])
     print("\ncalls the Azure gateway VM made: " + json.dumps(sorted(set(calls))))
+
+
+def test_a_rebooted_gateway_comes_back_serving(gateway):
+    """The second boot runs no install (cloud-init ran once per instance): the units come back from disk."""
+    TIMINGS["reboot: serving again"] = reboot_and_serve(gateway["vm"], gateway["net"], f"chat.{DOMAIN}", TOKEN, SERVEFORM_UNITS)
 
 
 @pytest.fixture()
