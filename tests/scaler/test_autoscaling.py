@@ -245,3 +245,53 @@ def test_serveform_status_on_aws_reads_the_groups(aws_stack, groups):
     table = _serveform(project, without, "status")
     assert table.returncode == 0, table.stderr
     assert "auto scaling groups: us-east-1  (desired counts from the stack's outputs; groups unreachable: no AWS credentials" in table.stdout
+
+
+async def test_the_daemon_on_a_gateway_vm_applies_its_decision_to_the_group(groups, tmp_path):
+    """`serveform scaler run --aws-groups --gateway-config`, as the AWS gateway's unit runs it: the
+    services from gateway.json, their counts from the groups, a decision set with the instance role."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    from serveform.scaler.daemon import ScalerConfig, run
+    from serveform.translator import CompileContext, compile_text
+
+    text = "type: service\nname: chat\nimage: vllm/vllm-openai:v0.6.0\nport: 8000\nresources:\n  gpu: 1\nreplicas: 1..3\nscaling:\n  metric: rps\n  target: 5\n"
+    context = CompileContext(backend="aws", domain="models.example.com", regions=(REGION,), require_env=False)
+    plan = compile_text(text, file="chat.dstack.yml", context=context).plan
+    (tmp_path / "gateway.json").write_text(json.dumps({"settings": {"domain": "models.example.com"}, "plans": [json.loads(plan.model_dump_json(exclude={"code"}))]}))
+    (tmp_path / "discovery.json").write_text(json.dumps({"stack": "test", "targets": [
+        {"service": "chat", "port": 8000, "cloud": "aws", "group": GROUPS["chat"], "region": REGION}]}))
+    served = {"requests": 0}
+
+    async def metrics(_request):
+        return web.Response(text=f'serveform_requests_total{{service="chat",host="chat.models.example.com"}} {served["requests"]}\n')
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    config = ScalerConfig(
+        stack="test", project_dir=tmp_path, metrics_url=f"http://127.0.0.1:{port}/metrics", interval_seconds=0.1, listen=None,
+        state_path=tmp_path / "state.json", aws_groups=tmp_path / "discovery.json", gateway_config=tmp_path / "gateway.json",
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(config, stop=stop))
+    try:
+        await asyncio.sleep(0.5)  # a first scrape: the window starts at 0 requests
+        assert _desired(groups)["chat"] == 1
+        served["requests"] = 700  # 700 over chat's 60 s window: 11.7 rps against 5 per replica -> 3
+        deadline = time.monotonic() + 30
+        while _desired(groups)["chat"] == 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert _desired(groups)["chat"] == 3
+        assert json.loads((tmp_path / "state.json").read_text())["services"]["chat"]["applied"] == 3
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+        await runner.cleanup()
