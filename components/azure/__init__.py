@@ -18,7 +18,7 @@ from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
 from .._vm import short_name
-from .gateway import DEFAULT_VM_SIZE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef, relative_record_name
+from .gateway import DEFAULT_VM_SIZE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef, relative_record_name, store_code
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, GpuInstanceGroup, GpuInstanceGroupArgs, group_name
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
 
@@ -86,6 +86,9 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         )
         return Volume(f"{name}-volume", args, opts)
 
+    built: dict[str, Gateway] = {}
+    code_containers: dict[str, pulumi.Output[str]] = {}
+
     def gateway(common: _cloud.GatewayCommon) -> Gateway:
         args = GatewayArgs(
             **common,
@@ -101,7 +104,15 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             dns_resource_group=cfg.dns_resource_group,
             artifacts=artifacts,
         )
-        return Gateway("gateway", args, opts)
+        built["gateway"] = Gateway("gateway", args, opts)
+        return built["gateway"]
+
+    def code_store(plan: ServicePlan) -> pulumi.Output[str]:
+        # The service's code archive (issue 14 item 2) in its own container of the gateway's storage account.
+        url, code_containers[plan.name] = store_code(
+            built["gateway"], f"{plan.name}-code", plan.name, _cloud.code_object_key(plan), _cloud.code_asset(plan)
+        )
+        return url
 
     def group(common: _cloud.GroupCommon, gateway: Gateway, volumes: dict[str, Volume]) -> GpuInstanceGroup:
         args = GpuInstanceGroupArgs(
@@ -116,9 +127,11 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             ssh_public_key=cfg.ssh_public_key,
             image=_image(cfg.image),
             volumes={name: v.disk_id for name, v in volumes.items()},
+            code_container_id=code_containers.get(common["plan"].name),
         )
         return GpuInstanceGroup(common["plan"].name, args, opts)
 
     _cloud.register(
-        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group
+        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group,
+        code_store=code_store,
     )

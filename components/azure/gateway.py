@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -51,7 +52,9 @@ __all__ = [
     "GatewayArgs",
     "GatewayGroupRef",
     "artifact_account_name",
+    "code_container_name",
     "relative_record_name",
+    "store_code",
 ]
 
 GATEWAY_TYPE = "serveform:azure:Gateway"
@@ -383,6 +386,9 @@ class Gateway(pulumi.ComponentResource):
         self.dns_name = dns_name
         self.user_data = user_data
         self.artifact_container_url = pulumi.Output.from_input(container_url)
+        self._account = account
+        self._account_name = account_name
+        self._resource_group = rg
         self.register_outputs(
             {
                 "address": self.address,
@@ -392,6 +398,47 @@ class Gateway(pulumi.ComponentResource):
                 "artifact_container_url": self.artifact_container_url,
             }
         )
+
+
+def code_container_name(service: str) -> str:
+    """The container of one service's code archives: its own, so that a role scoped to it reads nothing else.
+
+    A container name has no two hyphens in a row (a service's DNS label may): those are folded, and
+    a hash of the service keeps two such services apart.
+    """
+    folded = re.sub(r"-{2,}", "-", service)
+    suffix = "" if folded == service else "-" + hashlib.sha256(service.encode()).hexdigest()[:6]
+    return f"code-{folded}{suffix}"
+
+
+def store_code(gateway: Gateway, name: str, service: str, key: str, source: pulumi.Asset) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    """Upload a service's code archive into its own private container of the gateway's storage
+    account, as the gateway's children; the blob's URL and the container's ID (for the replicas' grant).
+
+    The key is the archive's digest, so its bytes never change under it: a scale update (which
+    rebuilds the stack without the deploying machine's archive file) ignores the source.
+    """
+    container = azure.storage.BlobContainer(
+        f"{name}-container",
+        account_name=gateway._account.name,
+        resource_group_name=gateway._resource_group,
+        container_name=code_container_name(service),
+        public_access="None",
+        opts=pulumi.ResourceOptions(parent=gateway),
+    )
+    blob = azure.storage.Blob(
+        name,
+        account_name=gateway._account.name,
+        container_name=container.name,
+        resource_group_name=gateway._resource_group,
+        blob_name=key,
+        type="Block",
+        content_type="application/gzip",
+        source=source,
+        opts=pulumi.ResourceOptions(parent=gateway, ignore_changes=["source"]),
+    )
+    url = blob.name.apply(lambda _: f"https://{gateway._account_name}.blob.core.windows.net/{code_container_name(service)}/{key}")
+    return url, container.id
 
 
 def artifact_account_name(stack: str, resource_group: str, location: str) -> str:

@@ -77,6 +77,9 @@ class GpuInstanceGroupArgs:
     """Network volume name → managed disk ID."""
     code_url: pulumi.Input[str] | None = None
     """Where the plan's code archive lies in the stack's artifact store (`_vm.CodeSource.url`); None: not shipped."""
+    code_container_id: pulumi.Input[str] | None = None
+    """The blob container holding only this service's code archive (with `code_url`): the replicas'
+    identity is its "Storage Blob Data Reader" (Azure scopes data roles to a container, not a blob)."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -115,6 +118,15 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                 role_definition_id=role_of(_roles.KEY_VAULT_SECRETS_USER), scope=secret.id, opts=child,
             )
             secret_url = f"https://{args.vault_host}/secrets/{secret_name}"
+
+        code_reads: list[pulumi.Resource] = []
+        if args.code_container_id is not None and args.code_url is not None:
+            code_reads.append(
+                azure.authorization.RoleAssignment(
+                    f"{name}-code-read", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+                    role_definition_id=role_of(_roles.STORAGE_BLOB_DATA_READER), scope=args.code_container_id, opts=child,
+                )
+            )
 
         nsg = azure.network.NetworkSecurityGroup(
             f"{name}-firewall",
@@ -226,7 +238,8 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                 },
             },
             tags=tags,
-            opts=child,
+            # A replica fetches its code at boot: readable before the first one starts.
+            opts=child.merge(pulumi.ResourceOptions(depends_on=code_reads)),
         )
         if mounts:
             role = azure.authorization.RoleDefinition(

@@ -17,7 +17,7 @@ from serveform.stacks.settings import StackSettings
 from serveform.translator.plan import ServicePlan
 
 from .. import _cloud
-from .gateway import DEFAULT_MACHINE_TYPE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef
+from .gateway import DEFAULT_MACHINE_TYPE, GATEWAY_TYPE, Gateway, GatewayArgs, GatewayGroupRef, store_code
 from .gpu_instance_group import GPU_INSTANCE_GROUP_TYPE, GpuInstanceGroup, GpuInstanceGroupArgs, disk_name, group_name
 from .network import NETWORK_TYPE, Network, NetworkArgs
 from .volume import VOLUME_TYPE, Volume, VolumeArgs
@@ -74,6 +74,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         args = VolumeArgs(**common, disk_name=disk_name(settings.stack, name), zone=zone, labels={"serveform-stack": settings.stack})
         return Volume(f"{name}-volume", args, opts)
 
+    built: dict[str, Gateway] = {}
+
     def gateway(common: _cloud.GatewayCommon) -> Gateway:
         args = GatewayArgs(
             **common,
@@ -86,7 +88,12 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             dns_zone=cfg.dns_zone,
             artifacts=artifacts,
         )
-        return Gateway("gateway", args, opts)
+        built["gateway"] = Gateway("gateway", args, opts)
+        return built["gateway"]
+
+    def code_store(plan: ServicePlan) -> pulumi.Output[str]:
+        # The service's code archive (issue 14 item 2) in the gateway's artifact bucket.
+        return store_code(built["gateway"], f"{plan.name}-code", _cloud.code_object_key(plan), _cloud.code_asset(plan))
 
     def group(common: _cloud.GroupCommon, gateway: Gateway, volumes: dict[str, Volume]) -> GpuInstanceGroup:
         args = GpuInstanceGroupArgs(
@@ -98,9 +105,11 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
             subnetwork=subnetwork,
             gateway_service_account=gateway.service_account,
             volumes={name: v.self_link for name, v in volumes.items()},
+            code_bucket=gateway.artifact_bucket if common["code_url"] is not None else None,
         )
         return GpuInstanceGroup(common["plan"].name, args, opts)
 
     _cloud.register(
-        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group
+        settings, plans, caps, group_name=group_name, group_ref=GatewayGroupRef, volume=volume, gateway=gateway, group=group,
+        code_store=code_store,
     )

@@ -47,10 +47,12 @@ __all__ = [
     "GatewayArgs",
     "GatewayGroupRef",
     "artifact_read_condition",
+    "code_media_url",
     "gateway_dns_permissions",
     "gateway_permissions",
     "gateway_scale_condition",
     "gateway_scale_permissions",
+    "store_code",
 ]
 
 GATEWAY_TYPE = "serveform:gcp:Gateway"
@@ -305,6 +307,7 @@ class Gateway(pulumi.ComponentResource):
         self.dns_name = dns_name
         self.user_data = user_data
         self.artifact_bucket = bucket.name
+        self._bucket = bucket
         self.register_outputs(
             {
                 "address": self.address,
@@ -314,6 +317,30 @@ class Gateway(pulumi.ComponentResource):
                 "artifact_bucket": self.artifact_bucket,
             }
         )
+
+
+def store_code(gateway: Gateway, name: str, key: str, source: pulumi.Asset) -> pulumi.Output[str]:
+    """Upload a service's code archive into the gateway's artifact bucket, as the gateway's child; its media URL.
+
+    The key is the archive's digest, so its bytes never change under it: a scale update (which
+    rebuilds the stack without the deploying machine's archive file) ignores the source.
+    """
+    obj = gcp.storage.BucketObject(
+        name,
+        bucket=gateway._bucket.name,
+        name=key,
+        source=source,
+        content_type="application/gzip",
+        opts=pulumi.ResourceOptions(parent=gateway, ignore_changes=["source"]),
+    )
+    return pulumi.Output.all(obj.bucket, obj.name).apply(lambda v: code_media_url(v[0], v[1]))
+
+
+def code_media_url(bucket: str, name: str) -> str:
+    """The Cloud Storage JSON API's media URL of an object (its name fully escaped), as replicas fetch it."""
+    import urllib.parse
+
+    return f"https://storage.googleapis.com/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
 
 
 def artifact_read_condition(bucket: str, names: list[str]) -> str:

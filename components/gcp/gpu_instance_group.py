@@ -17,7 +17,9 @@ import pulumi_gcp as gcp
 
 from serveform.translator.plan import ServicePlan
 
+from .._cloud import code_object_key
 from .._vm import Capacity, CodeSource, ReplicaBoot, SecretRef, VmConfigError, VolumeMount, needs_secret_store, replica_user_data, secret_payload, short_name
+from .gateway import artifact_read_condition
 
 __all__ = ["GPU_INSTANCE_GROUP_TYPE", "GpuInstanceGroup", "GpuInstanceGroupArgs", "accelerator_type", "disk_name", "group_name"]
 
@@ -91,6 +93,8 @@ class GpuInstanceGroupArgs:
     """Network volume name → the disk's self link."""
     code_url: pulumi.Input[str] | None = None
     """Where the plan's code archive lies in the stack's artifact store (`_vm.CodeSource.url`); None: not shipped."""
+    code_bucket: pulumi.Input[str] | None = None
+    """The bucket holding the code archive (with `code_url`): the replicas' account may view that one object."""
 
 
 class GpuInstanceGroup(pulumi.ComponentResource):
@@ -163,6 +167,22 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                 member=account.member,
                 condition={"title": "own-disks-and-instances", "expression": condition},
                 opts=child,
+            )
+
+        code_reads: list[pulumi.Resource] = []
+        if args.code_bucket is not None and args.code_url is not None and plan.code is not None:
+            key = code_object_key(plan)
+            code_reads.append(
+                gcp.storage.BucketIAMMember(
+                    f"{name}-code-read",
+                    bucket=args.code_bucket,
+                    role="roles/storage.objectViewer",
+                    member=account.member,
+                    condition=pulumi.Output.from_input(args.code_bucket).apply(
+                        lambda b: {"title": "service-code", "description": f"the code archive of {plan.name}", "expression": artifact_read_condition(b, [key])}
+                    ),
+                    opts=child,
+                )
             )
 
         gcp.compute.Firewall(
@@ -241,7 +261,8 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                 "max_unavailable_fixed": 0,
             },
             wait_for_instances=False,
-            opts=child,
+            # A replica fetches its code at boot: readable before the first one starts.
+            opts=child.merge(pulumi.ResourceOptions(depends_on=code_reads)),
         )
         self.group_name = group.name
         self.instance_template = template.self_link

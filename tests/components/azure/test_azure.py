@@ -128,3 +128,45 @@ def test_artifact_account_name_is_a_valid_stable_storage_account_name():
     name = artifact_account_name("a-very-long-stack-name", "its-resource-group", "westeurope")
     assert re.fullmatch(r"[a-z0-9]{3,24}", name) and name == artifact_account_name("a-very-long-stack-name", "its-resource-group", "westeurope")
     assert name != artifact_account_name("other", "its-resource-group", "westeurope")
+
+
+def test_a_services_code_archive_is_uploaded_and_only_its_replicas_may_read_it(tmp_path):
+    """Issue 14 item 2 on Azure: the archive goes into the service's own container of the stack's
+    storage account, named by digest; only that service's identity reads the container."""
+    import hashlib
+
+    from serveform.translator.plan import CodePlan
+
+    archive = tmp_path / "code.tar.gz"
+    archive.write_bytes(b"not really a tarball")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    plans = dict(example_plans("azure"))
+    name, plan = sorted(plans.items())[0]
+    plans[name] = plan.model_copy(update={"code": CodePlan(sha256=digest, size_bytes=20, archive=str(archive))})
+    rec = deploy("azure", make_settings("azure", CONFIG), plans.values())
+    blob = rec.one("azure-native:storage:Blob", f"{name}-code")
+    assert blob.inputs["blobName"] == f"code/{name}/{digest}.tar.gz" and "serveform:azure:Gateway" in blob.urn
+    container = rec.one("azure-native:storage:BlobContainer", f"{name}-code-container").inputs
+    assert container["containerName"] == f"code-{name}" and container["publicAccess"] == "None"
+    reads = {r.name: r.inputs for r in rec.resources if r.type == "azure-native:authorization:RoleAssignment" and r.name.endswith("-read")}
+    assert set(reads) == {"gateway-artifacts-read", f"{name}-code-read"}
+    read = reads[f"{name}-code-read"]
+    assert read["roleDefinitionId"].endswith("/roleDefinitions/2a2b9908-6ea1-4ae2-8e65-a410df84e7d1")
+    assert read["scope"].endswith(f"/{name}-code-container") and read["principalId"] == f"principal-{name}-identity"
+    from _cloud_contract import user_data_of  # noqa: PLC0415
+
+    from serveform.components.azure.gateway import artifact_account_name
+
+    run = user_data_of(rec, name)
+    assert f"https://{artifact_account_name('dev', 'serveform-dev', 'eastus')}.blob.core.windows.net/code-{name}/code/{name}/{digest}.tar.gz" in run
+
+
+def test_code_container_names_are_valid_for_every_service_name():
+    import re
+
+    from serveform.components.azure.gateway import code_container_name
+
+    assert code_container_name("chat") == "code-chat"
+    odd = code_container_name("a--b")
+    assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", odd) and 3 <= len(odd) <= 63 and odd != code_container_name("a-b")
+    assert len(code_container_name("x" * 40)) <= 63

@@ -146,3 +146,33 @@ def test_artifact_read_condition_names_each_object():
     assert artifact_read_condition("b", ["artifacts/z-1", "artifacts/a-2"]) == (
         'resource.name == "projects/_/buckets/b/objects/artifacts/a-2" || resource.name == "projects/_/buckets/b/objects/artifacts/z-1"'
     )
+
+
+def test_a_services_code_archive_is_uploaded_and_only_its_replicas_may_read_it(tmp_path):
+    """Issue 14 item 2 on GCP: the archive goes into the gateway's artifact bucket, named by digest;
+    only that service's account may view it, and its replicas fetch it by the media URL."""
+    import hashlib
+
+    from serveform.translator.plan import CodePlan
+
+    archive = tmp_path / "code.tar.gz"
+    archive.write_bytes(b"not really a tarball")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    plans = dict(example_plans("gcp"))
+    name, plan = sorted(plans.items())[0]
+    plans[name] = plan.model_copy(update={"code": CodePlan(sha256=digest, size_bytes=20, archive=str(archive))})
+    rec = deploy("gcp", make_settings("gcp", CONFIG), plans.values())
+    code = rec.one("gcp:storage/bucketObject:BucketObject", f"{name}-code")
+    assert code.inputs["name"] == f"code/{name}/{digest}.tar.gz" and "serveform:gcp:Gateway" in code.urn
+    assert code.inputs["bucket"] == rec.one("gcp:storage/bucket:Bucket", "gateway-artifacts").inputs.get("name", "gateway-artifacts")
+    grants = {g.name: g.inputs for g in rec.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")}
+    assert set(grants) == {"gateway-artifacts-read", f"{name}-code-read"}
+    read = grants[f"{name}-code-read"]
+    # The service's own account (the mocks name it by its logical name), not the gateway's.
+    assert read["role"] == "roles/storage.objectViewer" and read["member"] == f"serviceAccount:{name}-identity@mock-project.iam.gserviceaccount.com"
+    assert read["condition"]["expression"] == f'resource.name == "projects/_/buckets/{read["bucket"]}/objects/code/{name}/{digest}.tar.gz"'
+    from _cloud_contract import user_data_of  # noqa: PLC0415
+
+    run = user_data_of(rec, name)
+    assert f"https://storage.googleapis.com/storage/v1/b/{read['bucket']}/o/code%2F{name}%2F{digest}.tar.gz?alt=media" in run
+    assert digest in run
