@@ -484,6 +484,8 @@ async def run(
     store = StateStore(config.state_path or default_state_path(config.project_dir, config.stack))
     worker: ApplyWorker | None = None
     scaler_ref: list[Scaler] = []
+    # On an AWS gateway VM: what sets the groups' desired capacity also reads it (the counts the
+    # services start from), in a dry run too.
     groups = None
     if applier is None and config.aws_groups is not None:
         from ..aws.client import instance_credentials
@@ -494,6 +496,8 @@ async def run(
     if not config.dry_run:
         applier = applier or groups or PulumiApplier(config.stack, config.project_dir, on_output=_pulumi_log)
         worker = ApplyWorker(applier, on_applied=lambda counts: scaler_ref[0].mark_applied(counts))
+    if groups is None and config.gateway_config is not None:
+        groups = applier  # a test's applier stands in for the groups
     scaler = Scaler(store=store, worker=worker, clock=clock, dry_run=config.dry_run)
     scaler_ref.append(scaler)
     requests_selector = Selector.parse(config.selector)
@@ -506,7 +510,6 @@ async def run(
     reader = applier if isinstance(applier, PulumiApplier) else None
     if reader is None and config.services is None and config.gateway_config is None:
         reader = PulumiApplier(config.stack, config.project_dir)
-    groups = groups or applier  # with gateway_config: what reads the groups' counts
 
     def load() -> None:
         if config.services is not None:
