@@ -101,9 +101,12 @@ def run() -> None:
     else:
         settings, plans, config = _deployed_inputs(previous, request, config)
     counts = resolve_counts(plans, counts_from_output(previous.get(REPLICAS_OUTPUT)), request, datetime.now(timezone.utc))
+    # On AWS a group holds its own count once created (the scaler and `serveform scale` set its
+    # desired capacity; the stack ignores it): the count here is what a new group starts with.
+    held = " (a new group starts here; a running group keeps its own desired capacity: `serveform status`)" if settings.backend == "aws" else ""
     for name, count in sorted(counts.items()):
         # Shown by `preview` and `up` under Diagnostics: each count and where it came from.
-        pulumi.log.info(f"{name}: {count.count} replica(s), {count.describe()}")
+        pulumi.log.info(f"{name}: {count.count} replica(s), {count.describe()}{held}")
     settings = settings.model_copy(update={"replicas": {name: c.count for name, c in counts.items()}})
     build(settings, plans)
     pulumi.export(REPLICAS_OUTPUT, {name: c.to_output() for name, c in sorted(counts.items())})
