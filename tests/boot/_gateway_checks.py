@@ -52,6 +52,14 @@ class Stub:
     def calls(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line]
 
+    def wait_for_call(self, fragment: str, timeout: float = 60) -> None:
+        """Until a call containing ``fragment`` was made (discovery's first round follows cloud-init)."""
+        deadline = time.monotonic() + timeout
+        while not any(fragment in c for c in self.calls()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no call with {fragment!r} within {timeout} s: {self.calls()}")
+            time.sleep(0.5)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)

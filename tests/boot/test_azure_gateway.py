@@ -153,6 +153,7 @@ def test_https_answers_401_without_the_token_and_200_with_it(gateway):
 
 def test_the_calls_are_exactly_the_documented_list(gateway, rendered):
     """Every request the VM made (booting, serving, discovering), against the README's list for Azure."""
+    gateway["stub"].wait_for_call("/networkInterfaces")
     calls = gateway["stub"].calls()
     assert not [c for c in calls if c.rsplit(" ", 1)[-1].isdigit()], calls  # nothing refused
     token = "GET /metadata/identity/oauth2/token?resource="
