@@ -1,17 +1,18 @@
 """`Gateway`: the stack's entry point on AWS — one small VM with an Elastic IP.
 
 Its software is shipped, not downloaded: the deployment uploads the gateway's artifacts (a
-wheelhouse of serveform and its pinned dependencies, the project's Caddy build, the Pulumi CLI;
+wheelhouse of serveform and its pinned dependencies, and the project's Caddy build;
 `serveform.image.vm`) into a private, encrypted bucket of the stack, and the user data names each
 by its sha256; the boot fetches them with the instance role and checks every digest. The bucket
 blocks public access, encrypts at rest, refuses plain HTTP, and lets only the gateway's role (and
 whoever deploys) read objects.
 
 It runs Caddy with the OpenAI-compatible router, the replica discovery timer and the scaler
-as systemd units (cloud-init from `components/templates/gateway/`). Its security group opens
-80 and 443 and nothing else; its role may list the groups' instances, set their desired
-capacity, read the bearer tokens' secret and, for the DNS challenge, change records in the
-stack's hosted zone — nothing broader. With a hosted zone configured, `*.<domain>` points at
+as systemd units (cloud-init from `components/templates/gateway/`). The scaler sets the groups'
+desired capacity through the Auto Scaling API (no Pulumi on the VM, no state credentials). Its
+security group opens 80 and 443 and nothing else; its role may list the groups' instances,
+describe the groups and set the autoscaled ones' desired capacity, read the bearer tokens'
+secret and, for the DNS challenge, change records in the stack's hosted zone — nothing broader. With a hosted zone configured, `*.<domain>` points at
 the address; otherwise the address is exported for the user's DNS.
 """
 
@@ -162,8 +163,9 @@ class Gateway(pulumi.ComponentResource):
                 f"{name}-artifact-{artifact.name}",
                 bucket=bucket.id,
                 key=artifact.key,
-                # A scale update on the VM has no file (it keeps what it booted from): the key is
-                # the digest, so the bytes under it never change, and the source is not compared.
+                # An update without the file (a scale run rebuilds from the last deployment's
+                # inputs): the key is the digest, so the bytes under it never change, and the
+                # source is not compared.
                 source=pulumi.FileAsset(str(artifact.path)) if artifact.path else pulumi.StringAsset(""),
                 checksum_algorithm="SHA256",
                 content_type="application/octet-stream",
@@ -305,7 +307,7 @@ def artifact_bucket_policy(bucket_arn: str, stack: str) -> str:
     are created after this policy, hence the tag rather than their ARNs). People and CI of the
     account keep what their own IAM policies give them (the deployer reads objects back on a
     refresh), and each stack role's own policy names the exact objects it may read. The policy
-    names no deployer, so a scale update run by the gateway's role leaves it unchanged.
+    names no deployer, so whoever runs an update leaves it unchanged.
     """
     statements: list[dict[str, object]] = [
         {
