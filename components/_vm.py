@@ -105,6 +105,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # The boot's fetchers (stdlib Python), written to the VMs as FETCH_BIN and FETCH_LIB.
 _BOOT = Path(__file__).resolve().parent / "boot"
 
+# Where GCP and Azure keep a code archive (`_cloud.code_store`): a media URL of the stack's bucket, a blob.
+_GCS_MEDIA = re.compile(r"^https://storage\.googleapis\.com/storage/v1/b/([a-z0-9][a-z0-9._-]{1,220})/o/([A-Za-z0-9%._-]+)\?alt=media$")
+_AZURE_BLOB = re.compile(r"^https://[a-z0-9]{3,24}\.blob\.core\.windows\.net/[a-z0-9-]{3,63}/[A-Za-z0-9/._-]+$")
+
 # AWS Graviton (arm64) instance families: a letter prefix, a generation, then a `g` among the suffixes.
 _AWS_ARM = re.compile(r"^(a1|[a-z]+\d+[a-z]*g[a-z]*)\.")
 # Env names reach `export NAME=...` and `docker run -e NAME`: identifiers only.
@@ -349,6 +353,9 @@ def replica_user_data(boot: ReplicaBoot) -> str:
     # Both or neither: the plan's archive, and where the stack's artifact store keeps it.
     code = boot.code if plan.code is not None else None
     s3 = _s3_location(plan, code) if code is not None and boot.cloud == "aws" else None
+    gcs = _gcs_location(plan, code) if code is not None and boot.cloud == "gcp" else None
+    if code is not None and boot.cloud == "azure" and (not _AZURE_BLOB.match(code.url) or not boot.identity):
+        raise VmConfigError(f"{plan.file}: error: code archive: expected a blob URL of the stack's storage account and the replicas' identity, got {code.url!r}")
     entrypoint = group.entrypoint.split() if group.entrypoint else (["/bin/sh", "-c"] if _docker_script(plan) else [])
     instance_volumes = [v for v in plan.volumes if v.kind == "instance"]
     run_sh = render(
@@ -370,6 +377,7 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         code_root=CODE_ROOT,
         console=CONSOLE,
         s3=s3,
+        gcs=gcs,
         fetch_bin=FETCH_BIN,
         gpu_vendor=(res.gpu_vendor or ("nvidia" if group.gpus_num else None)),
         gpus_num=group.gpus_num,
@@ -390,7 +398,9 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         unit=unit,
         # AWS replicas fetch the code with the gateway's fetcher: the instance role over IMDSv2 and
         # SigV4, Python's standard library only (no awscli on the image needed).
-        fetch_files=fetch_files("aws") if s3 is not None else {},
+        # Replicas fetch the code with the gateway's fetcher of their cloud (Python's standard
+        # library only, the instance's identity): no awscli, gcloud or az on the image needed.
+        fetch_files=fetch_files(boot.cloud) if code is not None else {},
     )
 
 
@@ -400,6 +410,19 @@ def fetch_files(cloud: Cloud) -> dict[str, str]:
     if cloud == "aws":
         files[FETCH_AWS_LIB] = (_BOOT.parent.parent / "aws" / "client.py").read_text()
     return files
+
+
+def _gcs_location(plan: ServicePlan, code: CodeSource) -> dict[str, str]:
+    """Bucket and object of a Cloud Storage media URL, for `serveform-fetch artifact` (gcp_fetch.py)."""
+    import urllib.parse
+
+    match = _GCS_MEDIA.match(code.url)
+    name = urllib.parse.unquote(match.group(2)) if match else ""
+    if not match or not re.fullmatch(r"[A-Za-z0-9/._-]+", name):
+        raise VmConfigError(
+            f"{plan.file}: error: code archive: expected https://storage.googleapis.com/storage/v1/b/BUCKET/o/OBJECT?alt=media, got {code.url!r}"
+        )
+    return {"bucket": match.group(1), "object": name}
 
 
 def _s3_location(plan: ServicePlan, code: CodeSource) -> dict[str, str]:

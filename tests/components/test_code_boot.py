@@ -24,6 +24,7 @@ from serveform.components._render import render  # noqa: E402
 from serveform.components._vm import CodeSource, ReplicaBoot, replica_user_data  # noqa: E402
 from serveform.translator.plan import CodeMountPlan, CodePlan  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
 CLOUDS = ("aws", "gcp", "azure")
 URLS = {
     "aws": "s3://serveform-dev-artifacts/code/hostile/x.tar.gz",
@@ -72,11 +73,32 @@ def test_the_replica_boot_fetches_checks_and_mounts_the_code(cloud, cloud_init, 
     # The code step runs before the container starts.
     assert run_sh.index("serveform_fetch_code \"$CODE_DIR.tar.gz\"") < run_sh.index("exec docker run")
     files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
-    if cloud == "aws":  # the gateway's stdlib fetcher: instance role over IMDSv2, SigV4, no awscli
-        assert files["/opt/serveform/bin/serveform-fetch"]["permissions"] == "0755"
-        assert f"/opt/serveform/bin/serveform-fetch artifact code {sha256} serveform-dev-artifacts code/hostile/x.tar.gz us-east-1" in run_sh
-    else:
-        assert "/opt/serveform/bin/serveform-fetch" not in files
+    # The gateway's stdlib fetcher of each cloud, with the instance's identity: no awscli, gcloud or az.
+    assert files["/opt/serveform/bin/serveform-fetch"]["permissions"] == "0755"
+    assert files["/opt/serveform/bin/serveform-fetch"]["content"] == (ROOT / "components" / "boot" / f"{cloud}_fetch.py").read_text()
+    assert files["/opt/serveform/bin/_fetch.py"]["permissions"] == "0644"
+    fetch = {
+        "aws": f"artifact code {sha256} serveform-dev-artifacts code/hostile/x.tar.gz us-east-1",
+        "gcp": f"artifact code {sha256} sf-dev code/hostile/x.tar.gz",
+        "azure": f"artifact code {sha256} {URLS['azure']} {identity}",
+    }[cloud]
+    assert f"/opt/serveform/bin/serveform-fetch {fetch} " in run_sh
+    assert "curl" not in run_sh.split("serveform_fetch_code()", 1)[1].split("}", 1)[0]
+
+
+@pytest.mark.parametrize(("cloud", "url"), [
+    ("gcp", "https://storage.googleapis.com/storage/v1/b/sf-dev/o/code%2F..%2F%24%28id%29?alt=media"),
+    ("gcp", "https://example.com/x.tar.gz"),
+    ("azure", "https://evil.example/x.tar.gz"),
+])
+def test_a_gcp_or_azure_code_location_must_be_the_stacks_store(cloud, url, tmp_path):
+    from serveform.components._vm import VmConfigError
+
+    archive, sha256 = _archive(tmp_path)
+    plan = hostile_plan(cloud).model_copy(update={"code": _code_plan(archive, sha256)})
+    identity = "00000000-0000-0000-0000-0000000000aa" if cloud == "azure" else None
+    with pytest.raises(VmConfigError, match="code archive: expected"):
+        replica_user_data(ReplicaBoot(plan=plan, cloud=cloud, stack="dev", identity=identity, code=CodeSource(url=url)))
 
 
 def test_an_aws_code_location_must_be_an_s3_object_with_its_region(tmp_path):

@@ -158,7 +158,9 @@ def test_a_services_code_archive_is_uploaded_and_only_its_replicas_may_read_it(t
     from serveform.components.azure.gateway import artifact_account_name
 
     run = user_data_of(rec, name)
-    assert f"https://{artifact_account_name('dev', 'serveform-dev', 'eastus')}.blob.core.windows.net/code-{name}/code/{name}/{digest}.tar.gz" in run
+    url = f"https://{artifact_account_name('dev', 'serveform-dev', 'eastus')}.blob.core.windows.net/code-{name}/code/{name}/{digest}.tar.gz"
+    # Fetched with Azure's serveform-fetch (the identity's token from the metadata service), digest checked.
+    assert f"/opt/serveform/bin/serveform-fetch artifact code {digest} {url} client-{name}-identity " in run
 
 
 def test_code_container_names_are_valid_for_every_service_name():

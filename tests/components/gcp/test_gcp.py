@@ -175,4 +175,5 @@ def test_a_services_code_archive_is_uploaded_and_only_its_replicas_may_read_it(t
 
     run = user_data_of(rec, name)
     assert f"https://storage.googleapis.com/storage/v1/b/{read['bucket']}/o/code%2F{name}%2F{digest}.tar.gz?alt=media" in run
-    assert digest in run
+    # Fetched with GCP's serveform-fetch (the account's token from the metadata server), digest checked.
+    assert f"/opt/serveform/bin/serveform-fetch artifact code {digest} {read['bucket']} code/{name}/{digest}.tar.gz " in run
