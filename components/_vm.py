@@ -81,6 +81,9 @@ FETCH_LIB = "/opt/serveform/bin/_fetch.py"
 FETCH_AWS_LIB = "/opt/serveform/bin/serveform_aws.py"
 # Where a boot failure is also written, so it shows on the serial console (cloud logs of the VM).
 CONSOLE = "/dev/console"
+# The instance metadata service of AWS, GCP and Azure (the VM's role credentials or tokens):
+# replica containers are cut off from it (replica/run.sh.j2).
+METADATA_ADDRESS = "169.254.169.254"
 # Caddy with the cloud's DNS module, for the wildcard certificate's DNS challenge.
 _CADDY_DNS_MODULE = {
     "route53": "github.com/caddy-dns/route53",
@@ -384,6 +387,7 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         shm_mb=int(res.shm_size_gb * 1024) if res.shm_size_gb else None,
         privileged=group.privileged,
         port=group.container_port,
+        metadata_address=METADATA_ADDRESS,
         volumes=boot.volumes,
         identity=boot.identity or "",
         instance_volumes=instance_volumes,

@@ -194,8 +194,9 @@ class GpuInstanceGroup(pulumi.ComponentResource):
                     },
                 }
             ],
-            # IMDSv2 only, one hop: containers on the host network cannot reach the role's credentials
-            # through a forwarded request.
+            # IMDSv2 only, one hop: the token's answer does not survive the hop through the container
+            # engine's bridge, so the replica's container cannot get the role's credentials (run.sh
+            # also drops its packets to the address). The VM's own processes are not behind a hop.
             metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1},
             tag_specifications=[{"resource_type": "instance", "tags": tags}, {"resource_type": "volume", "tags": tags}],
             update_default_version=True,

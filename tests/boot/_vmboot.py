@@ -195,6 +195,11 @@ class Vm:
         # `--bind=HOST:GUEST` mounts for the container (e.g. a container engine's storage, which
         # overlayfs refuses on the overlay root).
         self.binds: list[str] = []
+        # More capabilities than nspawn's default set (a VM's root has them all), e.g. CAP_NET_ADMIN
+        # for a container engine's bridge and iptables in the VM's own network namespace.
+        self.capabilities: list[str] = []
+        # Environment of systemd-nspawn itself (its documented switches, e.g. SYSTEMD_NSPAWN_API_VFS_WRITABLE).
+        self.nspawn_env: dict[str, str] = {}
 
     def seed(self, user_data: bytes, *, instance_id: str, environment: dict[str, str]) -> None:
         """The NoCloud seed, and the test's knobs as a drop-in for every service (AWS_ENDPOINT_URL...)."""
@@ -216,8 +221,10 @@ class Vm:
         out.flush()
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no", "--keep-unit", "-M", self.name,
-             "--console=pipe", f"--network-namespace-path=/run/netns/{self.network.name}", *(f"--bind={b}" for b in self.binds)],
+             "--console=pipe", f"--network-namespace-path=/run/netns/{self.network.name}", *(f"--bind={b}" for b in self.binds),
+             *([f"--capability={','.join(self.capabilities)}"] if self.capabilities else [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.nspawn_env},
         )
         out.close()
         self.started = time.monotonic()

@@ -205,3 +205,18 @@ def test_gcp_existing_network_is_used_as_named_and_replicas_still_have_no_extern
     with pytest.raises(Exception, match="serveform:gcp.subnetwork"):
         deploy("gcp", make_settings("gcp", {"serveform:gcp": {"project": "p", "zone": "us-central1-a", "subnetwork": "s"}}),
                [example_plans("gcp")["http-server-service"]])
+
+
+@pytest.mark.parametrize("cloud", ["gcp", "azure", "aws"])
+def test_replica_containers_are_cut_off_from_the_metadata_service(cloud: str) -> None:
+    """Issue 14 item 3: the VM's credentials are the VM's. The container has its own network behind
+    the engine's bridge (one hop away, so AWS's IMDSv2 token limit of one hop stops it), and its
+    packets to the metadata address are dropped before `docker run`; the VM's own (OUTPUT) are not.
+    tests/boot/test_aws_replica.py shows both for real."""
+    plan = hostile_plan(cloud)
+    document = yaml.safe_load(replica_user_data(ReplicaBoot(plan=plan, cloud=cloud, stack="dev", secret=_REFS[cloud])))
+    script = next(f["content"] for f in document["write_files"] if f["content"].startswith("#!/bin/bash"))
+    assert "--network host" not in script and "--network=host" not in script
+    assert f"--network bridge -p {plan.replica_group.container_port}:{plan.replica_group.container_port} " in script
+    rule = "iptables -t mangle -I PREROUTING -d 169.254.169.254/32 -j DROP"
+    assert script.index(rule) < script.index("exec docker run")
