@@ -84,7 +84,9 @@ def test_gateway_cloud_init_golden(cloud):
         scaler_unit=render_unit(stack="dev", gateway_state_dir="/var/lib/serveform/gateway"),
         project_files={"Pulumi.yaml": "name: serveform\nruntime: python\n", "stacks/Pulumi.dev.yaml": "config:\n  serveform:backend: x\n"},
         scaler_env_secret=_ENV_REFS[cloud],
-        # AWS ships what the VM runs (issue 14); GCP and Azure still download it.
+        # The template's rendering of these inputs, not each cloud's own choices (every cloud now
+        # ships its artifacts, and an aws gateway gets no project or scaler env): those are tested
+        # in tests/components/<cloud> and booted in tests/boot.
         artifacts=tuple(ArtifactRef(name=n, sha256=d * 64, key=f"artifacts/{n}-{d * 64}") for n, d in (("wheelhouse", "a"), ("caddy", "b"), ("pulumi", "c")))
         if cloud == "aws" else (),
         artifact_bucket="gateway-artifacts-0123abcd" if cloud == "aws" else None,
