@@ -33,6 +33,7 @@ Not shown here: GPUs, and the scaler's `up` (the Pulumi AWS provider cannot run 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -212,6 +213,10 @@ def test_the_replica_fetched_its_code_archive_with_its_role(pair, rendered):
     calls = [c.split(" ", 1)[1] for c in moto.calls() if c.startswith(pair["replica_ip"] + " ")]
     code_keys = [k for k in rendered["objects"] if k.startswith("code/chat/")]
     assert code_keys and all(f"s3:GET /{rendered['bucket']}/{k}" in calls for k in code_keys), calls
+    # With the instance role's credentials, taken over IMDSv2 at the metadata address first.
+    first_get = calls.index(f"s3:GET /{rendered['bucket']}/{code_keys[0]}")
+    assert "imds:PUT /latest/api/token" in calls[:first_get]
+    assert any(c.startswith("imds:GET /latest/meta-data/iam/security-credentials/") for c in calls[:first_get]), calls
     # The archive's files are what the container runs: its sha256 names the unpacked folder.
     sha = code_keys[0].rsplit("/", 1)[1].removesuffix(".tar.gz")
     assert replica.sh(f"test -e /opt/serveform/code/{sha}/.unpacked && echo ok").stdout.strip() == "ok"
@@ -262,3 +267,24 @@ def test_the_replica_container_gets_no_metadata_credentials(pair):
         assert _probe(replica, in_container=True) == "credentials True"
     finally:
         replica.sh(f"iptables -t mangle -I PREROUTING -d {METADATA}/32 -j DROP", check=True)
+
+
+def test_a_tampered_code_archive_never_runs(pair, rendered):
+    """Last: it leaves the replica failing. A changed object in the bucket stops the replica's
+    start with one line (journal and console), and nothing of it is unpacked or run."""
+    replica, moto = pair["replica"], pair["moto"]
+    (key,) = [k for k in rendered["objects"] if k.startswith("code/chat/")]
+    sha = key.rsplit("/", 1)[1].removesuffix(".tar.gz")
+    moto.call(("s3", "put_object", {"Bucket": rendered["bucket"], "Key": key, "Body": "tampered"}))
+    # A new instance of the group: nothing unpacked yet.
+    replica.sh(f"systemctl stop serveform-replica; rm -rf /opt/serveform/code/{sha}*; systemctl start serveform-replica", check=True)
+    got = hashlib.sha256(b"tampered").hexdigest()
+    line = f"serveform: artifact code: sha256 mismatch (expected {sha}, got {got})"
+    deadline = time.monotonic() + 60
+    journal = ""
+    while time.monotonic() < deadline and line not in journal:
+        journal = replica.sh("journalctl -u serveform-replica -o cat --no-pager").stdout
+        time.sleep(1)
+    assert line in journal, journal[-2000:]
+    assert replica.sh(f"ls -A /opt/serveform/code/{sha} 2>/dev/null; ls /opt/serveform/code").stdout.split() == [sha]
+    assert replica.sh("podman ps -q").stdout.strip() == ""
