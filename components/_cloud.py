@@ -63,6 +63,7 @@ __all__ = [
     "scaler_unit",
     "service_url",
     "tokens_secret",
+    "without_python_setup",
 ]
 
 T = TypeVar("T")
@@ -109,20 +110,27 @@ def runtime_image_problems(
     return problems
 
 
+def without_python_setup(plan: ServicePlan) -> ServicePlan:
+    """The plan without dstack's venv setup: the runtime image's Python is already the replica's."""
+    from serveform.translator.compiler import python_setup
+
+    group = plan.replica_group
+    prefix = python_setup(group.python) if group.python else ()
+    if group.setup[: len(prefix)] != prefix:
+        return plan
+    return plan.model_copy(update={"replica_group": group.model_copy(update={"setup": group.setup[len(prefix):]})})
+
+
 def on_runtime_image(plan: ServicePlan, image: str) -> ServicePlan:
     """A `python:` plan run in serveform's runtime image: that image, without dstack's venv setup.
 
     dstack's setup makes a fresh venv on its base image, where the chat example's aiohttp is
     missing; the runtime image's Python already has it (as on Kubernetes with `python_image: runtime`).
     """
-    from serveform.translator.compiler import python_setup
-
-    group = plan.replica_group
-    if group.image_from != "python":
+    if plan.replica_group.image_from != "python":
         return plan
-    prefix = python_setup(group.python) if group.python else ()
-    setup = group.setup[len(prefix):] if group.setup[: len(prefix)] == prefix else group.setup
-    return plan.model_copy(update={"replica_group": group.model_copy(update={"image": image, "setup": setup})})
+    plan = without_python_setup(plan)
+    return plan.model_copy(update={"replica_group": plan.replica_group.model_copy(update={"image": image})})
 
 
 def checked(settings: StackSettings, problems: Sequence[tuple[str, str]], compute: Callable[[], T]) -> T:

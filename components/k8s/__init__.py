@@ -110,8 +110,8 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
     if cfg.python_image == RUNTIME_IMAGE:
         for plan in plans:
             python = plan.replica_group.python
-            if plan.replica_group.image_from == "python" and python and python != RUNTIME_PYTHON:
-                problems.append(("serveform:k8s.python_image", f"runtime: the runtime image has Python {RUNTIME_PYTHON}, "
+            if plan.replica_group.image_from == "python" and python and python != _cloud.RUNTIME_PYTHON:
+                problems.append(("serveform:k8s.python_image", f"runtime: the runtime image has Python {_cloud.RUNTIME_PYTHON}, "
                                  f"but {plan.file} asks for python: {python!r}"))
         if problems:
             raise pulumi.RunError(str(StackConfigError(settings.stack, problems)))
@@ -171,7 +171,7 @@ def deploy(settings: StackSettings, plans: Sequence[ServicePlan]) -> None:
         groups[plan.name] = GpuInstanceGroup(
             plan.name,
             GpuInstanceGroupArgs(
-                plan=_without_python_setup(plan) if in_runtime else plan,
+                plan=_cloud.without_python_setup(plan) if in_runtime else plan,
                 replicas=_cloud.desired_replicas(settings, plan),
                 namespace=namespace,
                 stack=settings.stack,
@@ -281,9 +281,6 @@ def _scaler_environment() -> pulumi.Output | None:
 # holds it, and it is replaced there before anything leaves the program.
 _GENERATED_TOKEN = "serveform-generated-token-stand-in-replaced-before-use"
 
-# The Python of serveform's runtime image (Debian bookworm's python3, the virtualenv's).
-RUNTIME_PYTHON = "3.11"
-
 
 def _project_relative(plan: ServicePlan, project_dir: str) -> ServicePlan:
     """The plan with its service file named relative to the project (as the stack file lists it)."""
@@ -291,17 +288,6 @@ def _project_relative(plan: ServicePlan, project_dir: str) -> ServicePlan:
     if not path.is_absolute() or not path.is_relative_to(project_dir):
         return plan
     return plan.model_copy(update={"file": str(path.relative_to(project_dir))})
-
-
-def _without_python_setup(plan: ServicePlan) -> ServicePlan:
-    """The plan without dstack's venv setup: the runtime image's Python is already the replica's."""
-    from serveform.translator.compiler import python_setup
-
-    group = plan.replica_group
-    prefix = python_setup(group.python) if group.python else ()
-    if group.setup[: len(prefix)] != prefix:
-        return plan
-    return plan.model_copy(update={"replica_group": group.model_copy(update={"setup": group.setup[len(prefix):]})})
 
 
 def _runtime_image(settings: StackSettings, problems: list[tuple[str, str]]) -> str:
