@@ -400,11 +400,10 @@ def replica_user_data(boot: ReplicaBoot) -> str:
         cloud=boot.cloud,
         run_sh=run_sh,
         unit=unit,
-        # AWS replicas fetch the code with the gateway's fetcher: the instance role over IMDSv2 and
-        # SigV4, Python's standard library only (no awscli on the image needed).
         # Replicas fetch the code with the gateway's fetcher of their cloud (Python's standard
-        # library only, the instance's identity): no awscli, gcloud or az on the image needed.
-        fetch_files=fetch_files(boot.cloud) if code is not None else {},
+        # library only, the instance's identity): no awscli, gcloud or az on the image needed. On
+        # AWS it fetches the service's secret too (Debian 12's awscli predates AWS_ENDPOINT_URL).
+        fetch_files=fetch_files(boot.cloud) if code is not None or (boot.cloud == "aws" and boot.secret is not None) else {},
     )
 
 
