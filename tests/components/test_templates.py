@@ -35,6 +35,7 @@ from _system_tools import apt_install  # noqa: E402
 from serveform.components import _cloud  # noqa: E402
 from serveform.components._render import render, sh_quote, systemd_quote, yaml_quote  # noqa: E402
 from serveform.components._vm import (  # noqa: E402
+    FETCH_BIN,
     DiscoveryTarget,
     ArtifactRef,
     GatewayBoot,
@@ -297,18 +298,24 @@ def test_hostile_values_reach_docker_verbatim(tmp_path):
     instance_dir = str(tmp_path / "it's $HOME `x`")
     plan = hostile_plan("aws", instance_dir=instance_dir)
     files = _files(replica_user_data(_replica_boot(plan, "aws")))
-    script = tmp_path / "run.sh"
-    script.write_text(files["/opt/serveform/replica/run.sh"]["content"])
-    script.chmod(0o700)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    script = tmp_path / "run.sh"
+    # The secret comes from serveform-fetch at its VM path: a stub here, by the same name.
+    script.write_text(files["/opt/serveform/replica/run.sh"]["content"].replace(FETCH_BIN, str(bin_dir / "serveform-fetch")))
+    script.chmod(0o700)
     _stub(bin_dir, "docker", _STUB_DOCKER)
     payload = secret_payload(plan)
-    _stub(bin_dir, "aws", f"#!/bin/sh\nprintf '%s' {sh_quote(payload)}\n")
+    _stub(bin_dir, "serveform-fetch", f"#!/bin/sh\n[ \"$1\" = secret ] && printf '%s' {sh_quote(payload)}\n")
+    # run.sh's metadata rule goes to a stub, never into this machine's firewall: `-C` finds none.
+    _stub(bin_dir, "iptables", '#!/bin/sh\necho "$*" >> "$STUB_LOG.iptables"\n[ "$3" != -C ]\n')
     log = tmp_path / "docker.log"
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log), "HOME": str(tmp_path)}
     result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert Path(f"{log}.iptables").read_text().splitlines() == [
+        "-t mangle -C PREROUTING -d 169.254.169.254/32 -j DROP", "-t mangle -I PREROUTING -d 169.254.169.254/32 -j DROP",
+    ]
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     login = next(c for c in calls if c["argv"][0] == "login")
     assert login["argv"] == ["login", "--username", "o'brien\"$(id)", "--password-stdin", "ghcr.io"]
