@@ -20,7 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ref = verbs.add_parser("ref", help="print the image reference this checkout builds (serveform:<tag>), building nothing")
     _root(ref)
     ref.set_defaults(func=_ref)
-    push = verbs.add_parser("push", help="copy the built image to REGISTRY/serveform:<tag> with skopeo")
+    push = verbs.add_parser(
+        "push", help="copy the built image to REGISTRY/serveform:<tag> with skopeo; print REGISTRY/serveform@sha256:… (for serveform:aws.runtime_image)"
+    )
     _root(push)
     push.add_argument("registry", help="registry and repository prefix, e.g. ghcr.io/acme or 123456789012.dkr.ecr.us-east-1.amazonaws.com")
     push.add_argument("--dest-tls-verify", choices=("true", "false"), default="true", help="verify the registry's TLS certificate")
@@ -75,12 +77,15 @@ def _ref(args: argparse.Namespace) -> int:
     return 0
 
 
-def push_command(archive: Path, registry: str, tag: str, *, tls_verify: str = "true") -> list[str]:
-    """The skopeo line that copies the archive to REGISTRY/serveform:TAG (the README shows it)."""
+def push_command(archive: Path, registry: str, tag: str, *, tls_verify: str = "true", digest_file: Path | None = None) -> list[str]:
+    """The skopeo line that copies the archive to REGISTRY/serveform:TAG (the README shows it).
+
+    ``digest_file``: where skopeo writes the pushed manifest's digest.
+    """
     from .build import IMAGE_NAME
 
-    return ["skopeo", "copy", f"--dest-tls-verify={tls_verify}", f"oci-archive:{archive}",
-            f"docker://{registry.rstrip('/')}/{IMAGE_NAME}:{tag}"]
+    return ["skopeo", "copy", f"--dest-tls-verify={tls_verify}", *([f"--digestfile={digest_file}"] if digest_file else []),
+            f"oci-archive:{archive}", f"docker://{registry.rstrip('/')}/{IMAGE_NAME}:{tag}"]
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -97,13 +102,24 @@ def _push(args: argparse.Namespace) -> int:
     if not archive.is_file():
         print(f"serveform: error: {archive}: not built; run `serveform image build` (make image) first", file=sys.stderr)
         return 1
-    argv = push_command(archive, args.registry, tag, tls_verify=args.dest_tls_verify)
-    print(" ".join(argv), file=sys.stderr)
-    try:
-        return subprocess.run(argv).returncode
-    except FileNotFoundError:
-        print("serveform: error: skopeo is not installed (apt-get install skopeo; tools/k8s/host-packages.sh image)", file=sys.stderr)
-        return 1
+    import tempfile
+
+    from .build import IMAGE_NAME
+
+    with tempfile.TemporaryDirectory(prefix="serveform-push-") as folder:
+        digest_file = Path(folder) / "digest"
+        argv = push_command(archive, args.registry, tag, tls_verify=args.dest_tls_verify, digest_file=digest_file)
+        print(" ".join(argv), file=sys.stderr)
+        try:
+            code = subprocess.run(argv, stdout=sys.stderr).returncode
+        except FileNotFoundError:
+            print("serveform: error: skopeo is not installed (apt-get install skopeo; tools/k8s/host-packages.sh image)", file=sys.stderr)
+            return 1
+        if code != 0:
+            return code
+        # The reference a stack pins (serveform:aws.runtime_image): the digest, not the movable tag.
+        print(f"{args.registry.rstrip('/')}/{IMAGE_NAME}@{digest_file.read_text().strip()}")
+    return 0
 
 
 def _pause(args: argparse.Namespace) -> int:

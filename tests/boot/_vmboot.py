@@ -402,13 +402,6 @@ class Registry:
             self.close()
             raise
 
-    def push(self, archive: Path, name: str) -> str:
-        """Copy an OCI archive's image to ``name`` here (tag `latest`); the pushed manifest's digest."""
-        digest = Path(self._out.name).with_name(f"{name.replace('/', '-')}.digest")
-        run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"--digestfile={digest}",
-             f"oci-archive:{archive}", f"docker://127.0.0.1:{self.local_port}/{name}"], timeout=600)
-        return digest.read_text().strip()
-
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:

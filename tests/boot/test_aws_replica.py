@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -124,8 +125,10 @@ def pair(vmboot, rendered, image, tmp_path_factory):
         registry = Registry(vmboot["REGISTRY"], lan.host_ip, folder)
         parts.append(registry)
         t0 = time.monotonic()
-        pushed = registry.push(image["archive"], "serveform")
-        assert pushed == image["digest"], "the registry holds another manifest than the archive's"
+        # As a user pushes it: `serveform image push` prints the reference by digest for the stack.
+        pushed = run([sys.executable, "-m", "serveform.image", "push", f"127.0.0.1:{registry.local_port}", "--dest-tls-verify", "false"],
+                     timeout=600).stdout.strip()
+        assert pushed == f"127.0.0.1:{registry.local_port}/serveform@{image['digest']}", "the registry holds another manifest than the archive's"
         TIMINGS["runtime image pushed to the registry"] = time.monotonic() - t0
         _seed_moto(moto, rendered, lan)
         # The group's instance in moto is the replica VM: its address is the one discovery finds.
