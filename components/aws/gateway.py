@@ -356,17 +356,20 @@ def gateway_policy(
     answered against this policy, and that each grant was used).
     """
     statements: list[dict[str, object]] = [
-        # Describe calls take no resource scope in IAM. Discovery lists the groups' instances.
-        {"Sid": "DiscoverReplicas", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}
+        # Describe calls take no resource scope in IAM. Discovery asks Auto Scaling which of a
+        # group's instances are in service, then EC2 for their addresses; the scaler reads its
+        # groups' sizes with the same describe.
+        {
+            "Sid": "DiscoverReplicas",
+            "Effect": "Allow",
+            "Action": ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"],
+            "Resource": "*",
+        }
     ]
     if artifact_arns:
         statements.append({"Sid": "FetchArtifacts", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": sorted(artifact_arns)})
     if group_names:
-        # The scaler reads its groups' sizes (a describe: no resource scope in IAM) and sets a
-        # group's desired capacity with SetDesiredCapacity: on the stack's scaled groups only.
-        statements.append(
-            {"Sid": "ReadGroupSizes", "Effect": "Allow", "Action": ["autoscaling:DescribeAutoScalingGroups"], "Resource": "*"}
-        )
+        # The scaler sets a group's desired capacity: on the stack's scaled groups only.
         statements.append(
             {
                 "Sid": "ScaleServiceGroups",

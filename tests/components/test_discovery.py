@@ -91,7 +91,21 @@ _EC2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 </DescribeInstancesResponse>"""
 
 
-def test_aws_lists_the_groups_running_instances_with_signed_requests(fakes, tmp_path):
+_ASG_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<DescribeAutoScalingGroupsResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">
+  <DescribeAutoScalingGroupsResult><AutoScalingGroups><member>
+    <AutoScalingGroupName>serveform-dev-chat</AutoScalingGroupName>
+    <Instances>
+      <member><InstanceId>i-2</InstanceId><LifecycleState>InService</LifecycleState></member>
+      <member><InstanceId>i-1</InstanceId><LifecycleState>InService</LifecycleState></member>
+      <member><InstanceId>i-3</InstanceId><LifecycleState>Terminating</LifecycleState></member>
+      <member><InstanceId>i-4</InstanceId><LifecycleState>Standby</LifecycleState></member>
+    </Instances>
+  </member></AutoScalingGroups></DescribeAutoScalingGroupsResult>
+</DescribeAutoScalingGroupsResponse>"""
+
+
+def test_aws_lists_the_groups_in_service_instances_with_signed_requests(fakes, tmp_path):
     creds = {"AccessKeyId": "ASIAMOCK", "SecretAccessKey": "mock/secret", "Token": "session-token"}
 
     def imds(req):
@@ -105,23 +119,58 @@ def test_aws_lists_the_groups_running_instances_with_signed_requests(fakes, tmp_
             return 200, json.dumps(creds).encode()
         return 404, b""
 
-    def ec2(req):
-        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(req.path).query))
-        expected = sign(method="GET", url=f"http://{req.headers['Host']}{req.path}", region="us-east-1", service="ec2",
+    def signed(req, service):
+        expected = sign(method="GET", url=f"http://{req.headers['Host']}{req.path}", region="us-east-1", service=service,
                         access_key=creds["AccessKeyId"], secret_key=creds["SecretAccessKey"], session_token=creds["Token"],
                         now=dt.datetime.strptime(req.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
-        if req.headers.get("Authorization") != expected["Authorization"]:
+        return req.headers.get("Authorization") == expected["Authorization"]
+
+    def autoscaling(req):
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(req.path).query))
+        if not signed(req, "autoscaling"):
+            return 403, b"<Error>SignatureDoesNotMatch</Error>"
+        assert (query["Action"], query["AutoScalingGroupNames.member.1"]) == ("DescribeAutoScalingGroups", "serveform-dev-chat")
+        return 200, _ASG_XML.encode()
+
+    def ec2(req):
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(req.path).query))
+        if not signed(req, "ec2"):
             return 403, b"<Error>SignatureDoesNotMatch</Error>"
         assert query["Action"] == "DescribeInstances"
-        assert (query["Filter.1.Name"], query["Filter.1.Value.1"]) == ("tag:aws:autoscaling:groupName", "serveform-dev-chat")
-        assert (query["Filter.2.Name"], query["Filter.2.Value.1"]) == ("instance-state-name", "running")
+        # Exactly the in-service instances: not the one scale-in terminates, nor the one in Standby.
+        assert sorted(v for k, v in query.items() if k.startswith("InstanceId.")) == ["i-1", "i-2"]
+        assert (query["Filter.1.Name"], query["Filter.1.Value.1"]) == ("instance-state-name", "running")
         return 200, _EC2_XML.encode()
 
-    meta, api = fakes(imds), fakes(ec2)
-    config = {"stack": "dev", "endpoints": {"imds": meta.url, "ec2": api.url},
+    meta, groups, api = fakes(imds), fakes(autoscaling), fakes(ec2)
+    config = {"stack": "dev", "endpoints": {"imds": meta.url, "autoscaling": groups.url, "ec2": api.url},
               "targets": [{"service": "chat", "port": 8000, "cloud": "aws", "group": "serveform-dev-chat", "region": "us-east-1"}]}
     assert discover(config, str(tmp_path)) == []
     assert _published(tmp_path, "chat") == ["10.0.1.7:8000", "10.0.2.9:8000"]
+
+
+def test_aws_publishes_no_replica_while_no_instance_is_in_service(fakes, tmp_path):
+    creds = {"AccessKeyId": "ASIAMOCK", "SecretAccessKey": "mock/secret", "Token": "t"}
+
+    def imds(req):
+        if req.command == "PUT":
+            return 200, b"imds-token"
+        if req.path.endswith("/security-credentials/"):
+            return 200, b"role"
+        return 200, json.dumps(creds).encode()
+
+    def autoscaling(req):
+        return 200, _ASG_XML.replace("InService", "Pending").encode()
+
+    def ec2(req):
+        return 500, b""
+
+    meta, groups, api = fakes(imds), fakes(autoscaling), fakes(ec2)
+    config = {"stack": "dev", "endpoints": {"imds": meta.url, "autoscaling": groups.url, "ec2": api.url},
+              "targets": [{"service": "chat", "port": 8000, "cloud": "aws", "group": "serveform-dev-chat", "region": "us-east-1"}]}
+    assert discover(config, str(tmp_path)) == []
+    assert _published(tmp_path, "chat") == []
+    assert api.requests == []  # EC2 is not asked about a group with no instance in service
 
 
 def test_gcp_pages_through_labelled_running_instances(fakes, tmp_path):
