@@ -7,13 +7,17 @@
   gateway's internal CA and sending the service's host name for TLS and routing.
 - `booted` is one boot of a gateway's user data with its stub (and a replica), everything removed
   on the way out.
+- `render_gateway` runs a cloud's stack program under Pulumi's mocks with the test's settings;
+  `check_*` are the assertions both clouds make of a booted gateway.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -24,7 +28,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from _vmboot import ROOT, Network, Vm, free_port, wait_port
+
+import _pulumi_harness
+
+TOKEN = "boot-test-token-0123456789abcdef0123456789abcdef"
+PASSPHRASE = "boot-test-passphrase"
+DOMAIN = "ai.example.com"
+SERVEFORM_UNITS = ["serveform-gateway.service", "serveform-discovery.timer", "serveform-scaler.service"]
+# What the scaler's `up` on the gateway reads from the deploying environment (a secret of the stack).
+SCALER_ENV = {"PULUMI_BACKEND_URL": "file:///var/lib/serveform-scaler/state", "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
 
 
 class Stub:
@@ -160,3 +175,68 @@ def reboot_and_serve(vm: Vm, net: Network, host: str, token: str, units: list[st
     assert states == {u: "active" for u in units}, vm.sh("journalctl -b -u 'serveform-*' --no-pager | tail -40").stdout
     assert wait_https(vm, net, host, "/health", token) == 200
     return time.monotonic() - t0
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def render_gateway(cloud: str, deploy: Callable) -> tuple[dict, list, object]:
+    """The ``cloud`` stack's config, plans and recorded resources, rendered under Pulumi's mocks
+    with the internal CA (no DNS here) and the test's own token; ``deploy(settings, plans)`` is
+    the backend's program."""
+    from serveform.components.program import compile_plans
+    from serveform.stacks.settings import StackSettings
+
+    config = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{cloud}.yaml").read_text())["config"]
+    config["serveform:gateway"] = {"tls": "internal"}
+    config["serveform:tokens"] = [TOKEN]
+    settings = StackSettings.from_config(config, stack=cloud, project_dir=str(ROOT))
+    plans = compile_plans(settings)
+    with _environ(SCALER_ENV):
+        recording = _pulumi_harness.run_program(lambda: deploy(settings, plans), stack=cloud)
+    return config, plans, recording
+
+
+def check_units_active(gateway: dict) -> None:
+    vm = gateway["vm"]
+    assert gateway["status"] == "done", vm.sh("cloud-init status --long; tail -50 /var/log/cloud-init-output.log").stdout
+    states = vm.wait_active(SERVEFORM_UNITS)
+    assert states == {u: "active" for u in SERVEFORM_UNITS}, vm.sh("journalctl -u 'serveform-*' --no-pager | tail -60").stdout
+
+
+def check_serves_the_replica(gateway: dict) -> float:
+    """401 without the token, 200 with it, from the replica discovery published; the seconds to the first 200."""
+    vm, net, host = gateway["vm"], gateway["net"], f"chat.{DOMAIN}"
+    t0 = time.monotonic()
+    assert wait_https(vm, net, host, "/health", TOKEN) == 200, vm.sh("journalctl -u 'serveform-*' --no-pager | tail -40").stdout
+    seconds = time.monotonic() - t0
+    assert https(vm, net, host, "/health", None)[0] == 401
+    code, body = https(vm, net, host, "/v1/models", TOKEN)
+    assert code == 200 and b"chat-small" in body
+    assert gateway["replica"] in vm.sh("cat /var/lib/serveform/gateway/replicas/*.json 2>/dev/null").stdout
+    return seconds
+
+
+def check_tampered_boot(vm: Vm, status: str, user_data: str) -> None:
+    """cloud-init failed, with exactly one `serveform:` line on the console naming the caddy artifact's
+    digests, and nothing of the gateway installed or running."""
+    assert status == "error"
+    expected = re.search(r"serveform-fetch artifact caddy (\S+) ", user_data).group(1)
+    line = f"serveform: artifact caddy: sha256 mismatch (expected {expected}, got {hashlib.sha256(b'tampered').hexdigest()})"
+    # cloud-final's output goes to `journal+console` (the serial port on GCE, the serial console
+    # on Azure, which boot diagnostics show); the journal holds what the console was sent.
+    console = vm.sh("journalctl -b -u cloud-final.service -o cat --no-pager", check=True).stdout
+    assert [entry for entry in console.splitlines() if entry.startswith("serveform:")] == [line], console[-3000:]
+    assert vm.sh("test -e /usr/local/bin/caddy || echo absent").stdout.strip() == "absent"
+    assert vm.sh("systemctl is-active serveform-gateway.service").stdout.strip() != "active"

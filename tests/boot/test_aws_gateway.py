@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _gateway_checks import https as _https, wait_https as _wait_https
 from _vmboot import ROOT, Moto, Network, Vm, prepare, wait_port
 
 import _pulumi_harness
@@ -191,35 +192,6 @@ def gateway(vmboot, rendered, tmp_path_factory):
                 part.close()
         net.close()
         print("\nboot timings (s): " + json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
-
-
-def _https(vm: Vm, net: Network, host: str, path: str, token: str | None) -> tuple[int, bytes]:
-    """GET https://HOST/PATH at the container's address (no DNS here), trusting the gateway's internal CA."""
-    status = json.loads(vm.sh("cat /var/lib/serveform/gateway/status.json", check=True).stdout)
-    ca = (vm.root / status["ca_cert"].lstrip("/")).read_text()
-    context = ssl.create_default_context(cadata=ca)
-    connection = http.client.HTTPSConnection(net.guest_ip, 443, context=context, timeout=30)
-    connection.sock = context.wrap_socket(socket.create_connection((net.guest_ip, 443), timeout=30), server_hostname=host)
-    headers = {"Host": host, **({"Authorization": f"Bearer {token}"} if token else {})}
-    connection.request("GET", path, headers=headers)
-    response = connection.getresponse()
-    body = response.read()
-    connection.close()
-    return response.status, body
-
-
-def _wait_https(vm: Vm, net: Network, host: str, path: str, token: str, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    code = 0
-    while time.monotonic() < deadline:
-        try:
-            code, _ = _https(vm, net, host, path, token)
-            if code == 200:
-                return code
-        except (OSError, json.JSONDecodeError, KeyError, subprocess.CalledProcessError):
-            pass
-        time.sleep(1)
-    return code
 
 
 def test_cloud_init_finishes_and_every_unit_is_active(gateway):

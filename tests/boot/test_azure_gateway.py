@@ -18,7 +18,6 @@ Boot timings are printed (`pytest tests/boot/test_azure_gateway.py -s`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -28,43 +27,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _gateway_checks import Stub, booted, https, reboot_and_serve, wait_https
-from _vmboot import ROOT, prepare
+from _gateway_checks import (
+    DOMAIN, SERVEFORM_UNITS, TOKEN, Stub, booted, check_serves_the_replica, check_tampered_boot, check_units_active, reboot_and_serve,
+    render_gateway,
+)
+from _vmboot import prepare
 
 import _pulumi_harness
 
-TOKEN = "boot-test-token-0123456789abcdef0123456789abcdef"
-PASSPHRASE = "boot-test-passphrase"
-DOMAIN = "ai.example.com"
 ACCESS_TOKEN = "eyJ.boot-test-access-token"
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
-SERVEFORM_UNITS = ["serveform-gateway.service", "serveform-discovery.timer", "serveform-scaler.service"]
 TIMINGS: dict[str, float] = {}
 
 
 def _render() -> dict:
     """The azure stack's gateway: user data, blobs (host/container/name -> file), secrets (host/secrets/name -> value)."""
     from serveform.components import azure as azure_backend
-    from serveform.components.program import compile_plans
-    from serveform.stacks.settings import StackSettings
 
-    config = yaml.safe_load((ROOT / "stacks" / "Pulumi.azure.yaml").read_text())["config"]
-    # The internal CA instead of ACME (no DNS here); a token of the test's own.
-    config["serveform:gateway"] = {"tls": "internal"}
-    config["serveform:tokens"] = [TOKEN]
-    settings = StackSettings.from_config(config, stack="azure", project_dir=str(ROOT))
-    plans = compile_plans(settings)
-    env = {"PULUMI_BACKEND_URL": "file:///var/lib/serveform-scaler/state", "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        recording = _pulumi_harness.run_program(lambda: azure_backend.deploy(settings, plans), stack="azure")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    _, plans, recording = render_gateway("azure", azure_backend.deploy)
     vm = recording.one("azure-native:compute:VirtualMachine", "gateway-vm")
     user_data = base64.b64decode(vm.inputs["osProfile"]["customData"]).decode()
     script = next(f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"] == "/opt/serveform/install.sh")
@@ -82,7 +62,7 @@ def _render() -> dict:
     return {
         "user_data": user_data, "blobs": blobs, "secrets": secrets,
         "client_id": re.search(r"serveform-fetch secret https://\S+ (\S+)", script).group(1),
-        "resource_group": f"serveform-{settings.stack}", "scale_set": group.inputs["vmScaleSetName"],
+        "resource_group": "serveform-azure", "scale_set": group.inputs["vmScaleSetName"],
         "port": plans[0].replica_group.container_port,
     }
 
@@ -133,22 +113,12 @@ def gateway(vmboot, rendered, tmp_path_factory):
 
 
 def test_cloud_init_finishes_and_every_unit_is_active(gateway):
-    vm = gateway["vm"]
-    assert gateway["status"] == "done", vm.sh("cloud-init status --long; tail -50 /var/log/cloud-init-output.log").stdout
-    states = vm.wait_active(SERVEFORM_UNITS)
-    assert states == {u: "active" for u in SERVEFORM_UNITS}, vm.sh("journalctl -u 'serveform-*' --no-pager | tail -60").stdout
+    check_units_active(gateway)
 
 
 def test_https_answers_401_without_the_token_and_200_with_it(gateway):
-    vm, net = gateway["vm"], gateway["net"]
-    t0 = time.monotonic()
-    assert wait_https(vm, net, f"chat.{DOMAIN}", "/health", TOKEN) == 200, vm.sh("journalctl -u 'serveform-*' --no-pager | tail -40").stdout
-    TIMINGS["first 200 after cloud-init"] = time.monotonic() - t0
-    assert https(vm, net, f"chat.{DOMAIN}", "/health", None)[0] == 401
-    code, body = https(vm, net, f"chat.{DOMAIN}", "/v1/models", TOKEN)
-    assert code == 200 and b"chat-small" in body
     # The replica is the one the scale set's network interfaces named: discovery published it.
-    assert gateway["replica"] in vm.sh("cat /var/lib/serveform/gateway/replicas/*.json 2>/dev/null").stdout
+    TIMINGS["first 200 after cloud-init"] = check_serves_the_replica(gateway)
 
 
 def test_the_calls_are_exactly_the_documented_list(gateway, rendered):
@@ -189,13 +159,4 @@ def tampered_boot(vmboot, rendered, tmp_path):
 
 
 def test_a_tampered_artifact_fails_the_boot_with_one_clear_line(tampered_boot, rendered):
-    vm, status = tampered_boot
-    assert status == "error"
-    expected = re.search(r"serveform-fetch artifact caddy (\S+) ", rendered["user_data"]).group(1)
-    line = f"serveform: artifact caddy: sha256 mismatch (expected {expected}, got {hashlib.sha256(b'tampered').hexdigest()})"
-    # cloud-final's output goes to `journal+console` (on Azure the serial console, which boot
-    # diagnostics show); the journal holds what the console was sent.
-    console = vm.sh("journalctl -b -u cloud-final.service -o cat --no-pager", check=True).stdout
-    assert [entry for entry in console.splitlines() if entry.startswith("serveform:")] == [line], console[-3000:]
-    assert vm.sh("test -e /usr/local/bin/caddy || echo absent").stdout.strip() == "absent"
-    assert vm.sh("systemctl is-active serveform-gateway.service").stdout.strip() != "active"
+    check_tampered_boot(*tampered_boot, rendered["user_data"])
