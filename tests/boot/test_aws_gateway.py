@@ -23,16 +23,14 @@ import os
 import re
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from _gateway_checks import https as _https, wait_https as _wait_https
-from _vmboot import ROOT, Moto, Network, Vm, prepare, wait_port
+from _gateway_checks import Replica, https as _https, wait_https as _wait_https
+from _vmboot import ROOT, Moto, Network, Vm, prepare
 
 import _pulumi_harness
 
@@ -147,24 +145,6 @@ def _start_replica_group(moto: Moto, rendered: dict, net: Network) -> str:
     return address
 
 
-class _Replica:
-    """The project's chat server on the replica's address (the host side of the veth)."""
-
-    def __init__(self, address: str, port: int, folder: Path) -> None:
-        self.log = open(folder / "replica.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "stacks/examples/chat_server.py"), "--host", address, "--port", str(port), "--model", "chat-small"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_port(address, port)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def gateway(vmboot, rendered, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gateway-vm")
@@ -177,7 +157,7 @@ def gateway(vmboot, rendered, tmp_path_factory):
         TIMINGS["moto seeded with the artifacts"] = time.monotonic() - t0
         address = _start_replica_group(moto, rendered, net)
         net.add_host_address(int(address.rsplit(".", 1)[1]) - 1)
-        replica = _Replica(address, rendered["port"], folder)
+        replica = Replica(address, rendered["port"], folder)
         vm = Vm(f"sfgw{os.getpid() % 100000}", vmboot["ROOT"], folder, net)
         vm.seed(rendered["seed"], instance_id="i-0boot0gateway", environment={
             "AWS_ENDPOINT_URL": moto.url, "AWS_EC2_METADATA_SERVICE_ENDPOINT": moto.url,
