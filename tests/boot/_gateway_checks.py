@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from _vmboot import ROOT, Network, Vm, free_port, wait_port
+from _vmboot import ROOT, Network, Vm, free_port, stop_group, wait_port
 
 import _pulumi_harness
 
@@ -76,13 +75,7 @@ class Stub:
             time.sleep(0.5)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_group(self.proc)
         self._out.close()
 
 

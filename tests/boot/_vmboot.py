@@ -62,6 +62,27 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     return nets
 
 
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A random 10.x.y.0/24 that no interface of this host uses."""
+    used = _used_networks()
+    for _ in range(200):
+        subnet = ipaddress.ip_network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
+        if not any(subnet.overlaps(u) for u in used):
+            return subnet
+    raise RuntimeError("no free 10.x.y.0/24 for the boot test's network")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM a process started in its own session, and its children; SIGKILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 @dataclass
 class Network:
     """A network namespace `name` with a veth: host side `vh-<suffix>`, container side `host0`."""
@@ -75,13 +96,7 @@ class Network:
 
     @classmethod
     def create(cls, name: str) -> Network:
-        used = _used_networks()
-        for _ in range(200):
-            subnet = ipaddress.ip_network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
-            if not any(subnet.overlaps(u) for u in used):
-                break
-        else:
-            raise RuntimeError("no free 10.x.y.0/24 for the boot test's network")
+        subnet = _free_subnet()
         hosts = list(subnet.hosts())
         net = cls(name=name, subnet=subnet, host_ip=str(hosts[0]), guest_ip=str(hosts[1]), veth=f"vh-{name[-12:]}")
         try:
@@ -159,13 +174,7 @@ class Moto:
         return [line for line in self.log.read_text().splitlines() if line]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_group(self.proc)
         self._out.close()
 
 
@@ -323,13 +332,7 @@ class Lan:
     the gateway reaches the replica as it would in a VPC subnet, and nothing else."""
 
     def __init__(self, name: str) -> None:
-        used = _used_networks()
-        for _ in range(200):
-            subnet = ipaddress.ip_network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
-            if not any(subnet.overlaps(u) for u in used):
-                break
-        else:
-            raise RuntimeError("no free 10.x.y.0/24 for the boot test's network")
+        subnet = _free_subnet()
         self.subnet = subnet
         self.host_ip = str(list(subnet.hosts())[0])
         self.guest_ip = ""  # each VM has its own (`attach`)
